@@ -1,0 +1,9 @@
+"""ConceptKit: few-shot and personalized text-to-image generation (ComfyUI node pack + library).
+
+ComfyUI loads this folder as a custom node pack and reads the two mappings below. Nothing of
+ComfyUI is imported here: the pack also works as the plain Python package `conceptkit`.
+"""
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -1,0 +1,59 @@
+"""The `conceptkit` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .core.errors import ConceptKitError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conceptkit", description="ConceptKit: few-shot personalized text-to-image.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a ComfyUI workflow file (UI or API format) headless")
+    run.add_argument("workflow", type=Path, help="the workflow .json file")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE_ID.INPUT=VALUE",
+                     help="change one input value before running (repeatable), e.g. --set 3.seed=7")
+    run.add_argument("--out", type=Path, default=Path("output"), help="folder for saved images (default: output)")
+    run.add_argument("--input-dir", type=Path, default=Path("input"),
+                     help="folder LoadImage reads from (default: input)")
+    run.add_argument("--models", type=Path, default=None,
+                     help="models folder with checkpoints/, diffusers/, clip_tokenizer/ (as in ComfyUI's models)")
+    run.add_argument("-q", "--quiet", action="store_true", help="print only errors and the saved files")
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Our own progress lines replace the libraries' loading bars and warnings."""
+    import diffusers
+    import transformers
+
+    for library in (diffusers, transformers):
+        library.utils.logging.set_verbosity_error()
+        library.utils.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    quiet_libraries()
+    if args.command == "run":
+        from .runner import run_workflow
+
+        try:
+            results = run_workflow(args.workflow, overrides=args.overrides, output_dir=args.out,
+                                   input_dir=args.input_dir, models_dir=args.models)
+        except ConceptKitError as e:
+            print(f"conceptkit: error: {e}", file=sys.stderr)
+            return 2
+        for saved in results.values():
+            for image in saved.get("images", []):
+                print(image["path"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Load a Model from a diffusers folder, a single-file checkpoint, or the embedded world model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from ..errors import InputError, ModelLoadError
+from ..safetensors_io import load_safetensors, read_safetensors_metadata, refuse_pickle
+from .family import detect_ldm_family, family_spec
+from .ldm import modules_from_ldm
+from .model import Model
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "embedded"
+EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "world_model"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device '{device}' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'.")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise InputError(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def load_model(
+    source: str | Path | None = None,
+    *,
+    device: str = "auto",
+    dtype: str = "fp32",
+    tokenizer_dir: str | Path | None = None,
+    prediction_type: str = "auto",
+) -> Model:
+    """Load a text-to-image model.
+
+    `source`: None or "embedded" for the embedded world model, a diffusers folder, or a single-file
+    `.safetensors` checkpoint of SD 1.x / 2.x / SDXL. Single files carry no tokenizer: give
+    `tokenizer_dir` (a folder with vocab.json and merges.txt, such as ComfyUI's comfy/sd1_tokenizer).
+    `prediction_type` overrides the family default for checkpoints ("auto" keeps it).
+    """
+    if prediction_type not in PREDICTION_TYPES:
+        raise InputError(f"prediction_type '{prediction_type}' is not one of {', '.join(PREDICTION_TYPES)}.")
+    if source is None or str(source) == EMBEDDED:
+        model = load_embedded()
+    else:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            model = load_diffusers_folder(path)
+        elif path.is_file() or path.suffix:
+            model = load_single_file(path, tokenizer_dir=tokenizer_dir)
+        else:
+            raise ModelLoadError(f"{path}: no such file or folder.")
+    if prediction_type != "auto":
+        model.scheduler_config = {**model.scheduler_config, "prediction_type": prediction_type}
+    model.unet.eval()
+    model.vae.eval()
+    for te in model.text_encoders:
+        te.eval()
+    return model.to(resolve_device(device), resolve_dtype(dtype))
+
+
+def load_embedded() -> Model:
+    if not (EMBEDDED_DIR / "model_index.json").is_file():
+        raise ModelLoadError(
+            "The embedded world model is not part of this copy of ConceptKit yet. "
+            "Load a diffusers folder or a single-file checkpoint instead."
+        )
+    model = load_diffusers_folder(EMBEDDED_DIR)
+    model.source = EMBEDDED
+    return model
+
+
+def _diffusers_family(folder: Path) -> str:
+    marker = folder / "conceptkit.json"
+    if marker.is_file():
+        return json.loads(marker.read_text()).get("family", "world")
+    if (folder / "text_encoder_2").is_dir():
+        return "sdxl"
+    te_config = json.loads((folder / "text_encoder" / "config.json").read_text())
+    return "sd2" if te_config.get("hidden_act") == "gelu" else "sd1"
+
+
+def load_diffusers_folder(folder: Path) -> Model:
+    """A folder in diffusers layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
+    if not (folder / "model_index.json").is_file():
+        raise ModelLoadError(
+            f"{folder}: not a diffusers model folder (no model_index.json). "
+            "Point at the folder that holds model_index.json, or at a single .safetensors checkpoint."
+        )
+    family = _diffusers_family(folder)
+    for weight in folder.glob("*/*"):
+        if weight.suffix in (".bin", ".ckpt", ".pt") and not weight.with_suffix(".safetensors").exists():
+            refuse_pickle(weight)
+    kw = {"local_files_only": True, "use_safetensors": True}
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kw)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw)
+        text_encoders = [CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **kw)]
+        tokenizers = [CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)]
+        if family == "sdxl":
+            text_encoders.append(CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2", **kw))
+            tokenizers.append(CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2", local_files_only=True))
+        scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    except (OSError, ValueError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{folder}: could not load the diffusers model ({str(e).splitlines()[0]}).") from None
+    index = json.loads((folder / "model_index.json").read_text())
+    return Model(
+        family=family,
+        unet=unet,
+        vae=vae,
+        text_encoders=text_encoders,
+        tokenizers=tokenizers,
+        scheduler_config=scheduler_config,
+        text_hidden_states=("penultimate", "penultimate") if family == "sdxl" else ("last",),
+        default_size=unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1),
+        source=str(folder),
+        force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", family == "sdxl")),
+    )
+
+
+def load_single_file(path: Path, tokenizer_dir: str | Path | None = None) -> Model:
+    """A single-file SD 1.x / 2.x / SDXL checkpoint in LDM layout, converted with the shipped configs."""
+    refuse_pickle(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ModelLoadError(f"{path.name}: single-file checkpoints must be .safetensors files.")
+    metadata = read_safetensors_metadata(path)
+    state_dict = load_safetensors(path)
+    family = detect_ldm_family(set(state_dict), path.name)
+    return model_from_ldm_state_dict(state_dict, family, path.name, tokenizer_dir, metadata)
+
+
+def model_from_ldm_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    family: str,
+    source: str,
+    tokenizer_dir: str | Path | None,
+    metadata: dict[str, str] | None = None,
+) -> Model:
+    """Build a Model from an LDM-layout state dict of a known family (also used for ComfyUI's models)."""
+    spec = family_spec(family)
+    unet, vae, text_encoders = modules_from_ldm(state_dict, spec, source)
+    tokenizers = [load_clip_tokenizer(tokenizer_dir, te.pad_token, source) for te in spec.text_encoders]
+    for te, tok in zip(text_encoders, tokenizers, strict=True):
+        te.config.bos_token_id, te.config.eos_token_id = tok.bos_token_id, tok.eos_token_id
+        tok.model_max_length = te.config.max_position_embeddings
+    scheduler_config = dict(spec.scheduler)
+    declared = (metadata or {}).get("modelspec.prediction_type", "")
+    if declared in ("epsilon", "v", "v_prediction"):
+        scheduler_config["prediction_type"] = "v_prediction" if declared.startswith("v") else "epsilon"
+    return Model(
+        family=family,
+        unet=unet,
+        vae=vae,
+        text_encoders=text_encoders,
+        tokenizers=tokenizers,
+        scheduler_config=scheduler_config,
+        text_hidden_states=tuple(te.hidden_state for te in spec.text_encoders),
+        default_size=spec.default_size,
+        source=source,
+        force_zeros_for_empty_prompt=spec.force_zeros_for_empty_prompt,
+    )
+
+
+def load_clip_tokenizer(tokenizer_dir: str | Path | None, pad_token: str, source: str) -> CLIPTokenizer:
+    if tokenizer_dir is None or not (Path(tokenizer_dir) / "vocab.json").is_file():
+        where = f" ('{tokenizer_dir}' has no vocab.json)" if tokenizer_dir else ""
+        raise ModelLoadError(
+            f"{source}: single-file checkpoints carry no tokenizer{where}. Give tokenizer_dir: a folder with "
+            "vocab.json and merges.txt of the CLIP tokenizer (every ComfyUI install has one in comfy/sd1_tokenizer)."
+        )
+    return CLIPTokenizer.from_pretrained(str(tokenizer_dir), pad_token=pad_token, local_files_only=True)

@@ -1,0 +1,13 @@
+"""ComfyUI nodes: a thin skin over core. One module per capability."""
+
+from .model_nodes import ConceptKitLoadModel
+from .sampling_nodes import ConceptKitSample
+
+NODE_CLASS_MAPPINGS = {
+    "ConceptKitLoadModel": ConceptKitLoadModel,
+    "ConceptKitSample": ConceptKitSample,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "ConceptKitLoadModel": "ConceptKit Load Model",
+    "ConceptKitSample": "ConceptKit Sample",
+}

@@ -1,0 +1,77 @@
+"""Loading models into a CK_MODEL socket."""
+
+from __future__ import annotations
+
+from ..core.model import EMBEDDED, load_model
+from . import comfy_adapter as comfy
+from .sockets import CATEGORY, CK_MODEL
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+CHECKPOINT_PREFIX = "checkpoints/"
+DIFFUSERS_PREFIX = "diffusers/"
+
+
+def model_choices() -> list[str]:
+    """The embedded model first, then ComfyUI's checkpoints and diffusers folders."""
+    return (
+        [EMBEDDED]
+        + [CHECKPOINT_PREFIX + f for f in comfy.list_model_files("checkpoints", CHECKPOINT_SUFFIXES)]
+        + [DIFFUSERS_PREFIX + f for f in comfy.list_model_folders("diffusers", "model_index.json")]
+    )
+
+
+def resolve_model_choice(choice: str) -> str:
+    if choice.startswith(CHECKPOINT_PREFIX):
+        return str(comfy.model_path("checkpoints", choice[len(CHECKPOINT_PREFIX):]))
+    if choice.startswith(DIFFUSERS_PREFIX):
+        return str(comfy.model_path("diffusers", choice[len(DIFFUSERS_PREFIX):]))
+    return choice
+
+
+class ConceptKitLoadModel:
+    DESCRIPTION = (
+        "Loads a text-to-image model for the ConceptKit nodes: the embedded world model (default, "
+        "no download), a single-file SD 1.x / 2.x / SDXL .safetensors checkpoint from ComfyUI's "
+        "checkpoints folder, or a diffusers folder from its diffusers folder. Pickle files (.ckpt, .pt) "
+        "are refused."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (CK_MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The loaded model, for every ConceptKit node that takes a CK_MODEL.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (model_choices(), {
+                    "default": EMBEDDED,
+                    "tooltip": "Which model: 'embedded' is ConceptKit's own small world model; "
+                               "checkpoints/... are single .safetensors files; diffusers/... are diffusers folders.",
+                }),
+                "device": (["auto", "cpu", "cuda"], {
+                    "default": "auto", "tooltip": "Where the model runs. 'auto' picks the GPU when there is one.",
+                }),
+                "dtype": (["fp32", "fp16", "bf16"], {
+                    "default": "fp32",
+                    "tooltip": "Precision of the weights. fp16/bf16 halve memory on a GPU; the VAE stays fp32 "
+                               "with fp16 to avoid black images.",
+                }),
+                "prediction_type": (["auto", "epsilon", "v_prediction"], {
+                    "default": "auto",
+                    "tooltip": "What the UNet predicts. 'auto' uses the model's own setting (SD 2.x 768 "
+                               "checkpoints: v_prediction). Set 'epsilon' for SD 2.x 512-base checkpoints.",
+                }),
+            }
+        }
+
+    def load(self, model: str, device: str, dtype: str, prediction_type: str):
+        loaded = load_model(
+            resolve_model_choice(model),
+            device=device,
+            dtype=dtype,
+            tokenizer_dir=comfy.clip_tokenizer_dir(),
+            prediction_type=prediction_type,
+        )
+        return (loaded,)

@@ -1,0 +1,130 @@
+"""Validate a graph the way ComfyUI does before anything runs: node types exist, required inputs
+are given, links carry the declared types, numbers are in range, combo values are listed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .graph import Link, Node
+
+
+@dataclass(frozen=True)
+class Problem:
+    node: Node
+    input: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.node.label}, input '{self.input}'" if self.input else self.node.label
+        return f"{where}: {self.message}"
+
+
+def types_match(output_type: str, input_type: str) -> bool:
+    if "*" in (output_type, input_type):
+        return True
+    return bool(set(output_type.split(",")) & set(input_type.split(",")))
+
+
+def _coerce(value, kind, options: dict):
+    """The value converted to the declared widget type, or raise ValueError with the reason."""
+    if isinstance(kind, list):
+        if value not in kind:
+            shown = ", ".join(map(str, kind[:8])) + (", ..." if len(kind) > 8 else "")
+            raise ValueError(f"'{value}' is not one of the choices ({shown})")
+        return value
+    if kind == "INT":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+            raise ValueError(f"{value!r} is not a whole number")
+        value = int(value)
+    elif kind == "FLOAT":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{value!r} is not a number")
+        value = float(value)
+    elif kind == "BOOLEAN":
+        if not isinstance(value, bool):
+            raise ValueError(f"{value!r} is not true or false")
+    elif kind == "STRING":
+        if not isinstance(value, str):
+            raise ValueError(f"{value!r} is not text")
+    if kind in ("INT", "FLOAT"):
+        if "min" in options and value < options["min"]:
+            raise ValueError(f"{value} is smaller than the minimum {options['min']}")
+        if "max" in options and value > options["max"]:
+            raise ValueError(f"{value} is bigger than the maximum {options['max']}")
+    return value
+
+
+def validate(graph: dict[str, Node], registry: dict) -> tuple[list[str], list[Problem]]:
+    """(order of node ids to run, problems). Only nodes that feed an output node are checked and run."""
+    problems: list[Problem] = []
+    for node in graph.values():
+        if node.class_type not in registry:
+            problems.append(Problem(node, None, f"unknown node type '{node.class_type}' "
+                                                "(is the custom node pack that provides it installed?)"))
+    outputs = [n for n in graph.values() if getattr(registry.get(n.class_type), "OUTPUT_NODE", False)]
+    if not outputs and not problems:
+        no_output = Problem(Node("-", "workflow"), None, "the workflow has no output node "
+                                                        "(add a Save Image or Preview Image node)")
+        return [], [no_output]
+
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(node: Node) -> None:
+        if state.get(node.id) == "done":
+            return
+        if state.get(node.id) == "visiting":
+            problems.append(Problem(node, None, "the workflow has a cycle through this node"))
+            return
+        state[node.id] = "visiting"
+        node_class = registry.get(node.class_type)
+        if node_class is not None:
+            _check_inputs(node, node_class, graph, registry, problems, visit)
+        state[node.id] = "done"
+        order.append(node.id)
+
+    for node in outputs:
+        visit(node)
+    return order, problems
+
+
+def _check_inputs(node, node_class, graph, registry, problems, visit) -> None:
+    spec = node_class.INPUT_TYPES()
+    declared = {**{k: (v, True) for k, v in (spec.get("required") or {}).items()},
+                **{k: (v, False) for k, v in (spec.get("optional") or {}).items()}}
+    for name, ((kind, *rest), required) in declared.items():
+        options = rest[0] if rest else {}
+        if name not in node.inputs:
+            if required:
+                what = "is not connected" if isinstance(kind, str) and kind not in (
+                    "INT", "FLOAT", "STRING", "BOOLEAN") else "has no value"
+                problems.append(Problem(node, name, f"required input {what}"))
+            continue
+        value = node.inputs[name]
+        if isinstance(value, Link):
+            origin = graph.get(value.node_id)
+            if origin is None:
+                problems.append(Problem(node, name, f"is linked to node {value.node_id}, which is missing or muted"))
+                continue
+            origin_class = registry.get(origin.class_type)
+            if origin_class is None:
+                continue  # reported as an unknown node type
+            returns = origin_class.RETURN_TYPES
+            if value.slot >= len(returns):
+                problems.append(Problem(node, name, f"is linked to output {value.slot} of {origin.label}, "
+                                                    f"which has only {len(returns)} outputs"))
+                continue
+            out_type = returns[value.slot]
+            in_type = "COMBO" if isinstance(kind, list) else kind
+            if not types_match(out_type, in_type):
+                problems.append(Problem(node, name, f"expects {in_type} but is linked to {origin.label}, "
+                                                    f"which gives {out_type}"))
+            visit(origin)
+            continue
+        if not isinstance(kind, list) and kind not in ("INT", "FLOAT", "STRING", "BOOLEAN"):
+            problems.append(Problem(node, name, f"expects a {kind} link, not the value {value!r}"))
+            continue
+        try:
+            node.inputs[name] = _coerce(value, kind, options)
+        except (ValueError, TypeError) as e:
+            problems.append(Problem(node, name, str(e)))

@@ -1,0 +1,118 @@
+"""The model service loads every source a user has, and refuses unsafe or broken files clearly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conceptkit.core.errors import ModelLoadError, UnsafeFileError
+from conceptkit.core.model import load_model
+
+
+def _unet_inputs(parts, batch=2):
+    torch.manual_seed(1)
+    unet = parts["unet"]
+    x = torch.randn(batch, 4, 16, 16)
+    t = torch.tensor([900, 15][:batch])
+    context = torch.randn(batch, 7, unet.config.cross_attention_dim)
+    added = None
+    if unet.config.addition_embed_type == "text_time":
+        pooled = parts["text_encoders"][-1].config.projection_dim
+        added = {"text_embeds": torch.randn(batch, pooled), "time_ids": torch.randn(batch, 6)}
+    return x, t, context, added
+
+
+@torch.no_grad()
+def assert_same_model(loaded, parts, atol=1e-5):
+    x, t, context, added = _unet_inputs(parts)
+    expected = parts["unet"](x, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
+    got = loaded.unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
+    torch.testing.assert_close(got, expected, atol=atol, rtol=0)
+
+    image = torch.rand(1, 3, 32, 32) * 2 - 1
+    expected = parts["vae"].decode(parts["vae"].encode(image).latent_dist.mean).sample
+    got = loaded.vae.decode(loaded.vae.encode(image).latent_dist.mean).sample
+    torch.testing.assert_close(got, expected, atol=atol, rtol=0)
+
+    ids = torch.randint(0, parts["text_encoders"][0].config.vocab_size - 2, (2, 77))
+    assert len(loaded.text_encoders) == len(parts["text_encoders"])
+    for original, converted in zip(parts["text_encoders"], loaded.text_encoders, strict=True):
+        a, b = original(ids, output_hidden_states=True), converted(ids, output_hidden_states=True)
+        torch.testing.assert_close(b[0], a[0], atol=atol, rtol=0)
+        torch.testing.assert_close(b.hidden_states[-2], a.hidden_states[-2], atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_single_file_checkpoint_converts_to_the_same_model(family, models_dir, tiny_parts):
+    loaded = load_model(models_dir / "checkpoints" / f"tiny_{family}.safetensors",
+                        tokenizer_dir=models_dir / "clip_tokenizer", device="cpu")
+    assert loaded.family == family
+    assert loaded.prediction_type == ("v_prediction" if family == "sd2" else "epsilon")
+    assert_same_model(loaded, tiny_parts[family])
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_diffusers_folder_loads_with_family_detected(family, models_dir, tiny_parts):
+    loaded = load_model(models_dir / "diffusers" / f"tiny_{family}", device="cpu")
+    assert loaded.family == family
+    assert_same_model(loaded, tiny_parts[family])
+
+
+def test_sd2_epsilon_override(models_dir):
+    loaded = load_model(models_dir / "checkpoints" / "tiny_sd2.safetensors",
+                        tokenizer_dir=models_dir / "clip_tokenizer", prediction_type="epsilon")
+    assert loaded.prediction_type == "epsilon"
+
+
+def test_dtype_option_casts_weights(models_dir):
+    loaded = load_model(models_dir / "diffusers" / "tiny_sd1", dtype="bf16")
+    assert loaded.unet.dtype == torch.bfloat16 and loaded.text_encoders[0].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".bin"])
+def test_pickle_checkpoints_are_refused_with_the_reason(tmp_path, suffix):
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(UnsafeFileError) as err:
+        load_model(path)
+    message = str(err.value)
+    assert path.name in message and "pickle" in message and ".safetensors" in message
+
+
+def test_truncated_safetensors_gives_one_line_error_naming_the_file(tmp_path, models_dir):
+    whole = (models_dir / "checkpoints" / "tiny_sd1.safetensors").read_bytes()
+    broken = tmp_path / "broken_model.safetensors"
+    broken.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ModelLoadError) as err:
+        load_model(broken, tokenizer_dir=models_dir / "clip_tokenizer")
+    message = str(err.value)
+    assert "broken_model.safetensors" in message and "truncated" in message
+    assert "\n" not in message
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_garbage_file_is_not_a_traceback(tmp_path):
+    path = tmp_path / "noise.safetensors"
+    path.write_bytes(b"hello, this is not a model")
+    with pytest.raises(ModelLoadError, match="noise.safetensors"):
+        load_model(path)
+
+
+def test_lora_file_is_named_as_such(tmp_path):
+    path = tmp_path / "style_lora.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8)}, str(path))
+    with pytest.raises(ModelLoadError, match="LoRA"):
+        load_model(path)
+
+
+def test_single_file_without_tokenizer_says_where_to_find_one(models_dir):
+    with pytest.raises(ModelLoadError, match="sd1_tokenizer"):
+        load_model(models_dir / "checkpoints" / "tiny_sd1.safetensors")
+
+
+def test_missing_path_and_plain_folder(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such file"):
+        load_model(tmp_path / "nothing_here.safetensors")
+    with pytest.raises(ModelLoadError, match="model_index.json"):
+        load_model(tmp_path)
