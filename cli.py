@@ -9,6 +9,8 @@ from pathlib import Path
 
 from .core.errors import ConceptKitError
 
+SUITE_NAMES = ("base",)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conceptkit", description="ConceptKit: few-shot personalized text-to-image.")
@@ -23,6 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--models", type=Path, default=None,
                      help="models folder with checkpoints/, diffusers/, clip_tokenizer/ (as in ComfyUI's models)")
     run.add_argument("-q", "--quiet", action="store_true", help="print only errors and the saved files")
+
+    bench = commands.add_parser("bench", help="run a benchmark suite on the world and print its table")
+    bench.add_argument("suite", choices=sorted(SUITE_NAMES), help="which comparison to run")
+    bench.add_argument("--quick", action="store_true", help="fewer images: a smoke run, not the reported numbers")
+    bench.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
+    bench.add_argument("--report", type=Path, default=None, help="write report.md and image grids in this folder")
+    bench.add_argument("--model", default=None, help="a model to score instead of the embedded one")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("-q", "--quiet", action="store_true")
     return parser
 
 
@@ -52,6 +63,26 @@ def main(argv: list[str] | None = None) -> int:
         for saved in results.values():
             for image in saved.get("images", []):
                 print(image["path"])
+    if args.command == "bench":
+        return bench(args)
+    return 0
+
+
+def bench(args) -> int:
+    from .benchmarks import run_suite, write_report
+    from .benchmarks.report import format_table, write_json
+    from .benchmarks.suites import BenchOptions
+
+    try:
+        rows, grids, notes = run_suite(args.suite, BenchOptions(quick=args.quick, model=args.model, seed=args.seed))
+    except ConceptKitError as e:
+        print(f"conceptkit: error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(rows))
+    if args.json:
+        write_json(args.json, args.suite, rows)
+    if args.report:
+        print(write_report(args.report, args.suite, rows, grids, notes))
     return 0
 
 

@@ -6,6 +6,7 @@ CLIP's, so `CLIPTokenizer` and every tool that reads CLIP tokenizers load it.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -27,24 +28,41 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs), strict=True))
 
 
+def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's BPE on one word (already byte-mapped for ASCII words): merge the best-ranked pair until none applies."""
+    symbols = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(symbols) > 1:
+        pairs = [(ranks.get((a, b), len(ranks) + 1), i) for i, (a, b) in enumerate(itertools.pairwise(symbols))]
+        rank, i = min(pairs)
+        if rank > len(ranks):
+            break
+        a, b = symbols[i], symbols[i + 1]
+        merged, j = [], 0
+        while j < len(symbols):
+            if j < len(symbols) - 1 and symbols[j] == a and symbols[j + 1] == b:
+                merged.append(a + b)
+                j += 2
+            else:
+                merged.append(symbols[j])
+                j += 1
+        symbols = merged
+    return symbols
+
+
 def write_clip_tokenizer(words: list[str], folder: Path, max_length: int = 77) -> CLIPTokenizer:
     """Write a tokenizer in which every word of `words` is one token; other text falls back to bytes."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     base = list(_bytes_to_unicode().values())
     vocab_tokens = base + [c + "</w>" for c in base]
-    merges: list[str] = []
-    seen = set(vocab_tokens)
+    ranks: dict[tuple[str, str], int] = {}
     for word in dict.fromkeys(w.lower() for w in words):
-        chars = list(word[:-1]) + [word[-1] + "</w>"]
-        left = chars[0]
-        for right in chars[1:]:
-            merged = left + right
-            if merged not in seen:
-                merges.append(f"{left} {right}")
-                vocab_tokens.append(merged)
-                seen.add(merged)
-            left = merged
+        # Append merges (lowest priority) until BPE turns the word into one token; appended merges
+        # never change how earlier words tokenize, since their merges all rank higher.
+        while len(symbols := _bpe(word, ranks)) > 1:
+            ranks[(symbols[0], symbols[1])] = len(ranks)
+            vocab_tokens.append(symbols[0] + symbols[1])
+    merges = [f"{a} {b}" for a, b in ranks]
     vocab_tokens += [BOS, EOS]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab_tokens)}, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")

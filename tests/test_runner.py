@@ -151,13 +151,22 @@ def test_reroutes_and_muted_nodes_are_handled_like_comfyui(tmp_path, models_dir)
 
 
 def test_node_failure_is_reported_with_the_node(tmp_path, capsys):
-    # the embedded model does not ship yet in this copy: the load node fails with a clear message
-    from conceptkit.core.model.loading import EMBEDDED_DIR
+    models = tmp_path / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    (models / "checkpoints" / "broken.safetensors").write_bytes(b"not a safetensors file")
+    assert run(tmp_path, WORKFLOWS / "text_to_image.json", "--set", "1.model=checkpoints/broken.safetensors",
+               models_dir=models) == 2
+    err = capsys.readouterr().err
+    assert "node 1 (ConceptKitLoadModel) failed: " in err and "broken.safetensors" in err
+    assert "Traceback" not in err
 
-    if (EMBEDDED_DIR / "model_index.json").exists():
-        pytest.skip("the embedded model ships in this copy")
-    assert run(tmp_path, WORKFLOWS / "text_to_image.json") == 2
-    assert "node 1 (ConceptKitLoadModel) failed: The embedded world model" in capsys.readouterr().err
+
+def test_example_workflow_runs_as_shipped_on_the_embedded_model(tmp_path):
+    assert run(tmp_path, WORKFLOWS / "text_to_image.json") == 0
+    written = sorted((tmp_path / "out").glob("*.png"))
+    assert len(written) == 8
+    with Image.open(written[0]) as image:
+        assert image.size == (64, 64)
 
 
 def test_python_dash_m_entry_point(tmp_path):

@@ -1,0 +1,136 @@
+"""Attribute checkers: what a 64x64 image shows, read against the scene its prompt describes.
+
+Background colour from the border pixels; objects by colour segmentation inside the region
+their position phrase names; size from the object's extent; position from its centroid; shape
+from the shape classifier on its mask. Text fidelity is the fraction of a prompt's attributes found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .metric_nets import crop_mask, load_shape_classifier
+from .scenes import Scene
+from .vocabulary import COLOURS, IMAGE_SIZE, PATTERN_SHADE, POSITIONS, SHAPES, SIZES
+
+COLOUR_NAMES = list(COLOURS)
+# Reference colours: each colour and its pattern shade, both named by the colour.
+REFERENCES = np.array([COLOURS[c] for c in COLOUR_NAMES] + [np.multiply(COLOURS[c], PATTERN_SHADE)
+                                                           for c in COLOUR_NAMES], np.float32)
+REFERENCE_NAMES = COLOUR_NAMES + COLOUR_NAMES
+BORDER = 3
+MIN_OBJECT_PIXELS = 40
+SIZE_THRESHOLD = (SIZES["small"] + SIZES["large"]) / 2
+ATTRIBUTES = ("background", "colour", "shape", "size", "position")
+HALF = IMAGE_SIZE // 2
+REGIONS = {  # where each position's object is looked for in two-object scenes
+    "left": (slice(None), slice(0, HALF)), "right": (slice(None), slice(HALF, None)),
+    "top": (slice(0, HALF), slice(None)), "bottom": (slice(HALF, None), slice(None)),
+}
+
+
+@dataclass
+class ObjectReading:
+    found: bool
+    colour: str | None = None
+    shape: str | None = None
+    size: str | None = None
+    position: str | None = None
+
+
+def nearest_reference(image: np.ndarray) -> np.ndarray:
+    """Index into REFERENCES of every pixel's nearest reference colour. image: uint8 [H, W, 3]."""
+    d = ((image[..., None, :].astype(np.float32) - REFERENCES) ** 2).sum(-1)
+    return d.argmin(-1)
+
+
+def read_background(labels: np.ndarray) -> str:
+    frame = np.ones(labels.shape, bool)
+    frame[BORDER:-BORDER, BORDER:-BORDER] = False
+    names = np.array(REFERENCE_NAMES)[labels[frame]]
+    values, counts = np.unique(names, return_counts=True)
+    return str(values[counts.argmax()])
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected component of a boolean mask (drops stray pixels)."""
+    labels = np.zeros(mask.shape, np.int32)
+    best, best_size, current = 0, 0, 0
+    for y, x in zip(*np.nonzero(mask), strict=True):
+        if labels[y, x]:
+            continue
+        current += 1
+        stack, size = [(y, x)], 0
+        labels[y, x] = current
+        while stack:
+            cy, cx = stack.pop()
+            size += 1
+            for ny, nx in ((cy + 1, cx), (cy - 1, cx), (cy, cx + 1), (cy, cx - 1)):
+                if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = current
+                    stack.append((ny, nx))
+        if size > best_size:
+            best, best_size = current, size
+    return labels == best if best else np.zeros(mask.shape, bool)
+
+
+def read_object(labels: np.ndarray, background: str, region: tuple[slice, slice] | None) -> ObjectReading:
+    """The dominant non-background object inside `region` (the whole image when None)."""
+    names = np.array(REFERENCE_NAMES)[labels]
+    foreground = names != background
+    if region is not None:
+        inside = np.zeros(labels.shape, bool)
+        inside[region] = True
+        foreground &= inside
+    if foreground.sum() < MIN_OBJECT_PIXELS:
+        return ObjectReading(found=False)
+    values, counts = np.unique(names[foreground], return_counts=True)
+    colour = str(values[counts.argmax()])
+    mask = largest_component(foreground & (names == colour))
+    if mask.sum() < MIN_OBJECT_PIXELS:
+        return ObjectReading(found=False)
+    ys, xs = np.nonzero(mask)
+    extent = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+    centre = np.array([xs.mean(), ys.mean()])
+    position = min(POSITIONS, key=lambda p: float(((np.array(POSITIONS[p]) - centre) ** 2).sum()))
+    with torch.no_grad():
+        logits = load_shape_classifier()(torch.from_numpy(crop_mask(mask))[None, None])
+    return ObjectReading(True, colour, SHAPES[int(logits.argmax())],
+                         "large" if extent >= SIZE_THRESHOLD else "small", position)
+
+
+def check_image(image: np.ndarray, scene: Scene) -> dict[str, list[bool]]:
+    """For each attribute kind, whether each of the scene's instances of it is found in the image."""
+    labels = nearest_reference(image)
+    background = read_background(labels)
+    results: dict[str, list[bool]] = {a: [] for a in ATTRIBUTES}
+    results["background"].append(background == scene.background)
+    two = len(scene.objects) > 1
+    for obj in scene.objects:
+        reading = read_object(labels, scene.background, REGIONS.get(obj.position) if two else None)
+        if obj.instance is not None:  # creatures: only their presence where the prompt puts them is checkable
+            results["position"].append(reading.found and reading.position == obj.position)
+            continue
+        results["colour"].append(reading.found and reading.colour == obj.colour)
+        results["shape"].append(reading.found and reading.shape == obj.shape)
+        results["size"].append(reading.found and reading.size == obj.size)
+        results["position"].append(reading.found and reading.position == obj.position)
+    return results
+
+
+def text_fidelity(image: np.ndarray, scene: Scene) -> float:
+    """Fraction of the prompt's checkable attributes found in the image (our CLIP-T)."""
+    checks = [ok for values in check_image(image, scene).values() for ok in values]
+    return float(np.mean(checks))
+
+
+def attribute_accuracy(images: np.ndarray, scenes: list[Scene]) -> dict[str, float]:
+    """Per attribute kind: the fraction of its instances found, over a set of images."""
+    totals: dict[str, list[bool]] = {a: [] for a in ATTRIBUTES}
+    for image, scene in zip(images, scenes, strict=True):
+        for attribute, values in check_image(image, scene).items():
+            totals[attribute] += values
+    return {a: float(np.mean(v)) for a, v in totals.items() if v}

@@ -1,0 +1,113 @@
+"""Scenes of the world: what is in an image, its caption, and how scenes are drawn for each split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .render import background, instance_sprite, paste, shape_mask
+from .vocabulary import (
+    COLOURS,
+    HELDOUT_PAIRS,
+    INSTANCE_CLASS_WORD,
+    PAIRED_POSITIONS,
+    PATTERN_WORDS,
+    PATTERNS,
+    POSITION_PHRASES,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    TRAIN_INSTANCE_SEEDS,
+)
+
+JITTER = 2  # pixels an object may move off its anchor
+INSTANCE_FRACTION = 0.2
+TWO_OBJECT_FRACTION = 0.3
+
+
+@dataclass(frozen=True)
+class WorldObject:
+    position: str
+    shape: str | None = None  # a shape object ...
+    colour: str | None = None
+    size: str = "large"
+    instance: int | None = None  # ... or a creature, by its seed
+    token: str | None = None  # the personal token naming that creature, if any
+
+    def phrase(self) -> str:
+        where = POSITION_PHRASES[self.position]
+        if self.instance is not None:
+            name = f"{self.token} {INSTANCE_CLASS_WORD}" if self.token else INSTANCE_CLASS_WORD
+            return f"a {name} {where}"
+        return f"a {self.size} {self.colour} {self.shape} {where}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    background: str
+    pattern: str
+    objects: tuple[WorldObject, ...]
+
+    def caption(self) -> str:
+        backdrop = " ".join(w for w in (self.background, PATTERN_WORDS.get(self.pattern, self.pattern)) if w)
+        return " and ".join(o.phrase() for o in self.objects) + f", {backdrop} background"
+
+    def render(self, rng: np.random.Generator | None = None) -> np.ndarray:
+        """uint8 [64, 64, 3]. With `rng`, objects move up to 2 px and the pattern phase varies."""
+        rng = rng or np.random.default_rng(0)
+        phase = tuple(int(v) for v in rng.integers(0, 8, size=2)) if rng is not None else (0, 0)
+        image = background(self.background, self.pattern, phase)
+        for obj in self.objects:
+            cx, cy = POSITIONS[obj.position]
+            cx, cy = cx + int(rng.integers(-JITTER, JITTER + 1)), cy + int(rng.integers(-JITTER, JITTER + 1))
+            if obj.instance is not None:
+                mask, rgb = instance_sprite(obj.instance)
+                paste(image, mask, rgb, (cx, cy))
+            else:
+                paste(image, shape_mask(obj.shape, SIZES[obj.size]), COLOURS[obj.colour], (cx, cy))
+        return image.round().astype(np.uint8)
+
+
+def _pick(rng: np.random.Generator, options):
+    options = list(options)
+    return options[int(rng.integers(len(options)))]
+
+
+def random_shape_object(rng, position: str, background: str, heldout: bool, size: str | None = None) -> WorldObject:
+    while True:
+        colour, shape = _pick(rng, [c for c in COLOURS if c != background]), _pick(rng, SHAPES)
+        if ((colour, shape) in HELDOUT_PAIRS) == heldout:
+            return WorldObject(position, shape, colour, size or _pick(rng, SIZES))
+
+
+def random_scene(rng: np.random.Generator, split: str = "train") -> Scene:
+    """A scene of `split`: "train" (what the base model sees: shapes and creatures), "seen" (shape
+    scenes of the training distribution, for evaluation), "heldout" (one object of a colour-shape
+    pair never shown in training)."""
+    bg, pattern = _pick(rng, COLOURS), _pick(rng, PATTERNS)
+    if split == "train" and rng.random() < INSTANCE_FRACTION:
+        seed = int(rng.integers(TRAIN_INSTANCE_SEEDS.start, TRAIN_INSTANCE_SEEDS.stop))
+        return Scene(bg, pattern, (WorldObject(_pick(rng, POSITIONS), instance=seed),))
+    if split == "heldout":
+        return Scene(bg, pattern, (random_shape_object(rng, _pick(rng, POSITIONS), bg, heldout=True),))
+    if rng.random() < TWO_OBJECT_FRACTION:
+        first, second = _pick(rng, PAIRED_POSITIONS)
+        sizes = _pick(rng, [("small", "small"), ("small", "large"), ("large", "small")])
+        objects = tuple(random_shape_object(rng, p, bg, heldout=False, size=s)
+                        for p, s in zip((first, second), sizes, strict=True))
+        return Scene(bg, pattern, objects)
+    return Scene(bg, pattern, (random_shape_object(rng, _pick(rng, POSITIONS), bg, heldout=False),))
+
+
+def evaluation_scenes(split: str, count: int, seed: int = 1234) -> list[Scene]:
+    """A fixed list of evaluation scenes ("seen" or "heldout")."""
+    rng = np.random.default_rng([seed, {"seen": 0, "heldout": 1}[split]])
+    return [random_scene(rng, split) for _ in range(count)]
+
+
+def training_batch(seed: int, step: int, batch_size: int) -> tuple[np.ndarray, list[str]]:
+    """The batch of one training step, a pure function of (seed, step): resuming replays it exactly."""
+    rng = np.random.default_rng([seed, step])
+    scenes = [random_scene(rng, "train") for _ in range(batch_size)]
+    return np.stack([s.render(rng) for s in scenes]), [s.caption() for s in scenes]

@@ -1,0 +1,331 @@
+"""Train the embedded world model: VAE first, then UNet + text encoder on its latents.
+
+    python -m conceptkit.core.world.train_model --workdir DIR [--minutes M] [--export DIR]
+
+Runs in stages, checkpoints every few hundred steps (safetensors), and resumes exactly from the
+newest checkpoint: each step's data, noise and timesteps are pure functions of (seed, step).
+Under `accelerate launch` each process draws its own batches and gradients are averaged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from ..tokenizer import write_clip_tokenizer
+from ..training_state import latest_checkpoint, load_training_state, prune_checkpoints, save_training_state
+from .scenes import training_batch
+from .vocabulary import CAPTION_WORDS
+
+log = logging.getLogger("conceptkit.world.train")
+CONFIG_PATH = Path(__file__).parent / "configs" / "world_model.json"
+
+
+VAE_STREAM, DIFFUSION_STREAM = 1, 2
+
+
+def step_generator(*parts: int) -> torch.Generator:
+    """A generator seeded by a stable function of the parts (never Python's per-process hash())."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0]))
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup)))) * 0.9 + 0.1
+
+
+def random_crops(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """One random size x size crop per image (the VAE is fully convolutional, so crops train it as well)."""
+    offsets = torch.randint(0, x.shape[-1] - size + 1, (x.shape[0], 2), generator=gen)
+    return torch.stack([img[:, oy:oy + size, ox:ox + size] for img, (oy, ox) in zip(x, offsets.tolist(), strict=True)])
+
+
+class Deadline:
+    """When this run should stop (after saving a checkpoint): a time limit and/or a step budget."""
+
+    def __init__(self, minutes: float | None = None, steps: int | None = None):
+        self.end = None if minutes is None else time.monotonic() + minutes * 60
+        self.steps_left = steps
+
+    def tick(self) -> None:
+        if self.steps_left is not None:
+            self.steps_left -= 1
+
+    def passed(self) -> bool:
+        out_of_time = self.end is not None and time.monotonic() > self.end
+        return out_of_time or (self.steps_left is not None and self.steps_left <= 0)
+
+
+def train_vae(cfg: dict, workdir: Path, accelerator: Accelerator, deadline: Deadline) -> AutoencoderKL | None:
+    final = workdir / "vae_final"
+    if (final / "config.json").exists():
+        return AutoencoderKL.from_pretrained(final)
+    c = cfg["vae"]
+    torch.manual_seed(cfg["seed"])
+    vae = AutoencoderKL(**c["model"])
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=c["lr"], weight_decay=0.0)
+    step = 0
+    ckpt_dir = workdir / "vae"
+    if (last := latest_checkpoint(ckpt_dir)) is not None:
+        step, _ = load_training_state(last, {"vae": vae}, optimizer)
+        log.info("vae: resumed at step %d", step)
+    vae, optimizer = accelerator.prepare(vae, optimizer)
+    t0, losses = time.monotonic(), []
+    while step < c["steps"]:
+        for group in optimizer.param_groups:
+            group["lr"] = c["lr"] * lr_factor(step, c["warmup"], c["steps"])
+        images, _ = training_batch(cfg["seed"] + 1000 * accelerator.process_index + 1, step, c["batch_size"])
+        gen = step_generator(cfg["seed"], VAE_STREAM, step, accelerator.process_index)
+        x = random_crops(images_to_tensor(images), c["crop"], gen).to(accelerator.device)
+        posterior = accelerator.unwrap_model(vae).encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(x.device)
+        recon = accelerator.unwrap_model(vae).decode(z).sample
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + c["kl_weight"] * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        step += 1
+        deadline.tick()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            log.info("vae step %d loss %.4f (%.2fs/step)", step, np.mean(losses), (time.monotonic() - t0) / 50)
+            t0, losses = time.monotonic(), []
+        if step % cfg["checkpoint_every"] == 0 or step == c["steps"] or deadline.passed():
+            if accelerator.is_main_process:
+                save_training_state(ckpt_dir / f"step_{step}", {"vae": accelerator.unwrap_model(vae)}, optimizer, step)
+                prune_checkpoints(ckpt_dir, cfg["keep_checkpoints"])
+            if deadline.passed() and step < c["steps"]:
+                return None
+    vae = accelerator.unwrap_model(vae)
+    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, cfg["seed"]))
+    if accelerator.is_main_process:
+        vae.save_pretrained(final)
+    return vae
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae: AutoencoderKL, seed: int, n: int = 512) -> float:
+    """1 / std of the latents, as Stable Diffusion's 0.18215 was chosen."""
+    images, _ = training_batch(seed + 999_999, 0, n)
+    z = vae.encode(images_to_tensor(images)).latent_dist.mean
+    return float(1.0 / z.std())
+
+
+@torch.no_grad()
+def encode_dataset(cfg: dict, workdir: Path, vae: AutoencoderKL, deadline: Deadline) -> dict | None:
+    """Encode the fixed training set once: posterior mean and std of every image, and its caption."""
+    path = workdir / "latents.safetensors"
+    if path.exists():
+        from safetensors.torch import load_file
+
+        data = load_file(str(path))
+        data["captions"] = json.loads((workdir / "captions.json").read_text())
+        return data
+    c = cfg["dataset"]
+    parts = workdir / "latents_parts"
+    parts.mkdir(exist_ok=True)
+    n_parts = c["size"] // c["encode_batch"]
+    vae.eval()
+    from safetensors.torch import load_file, save_file
+
+    for i in range(n_parts):
+        part = parts / f"{i:05d}.safetensors"
+        if part.exists():
+            continue
+        if deadline.passed():
+            return None
+        images, captions = training_batch(cfg["seed"] + 7, i, c["encode_batch"])
+        posterior = vae.encode(images_to_tensor(images)).latent_dist
+        save_file({"mean": posterior.mean.half().contiguous(), "std": posterior.std.half().contiguous()}, str(part),
+                  metadata={"captions": json.dumps(captions)})
+        if i % 20 == 0:
+            log.info("encoded %d/%d", (i + 1) * c["encode_batch"], c["size"])
+    from safetensors import safe_open
+
+    means, stds, captions = [], [], []
+    for i in range(n_parts):
+        part = parts / f"{i:05d}.safetensors"
+        tensors = load_file(str(part))
+        means.append(tensors["mean"])
+        stds.append(tensors["std"])
+        with safe_open(str(part), "pt") as f:
+            captions += json.loads(f.metadata()["captions"])
+    data = {"mean": torch.cat(means), "std": torch.cat(stds)}
+    save_file(data, str(path))
+    (workdir / "captions.json").write_text(json.dumps(captions))
+    data["captions"] = captions
+    return data
+
+
+def dataset_batch(data: dict, seed: int, step: int, batch_size: int, rank: int) -> tuple[torch.Tensor, ...]:
+    """Indices of one step: epoch-wise permutations, a pure function of (seed, step, rank)."""
+    n = data["mean"].shape[0]
+    first = (step * batch_size) % n
+    epoch = (step * batch_size) // n
+    order = torch.randperm(n, generator=step_generator(seed, 3, epoch, rank))
+    index = order[torch.arange(first, first + batch_size) % n]
+    return data["mean"][index].float(), data["std"][index].float(), [data["captions"][i] for i in index.tolist()]
+
+
+def build_text_encoder(cfg: dict, vocab_size: int) -> CLIPTextModel:
+    return CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, bos_token_id=vocab_size - 2,
+                                        eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+                                        **cfg["text_encoder"]))
+
+
+class EMA:
+    """Exponential moving average of a module's weights (the weights that ship)."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.module, self.decay = copy.deepcopy(module).requires_grad_(False), decay
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for ema_p, p in zip(self.module.parameters(), module.parameters(), strict=True):
+            ema_p.lerp_(p.detach(), 1 - decay)
+
+
+def train_diffusion(cfg: dict, workdir: Path, vae: AutoencoderKL, data: dict, accelerator: Accelerator,
+                    deadline: Deadline) -> bool:
+    """Returns True when the configured number of steps is done."""
+    c = cfg["diffusion"]
+    if (workdir / "tokenizer" / "vocab.json").exists():  # keep the tokenizer a run started with
+        tokenizer = CLIPTokenizer.from_pretrained(workdir / "tokenizer")
+    else:
+        tokenizer = write_clip_tokenizer(CAPTION_WORDS, workdir / "tokenizer",
+                                         max_length=cfg["text_encoder"]["max_position_embeddings"])
+    torch.manual_seed(cfg["seed"] + 1)
+    unet = UNet2DConditionModel(**cfg["unet"])
+    text_encoder = build_text_encoder(cfg, len(tokenizer))
+    ema_unet, ema_text = EMA(unet, c["ema_decay"]), EMA(text_encoder, c["ema_decay"])
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=c["lr"], weight_decay=1e-2)
+    modules = {"unet": unet, "text_encoder": text_encoder, "ema_unet": ema_unet.module, "ema_text": ema_text.module}
+    step, ckpt_dir = 0, workdir / "diffusion"
+    if (last := latest_checkpoint(ckpt_dir)) is not None:
+        step, _ = load_training_state(last, modules, optimizer)
+        log.info("diffusion: resumed at step %d", step)
+    noise_scheduler = DDPMScheduler(**cfg["noise_schedule"])
+    alphas = noise_scheduler.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    vae.requires_grad_(False).eval()
+    unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+    t0, losses = time.monotonic(), []
+    while step < c["steps"]:
+        for group in optimizer.param_groups:
+            group["lr"] = c["lr"] * lr_factor(step, c["warmup"], c["steps"])
+        mean, std, captions = dataset_batch(data, cfg["seed"], step, c["batch_size"], accelerator.process_index)
+        gen = step_generator(cfg["seed"], DIFFUSION_STREAM, step, accelerator.process_index)
+        captions = ["" if torch.rand((), generator=gen) < c["caption_dropout"] else t for t in captions]
+        latents = (mean + std * torch.randn(mean.shape, generator=gen)) * vae.config.scaling_factor
+        b = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=gen)
+        noise = noise + c["offset_noise"] * torch.randn((b, latents.shape[1], 1, 1), generator=gen)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=gen)
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(accelerator.device)
+        hidden = text_encoder(ids)[0]
+        pred = unet(noisy.to(accelerator.device), t.to(accelerator.device), encoder_hidden_states=hidden).sample
+        weight = (torch.clamp(snr[t], max=c["min_snr_gamma"]) / snr[t]).to(accelerator.device)
+        loss = (weight * F.mse_loss(pred, noise.to(accelerator.device), reduction="none").mean(dim=(1, 2, 3))).mean()
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, c["grad_clip"])
+        optimizer.step()
+        ema_unet.update(accelerator.unwrap_model(unet), step)
+        ema_text.update(accelerator.unwrap_model(text_encoder), step)
+        step += 1
+        deadline.tick()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            log.info("diffusion step %d loss %.4f (%.2fs/step)", step, np.mean(losses), (time.monotonic() - t0) / 50)
+            t0, losses = time.monotonic(), []
+        if step % cfg["checkpoint_every"] == 0 or step == c["steps"] or deadline.passed():
+            if accelerator.is_main_process:
+                modules = {"unet": accelerator.unwrap_model(unet),
+                           "text_encoder": accelerator.unwrap_model(text_encoder),
+                           "ema_unet": ema_unet.module, "ema_text": ema_text.module}
+                save_training_state(ckpt_dir / f"step_{step}", modules, optimizer, step)
+                prune_checkpoints(ckpt_dir, cfg["keep_checkpoints"])
+            if deadline.passed():
+                return step >= c["steps"]
+    return True
+
+
+def export_model(cfg: dict, workdir: Path, out: Path, checkpoint: Path | None = None) -> Path:
+    """Write the EMA weights of a diffusion checkpoint as a diffusers folder (the embedded model)."""
+    checkpoint = checkpoint or latest_checkpoint(workdir / "diffusion")
+    if checkpoint is None:
+        raise FileNotFoundError(f"no diffusion checkpoint under {workdir}")
+    shutil.copytree(workdir / "tokenizer", out / "tokenizer", dirs_exist_ok=True)  # the one it was trained with
+    tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    unet, text_encoder = UNet2DConditionModel(**cfg["unet"]), build_text_encoder(cfg, len(tokenizer))
+    step, _ = load_training_state(checkpoint, {"ema_unet": unet, "ema_text": text_encoder}, None)
+    unet.save_pretrained(out / "unet")
+    text_encoder.save_pretrained(out / "text_encoder")
+    AutoencoderKL.from_pretrained(workdir / "vae_final").save_pretrained(out / "vae")
+    scheduler = DDIMScheduler(**cfg["noise_schedule"], clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    scheduler.save_pretrained(out / "scheduler")
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0",
+             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+             "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "safety_checker": [None, None],
+             "feature_extractor": [None, None], "requires_safety_checker": False}
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (out / "conceptkit.json").write_text(json.dumps({"family": "world", "trained_steps": step}, indent=2) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, required=True, help="checkpoints and logs (kept across sessions)")
+    parser.add_argument("--config", type=Path, default=CONFIG_PATH)
+    parser.add_argument("--minutes", type=float, default=None, help="stop (after a checkpoint) after this long")
+    parser.add_argument("--stop-after", type=int, default=None, help="stop (after a checkpoint) after N steps")
+    parser.add_argument("--export", type=Path, default=None, help="export the newest checkpoint to this folder")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        handlers=[logging.StreamHandler(), logging.FileHandler(args.workdir / "train.log")])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = json.loads(args.config.read_text())
+    if args.export:
+        export_model(cfg, args.workdir, args.export)
+        log.info("exported to %s", args.export)
+        return 0
+    accelerator = Accelerator()
+    deadline = Deadline(args.minutes, args.stop_after)
+    vae = train_vae(cfg, args.workdir, accelerator, deadline)
+    if vae is None:
+        return 0
+    data = encode_dataset(cfg, args.workdir, vae, deadline)
+    if data is None:
+        return 0
+    train_diffusion(cfg, args.workdir, vae, data, accelerator, deadline)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

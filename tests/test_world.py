@@ -1,0 +1,165 @@
+"""The world: deterministic scenes, exact checkers, a validated identity network, a resumable trainer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conceptkit.core.metrics import diversity, frechet_distance
+from conceptkit.core.tokenizer import write_clip_tokenizer
+from conceptkit.core.world import CAPTION_WORDS, COLOURS, evaluation_scenes, random_scene, training_batch
+from conceptkit.core.world.checkers import attribute_accuracy, check_image
+from conceptkit.core.world.metric_nets import IDENTITY_VALIDATION_SEEDS, creature_view
+from conceptkit.core.world.metrics import forgetting, identity_features, mean_text_fidelity, subject_fidelity
+from conceptkit.core.world.scenes import Scene, WorldObject
+from conceptkit.core.world.vocabulary import HELDOUT_INSTANCE_SEEDS, HELDOUT_PAIRS, PATTERN_SHADE
+
+
+def renders(scenes, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.stack([s.render(rng) for s in scenes])
+
+
+def test_training_batches_are_a_pure_function_of_seed_and_step():
+    a_images, a_captions = training_batch(3, 17, 8)
+    b_images, b_captions = training_batch(3, 17, 8)
+    c_images, _ = training_batch(3, 18, 8)
+    assert a_captions == b_captions and np.array_equal(a_images, b_images)
+    assert not np.array_equal(a_images, c_images)
+    assert a_images.shape == (8, 64, 64, 3) and a_images.dtype == np.uint8
+
+
+def test_heldout_pairs_never_appear_in_training():
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        for obj in random_scene(rng, "train").objects:
+            assert (obj.colour, obj.shape) not in HELDOUT_PAIRS
+    assert all((o.colour, o.shape) in HELDOUT_PAIRS for s in evaluation_scenes("heldout", 50) for o in s.objects)
+
+
+def test_every_caption_word_is_one_token(tmp_path):
+    tokenizer = write_clip_tokenizer(CAPTION_WORDS, tmp_path / "tok", max_length=32)
+    _, captions = training_batch(0, 0, 64)
+    for caption in captions:
+        words = caption.replace(",", " ,").split()
+        ids = tokenizer(caption).input_ids[1:-1]
+        assert len(ids) == len(words), caption
+
+
+def test_ground_truth_renders_score_full_text_fidelity():
+    for split in ("seen", "heldout"):
+        scenes = evaluation_scenes(split, 150)
+        images = renders(scenes)
+        assert mean_text_fidelity(images, scenes) >= 0.97, split
+        accuracy = attribute_accuracy(images, scenes)
+        assert min(accuracy.values()) >= 0.95, (split, accuracy)
+
+
+def test_recoloured_background_scores_lower():
+    scenes = [s for s in evaluation_scenes("seen", 60) if s.background != "green"]
+    images = renders(scenes)
+    recoloured = images.copy()
+    for image, scene in zip(recoloured, scenes, strict=True):
+        for shade in (1.0, PATTERN_SHADE):  # the colour and its pattern marks
+            old = (np.array(COLOURS[scene.background]) * shade).round()
+            image[np.abs(image.astype(int) - old).sum(-1) < 10] = (np.array(COLOURS["green"]) * shade).round()
+    original, changed = mean_text_fidelity(images, scenes), mean_text_fidelity(recoloured, scenes)
+    assert changed < original - 0.1
+    assert all(not check_image(i, s)["background"][0] for i, s in zip(recoloured, scenes, strict=True))
+
+
+def test_missing_object_fails_its_attributes():
+    scene = Scene("blue", "plain", (WorldObject("left", "star", "red", "large"),))
+    empty = Scene("blue", "plain", ()).render()
+    result = check_image(empty, scene)
+    assert result["background"] == [True] and result["colour"] == [False] and result["position"] == [False]
+
+
+def test_same_creature_scores_higher_subject_fidelity_than_another():
+    rng = np.random.default_rng(5)
+    for a, b in [(HELDOUT_INSTANCE_SEEDS[0], HELDOUT_INSTANCE_SEEDS[1]), (HELDOUT_INSTANCE_SEEDS[2], 77)]:
+        views_a = np.stack([creature_view(rng, a) for _ in range(4)])
+        views_a2 = np.stack([creature_view(rng, a) for _ in range(4)])
+        views_b = np.stack([creature_view(rng, b) for _ in range(4)])
+        as_images = lambda v: torch.from_numpy(v).permute(0, 2, 3, 1)  # noqa: E731
+        same = subject_fidelity(as_images(views_a), as_images(views_a2))
+        other = subject_fidelity(as_images(views_a), as_images(views_b))
+        assert same > other + 0.2
+
+
+def roc_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    scores = np.concatenate([positives, negatives])
+    ranks = scores.argsort().argsort() + 1
+    return float((ranks[: len(positives)].sum() - len(positives) * (len(positives) + 1) / 2)
+                 / (len(positives) * len(negatives)))
+
+
+def test_identity_network_separates_instances_with_auc_above_095():
+    rng = np.random.default_rng(123)
+    seeds = list(IDENTITY_VALIDATION_SEEDS[:100])
+    views = np.stack([creature_view(rng, s) for s in seeds for _ in range(2)])
+    z = identity_features(torch.from_numpy(views).permute(0, 2, 3, 1)).view(len(seeds), 2, -1)
+    positives = (z[:, 0] * z[:, 1]).sum(-1).numpy()
+    cross = (z[:, 0] @ z[:, 1].T).numpy()
+    negatives = cross[~np.eye(len(seeds), dtype=bool)]
+    assert roc_auc(positives, negatives) >= 0.95
+
+
+def test_feature_distances_answer_known_inputs():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 8))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, a + 3.0) == pytest.approx(8 * 9.0, rel=0.05)
+    targets = rng.normal(size=(3, 8))
+    assert diversity(np.repeat(targets[:1], 5, axis=0), targets) == pytest.approx(0.0, abs=1e-6)
+    assert diversity(rng.normal(size=(50, 8)), targets) > 0.5
+    assert forgetting([[0.9], [0.8, 0.95], [0.7, 0.9, 0.92]]) == pytest.approx([0.2, 0.05, 0.0])
+
+
+TINY_WORLD = {
+    "seed": 0,
+    "vae": {"model": {"block_out_channels": [32, 32], "layers_per_block": 1, "latent_channels": 4,
+                      "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
+                      "sample_size": 64, "mid_block_add_attention": False},
+            "steps": 4, "batch_size": 4, "lr": 1e-3, "warmup": 2, "kl_weight": 1e-6, "crop": 32},
+    "text_encoder": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "intermediate_size": 64, "max_position_embeddings": 32, "hidden_act": "quick_gelu"},
+    "unet": {"sample_size": 32, "block_out_channels": [32, 32], "layers_per_block": 1,
+             "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "attention_head_dim": 4,
+             "cross_attention_dim": 32},
+    "noise_schedule": {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                       "beta_end": 0.012, "prediction_type": "epsilon"},
+    "dataset": {"size": 16, "encode_batch": 8},
+    "diffusion": {"steps": 6, "batch_size": 4, "lr": 1e-3, "warmup": 2, "ema_decay": 0.9, "offset_noise": 0.1,
+                  "min_snr_gamma": 5.0, "caption_dropout": 0.1, "grad_clip": 1.0},
+    "checkpoint_every": 100,
+    "keep_checkpoints": 2,
+}
+
+
+def test_world_trainer_resumes_exactly_across_stages(tmp_path):
+    from conceptkit.core.world.train_model import main
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY_WORLD))
+    common = ["--config", str(config), "--threads", "2"]
+    assert main(["--workdir", str(tmp_path / "straight"), *common]) == 0
+    interrupted = str(tmp_path / "interrupted")
+    assert main(["--workdir", interrupted, *common, "--stop-after", "3"]) == 0  # inside the VAE stage
+    assert not (tmp_path / "interrupted" / "vae_final").exists()
+    assert main(["--workdir", interrupted, *common, "--stop-after", "4"]) == 0  # VAE done, diffusion to step 3
+    assert (tmp_path / "interrupted" / "diffusion" / "step_3").exists()
+    assert main(["--workdir", interrupted, *common]) == 0
+    a = load_file(str(tmp_path / "straight" / "diffusion" / "step_6" / "state.safetensors"))
+    b = load_file(str(tmp_path / "interrupted" / "diffusion" / "step_6" / "state.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    export = tmp_path / "export"
+    assert main(["--workdir", str(tmp_path / "straight"), *common, "--export", str(export)]) == 0
+    assert json.loads((export / "conceptkit.json").read_text())["family"] == "world"
