@@ -1,4 +1,5 @@
-"""The one place that talks to ComfyUI: progress bars with previews, Cancel, and model folders.
+"""The one place that talks to ComfyUI: progress bars with previews, Cancel, model folders, and
+ComfyUI's own MODEL/CLIP/VAE objects.
 
 Nothing of ComfyUI is imported when this module loads; each function looks for ComfyUI when it is
 called and falls back to plain behaviour (logging, environment-configured folders) without it.
@@ -14,11 +15,14 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..core.errors import InputError
+
 log = logging.getLogger("conceptkit")
 
 MODELS_DIR_ENV = "CONCEPTKIT_MODELS_DIR"  # headless: <dir>/checkpoints, <dir>/diffusers, <dir>/clip_tokenizer
 TOKENIZER_ENV = "CONCEPTKIT_CLIP_TOKENIZER"
 PREVIEW_MAX_SIDE = 512
+COMFY_PREDICTION_TYPES = {"EPS": "epsilon", "V_PREDICTION": "v_prediction"}  # ComfyUI's ModelType names
 
 
 def _comfy(module: str):
@@ -109,10 +113,41 @@ def clip_tokenizer_dir() -> Path | None:
     configured = os.environ.get(TOKENIZER_ENV)
     if configured:
         return Path(configured)
-    comfy = _comfy("comfy")
-    if comfy is not None and getattr(comfy, "__file__", None):
-        candidate = Path(comfy.__file__).parent / "sd1_tokenizer"
+    sd1_clip = _comfy("comfy.sd1_clip")  # comfy is a namespace package: locate it by one of its modules
+    if sd1_clip is not None and getattr(sd1_clip, "__file__", None):
+        candidate = Path(sd1_clip.__file__).parent / "sd1_tokenizer"
         if candidate.is_dir():
             return candidate
     headless = _headless_dir("clip_tokenizer")
     return headless if headless and headless.is_dir() else None
+
+
+def _require_comfy_parts(model, clip, vae):
+    """comfy.model_management, when these are ComfyUI's MODEL (ModelPatcher), CLIP and VAE objects."""
+    management = _comfy("comfy.model_management")
+    parts = (hasattr(model, "model") and hasattr(clip, "cond_stage_model") and hasattr(vae, "first_stage_model"))
+    if management is None or not parts:
+        raise InputError("Model From Comfy takes ComfyUI's MODEL, CLIP and VAE (from Load Checkpoint and "
+                         "Load LoRA); outside ComfyUI use ConceptKit Load Model instead.")
+    return management
+
+
+def comfy_checkpoint_state_dict(model, clip, vae) -> tuple[dict, str]:
+    """ComfyUI's MODEL (with the LoRA patches it carries applied), CLIP and VAE as one LDM-layout state
+    dict, exactly as ComfyUI's own CheckpointSave gathers it, and the model's prediction type."""
+    management = _require_comfy_parts(model, clip, vae)
+    model_type = model.model.model_type.name
+    if model_type not in COMFY_PREDICTION_TYPES:
+        raise InputError(f"Model From Comfy: this MODEL predicts '{model_type}'; ConceptKit handles SD 1.x, "
+                         "SD 2.x and SDXL models (eps or v prediction).")
+    management.load_models_gpu([model, clip.load_model()], force_patch_weights=True)
+    state_dict = model.model.state_dict_for_saving(clip.get_sd(), vae.get_sd(), None)
+    return state_dict, COMFY_PREDICTION_TYPES[model_type]
+
+
+def comfy_model_identity(model, clip, vae) -> tuple:
+    """What a converted model depends on: ComfyUI's model objects and the patch sets (LoRAs, strengths)
+    on them. LoraLoader gives a patcher a new patches_uuid whenever its patches change."""
+    _require_comfy_parts(model, clip, vae)
+    return (model.model, getattr(model, "patches_uuid", None), clip.cond_stage_model,
+            getattr(clip.patcher, "patches_uuid", None), vae.first_stage_model)

@@ -161,14 +161,6 @@ def test_node_failure_is_reported_with_the_node(tmp_path, capsys):
     assert "Traceback" not in err
 
 
-def test_example_workflow_runs_as_shipped_on_the_embedded_model(tmp_path):
-    assert run(tmp_path, WORKFLOWS / "text_to_image.json") == 0
-    written = sorted((tmp_path / "out").glob("*.png"))
-    assert len(written) == 8
-    with Image.open(written[0]) as image:
-        assert image.size == (64, 64)
-
-
 def test_python_dash_m_entry_point(tmp_path):
     import subprocess
     import sys

@@ -19,6 +19,7 @@ from .model import Model
 log = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
+V_PREDICTION_MARKER = "v_pred"  # the empty tensor ComfyUI writes into v-prediction checkpoints
 EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "world_model"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
@@ -65,6 +66,27 @@ def load_model(
             model = load_single_file(path, tokenizer_dir=tokenizer_dir)
         else:
             raise ModelLoadError(f"{path}: no such file or folder.")
+    return _ready(model, device, dtype, prediction_type)
+
+
+def load_ldm_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    *,
+    source: str,
+    tokenizer_dir: str | Path | None,
+    device: str = "auto",
+    dtype: str = "fp32",
+    prediction_type: str = "auto",
+) -> Model:
+    """A model from an LDM-layout state dict held in memory (a checkpoint's keys: what ComfyUI's MODEL,
+    CLIP and VAE hold). The family is detected from the keys, as for single files."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise InputError(f"prediction_type '{prediction_type}' is not one of {', '.join(PREDICTION_TYPES)}.")
+    family = detect_ldm_family(set(state_dict), source)
+    return _ready(model_from_ldm_state_dict(state_dict, family, source, tokenizer_dir), device, dtype, prediction_type)
+
+
+def _ready(model: Model, device: str, dtype: str, prediction_type: str) -> Model:
     if prediction_type != "auto":
         model.scheduler_config = {**model.scheduler_config, "prediction_type": prediction_type}
     model.unet.eval()
@@ -160,6 +182,8 @@ def model_from_ldm_state_dict(
         tok.model_max_length = te.config.max_position_embeddings
     scheduler_config = dict(spec.scheduler)
     declared = (metadata or {}).get("modelspec.prediction_type", "")
+    if V_PREDICTION_MARKER in state_dict:
+        declared = "v_prediction"
     if declared in ("epsilon", "v", "v_prediction"):
         scheduler_config["prediction_type"] = "v_prediction" if declared.startswith("v") else "epsilon"
     return Model(

@@ -1,0 +1,69 @@
+"""The example workflows as shipped: ComfyUI's UI format with a thumbnail, and each one runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conceptkit import NODE_CLASS_MAPPINGS, cli
+from conceptkit.runner.graph import parse_workflow
+from conceptkit.runner.io_nodes import io_nodes
+from conceptkit.runner.validate import validate
+
+WORKFLOWS = sorted((Path(__file__).resolve().parents[1] / "workflows").glob("*.json"))
+BRIDGE_SUFFIX = "_comfy_checkpoint.json"
+RUNNABLE = [w for w in WORKFLOWS if not w.name.endswith(BRIDGE_SUFFIX)]
+BRIDGES = [w for w in WORKFLOWS if w.name.endswith(BRIDGE_SUFFIX)]
+
+
+def test_there_is_one_bridge_example_and_the_rest_run_on_the_embedded_model():
+    assert len(BRIDGES) == 1 and RUNNABLE
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
+def test_workflows_are_in_comfyuis_ui_format_with_a_thumbnail(workflow):
+    data = json.loads(workflow.read_text())
+    assert data["version"] == 0.4 and data["nodes"] and "links" in data
+    node_ids = {n["id"] for n in data["nodes"]}
+    for node in data["nodes"]:
+        assert {"id", "type", "pos", "size", "inputs", "outputs", "mode", "widgets_values"} <= set(node), node["id"]
+    for link_id, origin, _slot, target, _target_slot, link_type in data["links"]:
+        assert origin in node_ids and target in node_ids and link_type, link_id
+    with Image.open(workflow.with_suffix(".jpg")) as thumbnail:
+        assert thumbnail.format == "JPEG" and min(thumbnail.size) >= 128
+
+
+@pytest.mark.parametrize("workflow", RUNNABLE, ids=lambda p: p.name)
+def test_workflow_runs_as_shipped_and_writes_images(workflow, tmp_path):
+    assert cli.main(["run", str(workflow), "--out", str(tmp_path), "-q"]) == 0
+    written = sorted(tmp_path.rglob("*.png"))
+    assert written
+    with Image.open(written[0]) as image:
+        assert image.size == (64, 64)
+
+
+class CheckpointLoaderSimple:
+    """ComfyUI's Load Checkpoint, as declared in its nodes.py (inputs and outputs only)."""
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load_checkpoint"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"ckpt_name": (["v1-5-pruned-emaonly.safetensors"],)}}
+
+
+@pytest.mark.parametrize("workflow", BRIDGES, ids=lambda p: p.name)
+def test_bridge_workflow_feeds_comfyuis_loader_into_our_nodes(workflow, tmp_path):
+    data = json.loads(workflow.read_text())
+    types = {n["id"]: n["type"] for n in data["nodes"]}
+    feeds = {(types[o], types[t], kind) for _, o, _, t, _, kind in data["links"]}
+    for kind in ("MODEL", "CLIP", "VAE"):
+        assert ("CheckpointLoaderSimple", "ConceptKitModelFromComfy", kind) in feeds
+    assert ("ConceptKitModelFromComfy", "ConceptKitSample", "CK_MODEL") in feeds
+    registry = {**NODE_CLASS_MAPPINGS, **io_nodes(tmp_path, tmp_path), "CheckpointLoaderSimple": CheckpointLoaderSimple}
+    order, problems = validate(parse_workflow(data, registry), registry)
+    assert problems == [] and len(order) == len(data["nodes"])
