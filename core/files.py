@@ -32,3 +32,31 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], overwrite: bool 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+SAFE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_. ")
+
+
+def safe_file_name(name: str, what: str = "name") -> str:
+    """`name` as a plain file name: no folders, no hidden or reserved names, nothing a shell or another OS
+    would trip on. Refused (not silently changed) so that users find their file under the name they gave."""
+    stripped = name.strip()
+    if not stripped or stripped in (".", ".."):
+        raise InputError(f"the {what} is empty; give a plain file name such as 'my_dog'.")
+    if "/" in stripped or "\\" in stripped or ":" in stripped:
+        raise InputError(f"the {what} '{name}' contains a folder separator; give a plain file name such as "
+                         f"'{stripped.replace('/', '_').replace(chr(92), '_').replace(':', '_')}'.")
+    bad = sorted(set(stripped) - SAFE_NAME_CHARS)
+    if bad or stripped.startswith("."):
+        raise InputError(f"the {what} '{name}' has characters that are not safe in file names "
+                         f"({' '.join(repr(c) for c in bad) or 'a leading dot'}); use letters, digits, '-', '_' "
+                         "and '.'.")
+    return stripped
+
+
+def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str], overwrite: bool = False) -> Path:
+    """A safetensors file written atomically (never half-written, never silently replacing a file)."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    return atomic_write(Path(path), lambda f: f.write(data), overwrite=overwrite)

@@ -16,6 +16,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from ..concepts.apply import concepts_applied
 from ..errors import Cancelled, InputError
 from ..model import Model
 from .conditioning import Conditioning, encode_negative, encode_prompts
@@ -54,47 +55,49 @@ def sample(
     cancel: CancelFn | None = None,
     decode: bool = True,
 ) -> SampleResult:
-    """Generate images. A string prompt is repeated `batch_size` times; a list gives one image each."""
-    prompts = _broadcast(prompt, batch_size, "prompt")
-    negatives = _broadcast(negative_prompt, len(prompts), "negative_prompt")
-    width, height = width or model.default_size, height or model.default_size
-    _check_size(model, width, height)
-    if steps < 1:
-        raise InputError(f"steps must be at least 1 (got {steps}).")
-    guidance = guidance or CFG()
-    attention = attention or AttentionController()
-    if conditioning is None:
-        conditioning = StaticConditioning(encode_prompts(model, prompts), encode_negative(model, negatives))
+    """Generate images. A string prompt is repeated `batch_size` times; a list gives one image each.
+    Concepts applied to the model (`apply_concept`) are in effect for the whole call."""
+    with concepts_applied(model):
+        prompts = _broadcast(prompt, batch_size, "prompt")
+        negatives = _broadcast(negative_prompt, len(prompts), "negative_prompt")
+        width, height = width or model.default_size, height or model.default_size
+        _check_size(model, width, height)
+        if steps < 1:
+            raise InputError(f"steps must be at least 1 (got {steps}).")
+        guidance = guidance or CFG()
+        attention = attention or AttentionController()
+        if conditioning is None:
+            conditioning = StaticConditioning(encode_prompts(model, prompts), encode_negative(model, negatives))
 
-    scheduler = make_scheduler(model.scheduler_config, sampler)
-    scheduler.set_timesteps(steps, device=model.device)
-    seeds = [(seed + i) % 2**64 for i in range(len(prompts))]
-    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    shape = (len(prompts), model.latent_channels, height // model.vae_scale_factor, width // model.vae_scale_factor)
-    latents = randn_tensor(shape, generator=generators, device=model.device, dtype=model.dtype)
-    latents = latents * scheduler.init_noise_sigma
-    denoise = unet_denoiser(model, width, height)
-    step_kwargs = _step_kwargs(scheduler, eta, generators)
+        scheduler = make_scheduler(model.scheduler_config, sampler)
+        scheduler.set_timesteps(steps, device=model.device)
+        seeds = [(seed + i) % 2**64 for i in range(len(prompts))]
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        shape = (len(prompts), model.latent_channels, height // model.vae_scale_factor, width // model.vae_scale_factor)
+        latents = randn_tensor(shape, generator=generators, device=model.device, dtype=model.dtype)
+        latents = latents * scheduler.init_noise_sigma
+        denoise = unet_denoiser(model, width, height)
+        step_kwargs = _step_kwargs(scheduler, eta, generators)
 
-    timesteps = scheduler.timesteps
-    attention.attach(model.unet)
-    try:
-        for i, t in enumerate(timesteps):
-            if cancel is not None and cancel():
-                raise Cancelled(f"sampling was cancelled at step {i} of {len(timesteps)}.")
-            step = Step(i, len(timesteps), t)
-            cond, uncond = conditioning(step, latents)
-            latents = attention.before_step(step, latents, denoise, cond)
-            with torch.no_grad():
-                model_input = scheduler.scale_model_input(latents, t)
-                output = guidance(denoise, model_input, t, cond, uncond, step)
-                latents = scheduler.step(output, t, latents, **step_kwargs, return_dict=False)[0]
-            if progress is not None:
-                progress(i + 1, len(timesteps), lambda current=latents: preview_image(model, current))
-    finally:
-        attention.detach(model.unet)
-    images = decode_latents(model, latents) if decode else None
-    return SampleResult(images=images, latents=latents, seeds=seeds)
+        timesteps = scheduler.timesteps
+        attention.attach(model.unet)
+        try:
+            for i, t in enumerate(timesteps):
+                if cancel is not None and cancel():
+                    raise Cancelled(f"sampling was cancelled at step {i} of {len(timesteps)}.")
+                step = Step(i, len(timesteps), t)
+                cond, uncond = conditioning(step, latents)
+                latents = attention.before_step(step, latents, denoise, cond)
+                with torch.no_grad():
+                    model_input = scheduler.scale_model_input(latents, t)
+                    output = guidance(denoise, model_input, t, cond, uncond, step)
+                    latents = scheduler.step(output, t, latents, **step_kwargs, return_dict=False)[0]
+                if progress is not None:
+                    progress(i + 1, len(timesteps), lambda current=latents: preview_image(model, current))
+        finally:
+            attention.detach(model.unet)
+        images = decode_latents(model, latents) if decode else None
+        return SampleResult(images=images, latents=latents, seeds=seeds)
 
 
 def unet_denoiser(model: Model, width: int, height: int) -> Denoise:

@@ -1,0 +1,44 @@
+"""Concept files: safetensors with the concept's description in the metadata (safetensors only)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import ModelLoadError
+from ..files import safe_file_name, write_safetensors
+from ..safetensors_io import load_safetensors, read_safetensors_metadata
+from .concept import FORMAT_VERSION, Concept
+
+CONCEPT_SUFFIX = ".safetensors"
+
+
+def concept_path(folder: Path, name: str) -> Path:
+    name = safe_file_name(name, "concept name")
+    return Path(folder) / (name if name.endswith(CONCEPT_SUFFIX) else name + CONCEPT_SUFFIX)
+
+
+def save_concept(concept: Concept, path: Path, overwrite: bool = False) -> Path:
+    return write_safetensors(path, concept.tensors, concept.metadata(), overwrite=overwrite)
+
+
+def load_concept(path: Path) -> Concept:
+    """A concept file written by ConceptKit. Other LoRA / embedding files: see `import_concept_file`."""
+    path = Path(path)
+    metadata = read_safetensors_metadata(path)
+    if "conceptkit" not in metadata:
+        raise ModelLoadError(f"{path.name}: not a ConceptKit concept file (no 'conceptkit' metadata). "
+                             "LoRA and embedding files from other tools load with import_concept_file.")
+    try:
+        info = json.loads(metadata["conceptkit"])
+        version = int(info["format_version"])
+        if version > FORMAT_VERSION:
+            raise ModelLoadError(f"{path.name}: written by a newer ConceptKit (format {version}); update ConceptKit.")
+        return Concept(name=info["name"], method=info["method"], family=info["family"],
+                       base_fingerprint=info["base_fingerprint"], trigger=info["trigger"],
+                       class_word=info["class_word"], tensors=load_safetensors(path),
+                       lora_rank=int(info["lora_rank"]), lora_alpha=float(info["lora_alpha"]),
+                       parameters=dict(info.get("parameters") or {}))
+    except (KeyError, ValueError, TypeError) as e:
+        raise ModelLoadError(f"{path.name}: the concept description is damaged ({e}); save the concept again.") \
+            from None

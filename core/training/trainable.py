@@ -1,0 +1,211 @@
+"""What a training run changes: the trigger token's vector, LoRA adapters (peft), attention weights, or
+the full UNet (optionally the text encoder too). A TrainableSet owns its parameters, the offsets
+from the base weights (what the Lipschitz penalty bounds), the concept tensors it produces, and
+putting the model back exactly as it was."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.utils import recurse_remove_peft_layers
+from peft import LoraConfig, inject_adapter_in_model
+
+from ..concepts.apply import canonical_name
+from ..errors import InputError
+from ..model import Model
+
+TRAINABLE_KINDS = ("embedding", "lora", "attention", "full")
+UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
+ADAPTER = "default"
+
+
+@dataclass
+class LowRankOffset:
+    """delta = up @ down * scale, without forming it where that can be avoided."""
+
+    down: torch.Tensor  # [r, in]
+    up: torch.Tensor  # [out, r]
+    scale: float
+
+    def frobenius_sq(self) -> torch.Tensor:  # ||up down||^2 = sum((up^T up) * (down down^T))
+        return (self.up.T @ self.up * (self.down @ self.down.T)).sum() * self.scale**2
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.up @ (self.down @ v) * self.scale
+
+    def rmatvec(self, u: torch.Tensor) -> torch.Tensor:
+        return self.down.T @ (self.up.T @ u) * self.scale
+
+    @property
+    def in_features(self) -> int:
+        return self.down.shape[1]
+
+
+@dataclass
+class DenseOffset:
+    delta: torch.Tensor  # any shape; read as [out, rest] (conv kernels flattened)
+
+    def _matrix(self) -> torch.Tensor:
+        return self.delta.reshape(self.delta.shape[0], -1)
+
+    def frobenius_sq(self) -> torch.Tensor:
+        return self.delta.pow(2).sum()
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self._matrix() @ v
+
+    def rmatvec(self, u: torch.Tensor) -> torch.Tensor:
+        return self._matrix().T @ u
+
+    @property
+    def in_features(self) -> int:
+        return self._matrix().shape[1]
+
+
+def _target_names(root: torch.nn.Module, suffixes: tuple[str, ...]) -> list[str]:
+    return [n for n, m in root.named_modules() if isinstance(m, torch.nn.Linear) and n.endswith(suffixes)]
+
+
+class TrainableSet:
+    """Base: the trigger token's vectors (one per text encoder), trained only where `train_token`."""
+
+    kind = "embedding"
+
+    def __init__(self, model: Model, token_init: list[torch.Tensor], train_token: bool, train_text_encoder: bool):
+        self.model = model
+        self.token = [torch.nn.Parameter(v.detach().clone().float(), requires_grad=train_token) for v in token_init]
+        self.train_text_encoder = train_text_encoder
+
+    def parts(self) -> list[tuple[str, torch.nn.Module]]:
+        """('unet' | 'te<i>', module) for each module whose weights this set may change."""
+        parts = [("unet", self.model.unet)] if self.kind != "embedding" else []
+        if self.train_text_encoder and self.kind != "embedding":
+            parts += [(f"te{i}", te) for i, te in enumerate(self.model.text_encoders)]
+        return parts
+
+    def weight_parameters(self) -> list[torch.nn.Parameter]:
+        return []
+
+    def token_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.token if p.requires_grad]
+
+    def offsets(self) -> dict[str, LowRankOffset | DenseOffset]:
+        """name -> offset from the base weights, with gradients (token vectors excluded: they have no base)."""
+        return {}
+
+    def concept_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"embedding.te{i}": p.detach().clone()[None] for i, p in enumerate(self.token)}
+
+    def state(self) -> dict[str, torch.nn.Parameter]:
+        """Everything a checkpoint must hold to resume (the same Parameter objects, restored in place)."""
+        return {f"token.{i}": p for i, p in enumerate(self.token)}
+
+    def restore(self) -> None:
+        """Put the model back exactly as it was before training."""
+
+
+class LoraSet(TrainableSet):
+    """peft LoRA adapters of rank r on the attention projections (q, k, v, out)."""
+
+    kind = "lora"
+
+    def __init__(self, model, token_init, train_token, train_text_encoder, rank: int, alpha: float, seed: int):
+        super().__init__(model, token_init, train_token, train_text_encoder)
+        if rank < 1:
+            raise InputError(f"LoRA rank must be at least 1 (got {rank}).")
+        self.rank, self.alpha = rank, alpha
+        torch.manual_seed(seed)  # peft initialises lora_A from the global generator
+        for name, part in self.parts():
+            suffixes = UNET_ATTENTION if name == "unet" else TEXT_ATTENTION
+            config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                target_modules=_target_names(part, suffixes))
+            inject_adapter_in_model(config, part, adapter_name=ADAPTER)
+            for pname, param in part.named_parameters():
+                param.requires_grad_("lora_" in pname)
+
+    def _layers(self):
+        for part_name, part in self.parts():
+            for name, module in part.named_modules():
+                if hasattr(module, "lora_A") and ADAPTER in getattr(module, "lora_A", {}):
+                    yield canonical_name(part_name, part, name), module
+
+    def weight_parameters(self):
+        return [p for _, m in self._layers() for p in (m.lora_A[ADAPTER].weight, m.lora_B[ADAPTER].weight)]
+
+    def offsets(self):
+        return {name: LowRankOffset(m.lora_A[ADAPTER].weight, m.lora_B[ADAPTER].weight, m.scaling[ADAPTER])
+                for name, m in self._layers()}
+
+    def concept_tensors(self):
+        tensors = super().concept_tensors()
+        for name, m in self._layers():
+            tensors[f"lora.{name}.down"] = m.lora_A[ADAPTER].weight.detach().clone()
+            tensors[f"lora.{name}.up"] = m.lora_B[ADAPTER].weight.detach().clone()
+        return tensors
+
+    def state(self):
+        named = {f"lora.{n}.down": m.lora_A[ADAPTER].weight for n, m in self._layers()}
+        named |= {f"lora.{n}.up": m.lora_B[ADAPTER].weight for n, m in self._layers()}
+        return {**super().state(), **named}
+
+    def restore(self):
+        for _, part in self.parts():
+            recurse_remove_peft_layers(part)
+            for attribute in ("peft_config", "_hf_peft_config_loaded"):
+                if attribute in part.__dict__:
+                    delattr(part, attribute)
+            part.requires_grad_(False)
+
+
+class DeltaSet(TrainableSet):
+    """Full weights trained in place ('attention': the attention projections; 'full': every UNet weight);
+    the base values are kept to compute offsets and to restore the model."""
+
+    def __init__(self, model, token_init, train_token, train_text_encoder, kind: str):
+        self.kind = kind
+        super().__init__(model, token_init, train_token, train_text_encoder)
+        self.params: dict[str, torch.nn.Parameter] = {}
+        for part_name, part in self.parts():
+            part.requires_grad_(False)
+            suffixes = UNET_ATTENTION if part_name == "unet" else TEXT_ATTENTION
+            attention = {f"{n}.weight" for n in _target_names(part, suffixes)}
+            for name, param in part.named_parameters():
+                skip_embedding = part_name != "unet" and "embeddings" in name
+                if (kind == "full" and not skip_embedding) or name in attention:
+                    self.params[canonical_name(part_name, part, name)] = param
+        self.base = {name: p.detach().clone() for name, p in self.params.items()}
+        for p in self.params.values():
+            p.requires_grad_(True)
+
+    def weight_parameters(self):
+        return list(self.params.values())
+
+    def offsets(self):
+        return {name: DenseOffset(p - self.base[name]) for name, p in self.params.items()}
+
+    def concept_tensors(self):
+        tensors = super().concept_tensors()
+        tensors |= {f"delta.{name}": (p.detach() - self.base[name]).clone() for name, p in self.params.items()}
+        return tensors
+
+    def state(self):
+        return {**super().state(), **{f"delta.{n}": p for n, p in self.params.items()}}
+
+    def restore(self):
+        with torch.no_grad():
+            for name, param in self.params.items():
+                param.copy_(self.base[name])
+                param.requires_grad_(False)
+
+
+def build_trainable(model: Model, kind: str, token_init: list[torch.Tensor], *, train_token: bool,
+                    train_text_encoder: bool, rank: int, alpha: float, seed: int) -> TrainableSet:
+    if kind not in TRAINABLE_KINDS:
+        raise InputError(f"trainable '{kind}' is not one of {', '.join(TRAINABLE_KINDS)}.")
+    if kind == "embedding":
+        return TrainableSet(model, token_init, True, False)
+    if kind == "lora":
+        return LoraSet(model, token_init, train_token, train_text_encoder, rank, alpha, seed)
+    return DeltaSet(model, token_init, train_token, train_text_encoder, kind)

@@ -1,0 +1,140 @@
+"""The few-shot training service and Lipschitz Finetune: exact resume, Cancel, the penalty's math, the
+base model left as it was, and clear answers to bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from conceptkit.core.concepts import apply_concept, save_concept
+from conceptkit.core.errors import Cancelled, InputError
+from conceptkit.core.lipschitz_finetune import finetune
+from conceptkit.core.model import load_model
+from conceptkit.core.sampling import CFG, sample
+from conceptkit.core.training import LipschitzPenalty, TrainConfig, train_concept
+from conceptkit.core.training.trainable import DenseOffset, LowRankOffset
+from conceptkit.core.world.scenes import Scene, WorldObject
+
+SUBJECT = 1_000_003
+CAPTIONS = ["a {trigger} {class} on the left, blue background", "a {trigger} {class} on the right, yellow background",
+            "a {trigger} {class} in the centre, white background"]
+
+
+@pytest.fixture(scope="module")
+def world():
+    return load_model(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def subject_images():
+    rng = np.random.default_rng(0)
+    scenes = [Scene(bg, "plain", (WorldObject(pos, instance=SUBJECT),)) for bg, pos in
+              [("blue", "left"), ("yellow", "right"), ("white", "centre")]]
+    return torch.from_numpy(np.stack([s.render(rng) for s in scenes])).float() / 255
+
+
+def config(**changes) -> TrainConfig:
+    base = TrainConfig(trigger="<c1>", class_word="creature", captions=CAPTIONS, steps=8, batch_size=2,
+                       learning_rate=5e-3, rank=2)
+    return dataclasses.replace(base, **changes)
+
+
+def unet_snapshot(model):
+    return {k: v.clone() for k, v in model.unet.state_dict().items()}
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("trainable", ["lora", "full"])
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(world, subject_images, tmp_path, trainable):
+    whole = train_concept(world, subject_images, config(trainable=trainable), [LipschitzPenalty(0.1)]).concept
+
+    stop_at = iter(range(100))
+    with pytest.raises(Cancelled, match="step 4 of 8"):
+        train_concept(world, subject_images, config(trainable=trainable, checkpoint_every=4),
+                      [LipschitzPenalty(0.1)], checkpoint_dir=tmp_path, cancel=lambda: next(stop_at) == 4)
+    assert (tmp_path / "step_4").is_dir()
+    resumed = train_concept(world, subject_images, config(trainable=trainable, checkpoint_every=4),
+                            [LipschitzPenalty(0.1)], checkpoint_dir=tmp_path)
+    assert resumed.resumed_from == 4 and len(resumed.losses) == 8
+    assert same_tensors(resumed.concept.tensors, whole.tensors)
+
+
+def test_cancel_leaves_no_concept_file_the_model_as_it_was_and_a_checkpoint_to_resume(world, subject_images,
+                                                                                        tmp_path):
+    before = unet_snapshot(world)
+    concepts, checkpoints = tmp_path / "concepts", tmp_path / "checkpoints"
+    concepts.mkdir()
+    steps_seen = []
+
+    def cancel_at_3():
+        return len(steps_seen) == 3
+
+    with pytest.raises(Cancelled):
+        result = finetune(world, subject_images, config(), checkpoint_dir=checkpoints, cancel=cancel_at_3,
+                          progress=lambda step, total, preview: steps_seen.append(step))
+        save_concept(result.concept, concepts / "c.safetensors")
+    assert list(concepts.iterdir()) == []
+    assert same_tensors(unet_snapshot(world), before)  # no LoRA layers left in, weights as they were
+    resumed = finetune(world, subject_images, config(), checkpoint_dir=checkpoints)
+    assert resumed.resumed_from == 3 and resumed.concept.kind == "lora"
+
+
+def test_a_lipschitz_concept_changes_images_with_its_trigger_and_only_modestly_without(world, subject_images):
+    result = finetune(world, subject_images, config(steps=30, learning_rate=1e-2, rank=4), method="lipschitz",
+                      lipschitz_lambda=1e-2)
+    tuned = apply_concept(world, result.concept)
+    with_trigger = "a <c1> creature on the right, red background"
+    base = sample(world, "a creature on the right, red background", seed=0, steps=10, guidance=CFG(5.0)).images
+    personal = sample(tuned, with_trigger, seed=0, steps=10, guidance=CFG(5.0)).images
+    assert (personal - base).abs().mean() > 0.01
+    assert result.concept.parameters["lambda"] == 1e-2 and result.concept.method == "lipschitz"
+    projections = [n for n, _ in world.unet.named_modules() if n.endswith(("to_q", "to_k", "to_v", "to_out.0"))]
+    assert sorted(result.concept.lora_modules()) == sorted(f"unet.{n}" for n in projections)
+
+
+def test_the_penalty_is_lambda_times_the_squared_offset_norms():
+    gen = torch.Generator().manual_seed(0)
+    down, up = torch.randn(3, 10, generator=gen), torch.randn(6, 3, generator=gen)
+    dense = torch.randn(5, 4, 3, 3, generator=gen)
+    offsets = {"a": LowRankOffset(down, up, 0.5), "b": DenseOffset(dense)}
+    run = type("Run", (), {"trainable": type("T", (), {"offsets": lambda self: offsets})()})()
+    expected_f = 0.1 * ((up @ down * 0.5).pow(2).sum() + dense.pow(2).sum())
+    torch.testing.assert_close(LipschitzPenalty(0.1)(run, 0, gen), expected_f)
+    spectral = LipschitzPenalty(0.1, "spectral", power_iterations=1000)
+    expected_s = 0.1 * (torch.linalg.matrix_norm(up @ down * 0.5, ord=2) ** 2
+                        + torch.linalg.matrix_norm(dense.reshape(5, -1), ord=2) ** 2)
+    torch.testing.assert_close(spectral(run, 0, gen), expected_s, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_images_are_refused_or_handled_as_documented(world, subject_images):
+    short = config(steps=1, captions=None)
+    with pytest.raises(InputError, match="no images"):
+        train_concept(world, torch.zeros(0, 64, 64, 3), short)
+    with pytest.raises(InputError, match="image 1 is 1x1"):
+        train_concept(world, torch.rand(1, 1, 1, 3), short)
+    nan = subject_images.clone()
+    nan[1, 5, 5, 0] = float("nan")
+    with pytest.raises(InputError, match="image 2 contains NaN"):
+        train_concept(world, nan, short)
+    rgba = torch.cat([subject_images[:1], torch.ones(1, 64, 64, 1)], dim=-1)
+    gray = subject_images[1:2].mean(-1, keepdim=True)
+    wide = torch.rand(80, 120, 3)
+    for images in (rgba, gray, [subject_images[0], wide]):  # handled: alpha on white, grey to RGB, centre crop
+        assert train_concept(world, images, short).concept.kind == "lora"
+    with pytest.raises(InputError, match="2 captions were given for 3 images"):
+        train_concept(world, subject_images, config(captions=CAPTIONS[:2]))
+
+
+def test_bad_words_are_refused(world, subject_images):
+    with pytest.raises(InputError, match="'red' is already a word"):
+        train_concept(world, subject_images, config(trigger="red"))
+    with pytest.raises(InputError, match="one word"):
+        train_concept(world, subject_images, config(trigger="my dog"))
+    with pytest.raises(InputError, match="does not contain the trigger"):
+        train_concept(world, subject_images, config(captions=["a creature"] * 3))
