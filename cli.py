@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .core.errors import ConceptKitError
 
-SUITE_NAMES = ("base",)
+SUITE_NAMES = ("base", "finetune", "finetune_lambda")
 
 
 def build_parser() -> argparse.ArgumentParser:

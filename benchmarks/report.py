@@ -22,7 +22,9 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _cell(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.1e}"
 
 
 def image_grid(images: np.ndarray, columns: int = 8) -> Image.Image:

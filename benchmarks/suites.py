@@ -11,6 +11,7 @@ from ..core.model import load_model
 from ..core.sampling import CFG, sample
 from ..core.world import evaluation_scenes
 from ..core.world.metrics import as_uint8, attribute_accuracy
+from .finetune import finetune_suite, lambda_suite
 
 log = logging.getLogger("conceptkit.bench")
 
@@ -55,7 +56,7 @@ def base_suite(options: BenchOptions):
     return rows, grids, notes
 
 
-SUITES = {"base": base_suite}
+SUITES = {"base": base_suite, "finetune": finetune_suite, "finetune_lambda": lambda_suite}
 
 
 def run_suite(name: str, options: BenchOptions):

@@ -5,8 +5,8 @@ training service: what trains, which loss terms are added, and the settings each
   parameter-offset penalty lambda * sum ||theta - theta0||^2 (Frobenius or spectral) instead of
   prior preservation, so no class images are generated;
 - dreambooth_lora / dreambooth_full: the same without any regularizer;
-- dreambooth_prior: DreamBooth-LoRA with prior preservation on class images the base model makes
-  (generated once per model, prompts and seed, and cached as PNGs);
+- dreambooth_prior / dreambooth_full_prior: DreamBooth (LoRA / full) with prior preservation on class
+  images the base model makes (generated once per model, prompts and seed, and cached as PNGs);
 - textual_inversion: only the trigger token's vector trains, starting from the class word's.
 """
 
@@ -36,8 +36,10 @@ from .training import (
     train_concept,
 )
 
-METHODS = ("lipschitz", "dreambooth_lora", "dreambooth_full", "dreambooth_prior", "textual_inversion")
-DEFAULT_LAMBDA = 1e-2
+METHODS = ("lipschitz", "dreambooth_lora", "dreambooth_full", "dreambooth_prior", "dreambooth_full_prior",
+           "textual_inversion")
+PRIOR_METHODS = ("dreambooth_prior", "dreambooth_full_prior")
+DEFAULT_LAMBDA = 3e-5  # chosen by `conceptkit bench finetune_lambda` (README)
 CLASS_IMAGE_STEPS, CLASS_IMAGE_CFG = 25, 5.0
 
 
@@ -47,7 +49,7 @@ def method_config(method: str, base: TrainConfig) -> TrainConfig:
         raise InputError(f"method '{method}' is not one of {', '.join(METHODS)}.")
     if method == "textual_inversion":
         return dataclasses.replace(base, method=method, trainable="embedding", token_init="class")
-    if method == "dreambooth_full":
+    if method in ("dreambooth_full", "dreambooth_full_prior"):
         return dataclasses.replace(base, method=method, trainable="full")
     if method in ("dreambooth_lora", "dreambooth_prior"):
         return dataclasses.replace(base, method=method, trainable="lora")
@@ -94,7 +96,7 @@ def finetune(
         terms.append(LipschitzPenalty(lipschitz_lambda, norm))
         config = dataclasses.replace(config, parameters={**config.parameters, "lambda": lipschitz_lambda,
                                                          "norm": norm})
-    if method == "dreambooth_prior":
+    if method in PRIOR_METHODS:
         count = len(prepare_images(images, model.default_size))
         prompts = class_captions(instance_captions(config, count), config.trigger)
         prompts = [prompts[i % len(prompts)] for i in range(class_image_count)]

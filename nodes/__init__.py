@@ -1,16 +1,31 @@
 """ComfyUI nodes: a thin skin over core. One module per capability."""
 
 from .comfy_bridge_nodes import ConceptKitModelFromComfy
+from .concept_nodes import ConceptKitApplyConcept, ConceptKitExportConcept, ConceptKitLoadConcept, ConceptKitSaveConcept
+from .finetune_nodes import ConceptKitLipschitzFinetune
 from .model_nodes import ConceptKitLoadModel
 from .sampling_nodes import ConceptKitSample
+from .world_nodes import ConceptKitWorldSubject
 
 NODE_CLASS_MAPPINGS = {
     "ConceptKitLoadModel": ConceptKitLoadModel,
     "ConceptKitSample": ConceptKitSample,
     "ConceptKitModelFromComfy": ConceptKitModelFromComfy,
+    "ConceptKitLipschitzFinetune": ConceptKitLipschitzFinetune,
+    "ConceptKitApplyConcept": ConceptKitApplyConcept,
+    "ConceptKitSaveConcept": ConceptKitSaveConcept,
+    "ConceptKitLoadConcept": ConceptKitLoadConcept,
+    "ConceptKitExportConcept": ConceptKitExportConcept,
+    "ConceptKitWorldSubject": ConceptKitWorldSubject,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "ConceptKitLoadModel": "ConceptKit Load Model",
     "ConceptKitSample": "ConceptKit Sample",
     "ConceptKitModelFromComfy": "ConceptKit Model From Comfy",
+    "ConceptKitLipschitzFinetune": "Lipschitz Finetune",
+    "ConceptKitApplyConcept": "Apply Concept",
+    "ConceptKitSaveConcept": "Save Concept",
+    "ConceptKitLoadConcept": "Load Concept",
+    "ConceptKitExportConcept": "Export Concept",
+    "ConceptKitWorldSubject": "ConceptKit World Subject",
 }

@@ -66,18 +66,45 @@ def cancel_requested() -> bool:
     return False
 
 
-def _headless_dir(kind: str) -> Path | None:
-    root = os.environ.get(MODELS_DIR_ENV)
-    return Path(root) / kind if root else None
+def _headless_dir(kind: str) -> Path:
+    """Headless, a model folder kind lives in --models / CONCEPTKIT_MODELS_DIR, else in ./models (as in ComfyUI)."""
+    return Path(os.environ.get(MODELS_DIR_ENV) or "models") / OWN_FOLDERS.get(kind, (kind,))[0]
+
+
+# Our own folders inside ComfyUI's models folder (registered with ComfyUI on first use), with their extensions.
+OWN_FOLDERS = {"conceptkit_concepts": ("conceptkit/concepts", {".safetensors"}),
+               "conceptkit_exports": ("conceptkit/exports", {""}),
+               "conceptkit_checkpoints": ("conceptkit/checkpoints", {""}),
+               "conceptkit_cache": ("conceptkit/cache", {""})}
+
+
+def _registered(folder_paths, kind: str) -> None:
+    if kind in OWN_FOLDERS and kind not in folder_paths.folder_names_and_paths:
+        relative, extensions = OWN_FOLDERS[kind]
+        folder_paths.folder_names_and_paths[kind] = ([str(Path(folder_paths.models_dir) / relative)], extensions)
+
+
+def writable_folder(kind: str) -> Path:
+    """Where files of `kind` ("loras", "embeddings", "conceptkit_concepts", ...) are written: ComfyUI's first
+    folder of that kind; headless, <models dir>/<kind> (--models or CONCEPTKIT_MODELS_DIR), else ./models/<kind>."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        _registered(folder_paths, kind)
+        folder = Path(folder_paths.get_folder_paths(kind)[0])
+    else:
+        folder = _headless_dir(kind)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def list_model_files(kind: str, suffixes: tuple[str, ...]) -> list[str]:
     """Files of one model folder kind ("checkpoints", ...), as names relative to that folder."""
     folder_paths = _comfy("folder_paths")
     if folder_paths is not None:
+        _registered(folder_paths, kind)
         return [f for f in folder_paths.get_filename_list(kind) if f.lower().endswith(suffixes)]
     folder = _headless_dir(kind)
-    if folder is None or not folder.is_dir():
+    if not folder.is_dir():
         return []
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix.lower() in suffixes)
 
@@ -88,7 +115,7 @@ def list_model_folders(kind: str, marker: str) -> list[str]:
     roots = [Path(p) for p in folder_paths.get_folder_paths(kind)] if folder_paths else [_headless_dir(kind)]
     found = []
     for root in roots:
-        if root is not None and root.is_dir():
+        if root.is_dir():
             found += [str(p.parent.relative_to(root)) for p in root.rglob(marker)]
     return sorted(found)
 
@@ -97,6 +124,7 @@ def model_path(kind: str, name: str) -> Path:
     """Full path of a file or folder listed by list_model_files / list_model_folders."""
     folder_paths = _comfy("folder_paths")
     if folder_paths is not None:
+        _registered(folder_paths, kind)
         full = folder_paths.get_full_path(kind, name)
         if full:
             return Path(full)
@@ -104,8 +132,7 @@ def model_path(kind: str, name: str) -> Path:
             if (Path(root) / name).exists():
                 return Path(root) / name
         return Path(name)
-    root = _headless_dir(kind)
-    return (root / name) if root else Path(name)
+    return _headless_dir(kind) / name
 
 
 def clip_tokenizer_dir() -> Path | None:
@@ -119,7 +146,7 @@ def clip_tokenizer_dir() -> Path | None:
         if candidate.is_dir():
             return candidate
     headless = _headless_dir("clip_tokenizer")
-    return headless if headless and headless.is_dir() else None
+    return headless if headless.is_dir() else None
 
 
 def _require_comfy_parts(model, clip, vae):

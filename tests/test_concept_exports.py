@@ -65,6 +65,13 @@ def text_output(model, prompt="a <t1> cat on the left"):
         return encode_prompts(model, [prompt]).hidden
 
 
+@torch.no_grad()
+def assert_pipeline_unet_matches(pipe, model, parts_like):
+    x, t, context, _ = _unet_inputs(parts_like)
+    theirs = pipe.unet(x, t, encoder_hidden_states=context).sample
+    torch.testing.assert_close(unet_output(model, parts_like), theirs, atol=1e-5, rtol=0)
+
+
 def test_kohya_export_names_every_module_and_reimports_exactly(family_model, tiny_parts, tmp_path):
     family, model = family_model
     concept = lora_concept(model)
@@ -96,11 +103,7 @@ def test_diffusers_loads_our_kohya_lora_and_gets_our_unet_output(models_dir, tin
     export_kohya(concept, model, tmp_path / "lora.safetensors")
     pipe = StableDiffusionPipeline.from_pretrained(models_dir / "diffusers" / "tiny_sd1", local_files_only=True)
     pipe.load_lora_weights(str(tmp_path), weight_name="lora.safetensors")
-    x, t, context, _ = _unet_inputs(tiny_parts["sd1"])
-    with torch.no_grad():
-        theirs = pipe.unet(x, t, encoder_hidden_states=context).sample
-    torch.testing.assert_close(unet_output(apply_concept(model, concept), tiny_parts["sd1"]), theirs,
-                               atol=1e-5, rtol=0)
+    assert_pipeline_unet_matches(pipe, apply_concept(model, concept), tiny_parts["sd1"])
 
 
 def test_embedding_export_in_a1111_and_comfyui_layout(family_model, tmp_path):
@@ -134,11 +137,7 @@ def test_diffusers_export_loads_in_a_diffusers_pipeline(models_dir, tiny_parts, 
     pipe.load_lora_weights(str(folder))
     pipe.load_textual_inversion(str(folder / "learned_embeds.safetensors"))
     assert "<t1>" in pipe.tokenizer.get_vocab()
-    x, t, context, _ = _unet_inputs(tiny_parts["sd1"])
-    with torch.no_grad():
-        theirs = pipe.unet(x, t, encoder_hidden_states=context).sample
-    torch.testing.assert_close(unet_output(apply_concept(model, concept), tiny_parts["sd1"]), theirs,
-                               atol=1e-5, rtol=0)
+    assert_pipeline_unet_matches(pipe, apply_concept(model, concept), tiny_parts["sd1"])
 
 
 def test_applying_leaves_the_base_model_untouched(models_dir, tiny_parts):
@@ -191,3 +190,20 @@ def test_names_with_folders_are_refused():
         with pytest.raises(ConceptKitError):
             concept_path("/tmp", bad)
     assert concept_path("/tmp", "my_dog").name == "my_dog.safetensors"
+
+
+def test_a_trained_lora_exports_a_kohya_key_for_every_trained_module(family_model, tiny_parts, tmp_path):
+    from conceptkit.core.lipschitz_finetune import finetune
+    from conceptkit.core.training import TrainConfig
+
+    family, model = family_model
+    config = TrainConfig(trigger="<t9>", class_word="cat", steps=2, batch_size=2, rank=2, train_text_encoder=True)
+    concept = finetune(model, torch.rand(2, 32, 32, 3), config).concept
+    trained = set(concept.lora_modules())
+    assert any(n.startswith("unet.") for n in trained) and any(n.startswith("te0.") for n in trained)
+    path = export_kohya(concept, model, tmp_path / "trained.safetensors")
+    stems = {k.rsplit(".", 2)[0] for k in load_file(str(path)) if k.endswith(".lora_down.weight")}
+    assert len(stems) == len(trained)
+    again = apply_concept(model, import_kohya_lora(path, model, trigger="<t9>"))
+    torch.testing.assert_close(unet_output(again, tiny_parts[family]),
+                               unet_output(apply_concept(model, concept), tiny_parts[family]), atol=1e-5, rtol=0)

@@ -138,3 +138,44 @@ def test_bad_words_are_refused(world, subject_images):
         train_concept(world, subject_images, config(trigger="my dog"))
     with pytest.raises(InputError, match="does not contain the trigger"):
         train_concept(world, subject_images, config(captions=["a creature"] * 3))
+
+
+def test_accelerate_launch_trains_on_several_processes_with_averaged_gradients(models_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conceptkit.core.concepts import load_concept
+
+    script = Path(__file__).parent / "helpers" / "accelerate_train.py"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*launcher, str(script), str(models_dir / "diffusers" / "tiny_sd1"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "process 0 of 2 done" in done.stdout and "process 1 of 2 done" in done.stdout
+    first, second = (load_concept(tmp_path / f"rank{i}.safetensors") for i in (0, 1))
+    assert same_tensors(first.tensors, second.tensors)  # each drew its own batches; the averaged updates agree
+    alone = finetune(load_model(models_dir / "diffusers" / "tiny_sd1", device="cpu"),
+                     torch.rand(3, 32, 32, 3, generator=torch.Generator().manual_seed(0)),
+                     TrainConfig(trigger="<t5>", class_word="cat", steps=3, batch_size=2, rank=2)).concept
+    assert not same_tensors(alone.tensors, first.tensors)  # two processes saw twice the data
+
+
+@pytest.mark.parametrize("method,kind", [("dreambooth_prior", "lora"), ("dreambooth_full_prior", "delta")])
+def test_prior_preservation_makes_class_images_once_and_reuses_them(world, subject_images, tmp_path, method, kind):
+    result = finetune(world, subject_images, config(steps=1), method=method, class_image_count=2,
+                      class_cache_dir=tmp_path)
+    assert result.concept.kind == kind and result.concept.parameters["class_images"] == 2
+    made = sorted(tmp_path.rglob("*.png"))
+    assert len(made) == 2
+    stamps = [p.stat().st_mtime_ns for p in made]
+    finetune(world, subject_images, config(steps=1), method=method, class_image_count=2, class_cache_dir=tmp_path)
+    assert [p.stat().st_mtime_ns for p in sorted(tmp_path.rglob("*.png"))] == stamps
+
+
+def test_textual_inversion_changes_only_the_trigger_vector(world, subject_images):
+    concept = finetune(world, subject_images, config(steps=2), method="textual_inversion").concept
+    assert concept.kind == "embedding" and set(concept.tensors) == {"embedding.te0"}

@@ -167,22 +167,21 @@ def _local_path(root: torch.nn.Module, path: str) -> str:
     return path
 
 
-def find_module(model: Model, name: str) -> torch.nn.Module:
+def _find(model: Model, name: str, getter: str):
     root, path = named_part(model, name)
     try:
-        return root.get_submodule(_local_path(root, path))
+        return getattr(root, getter)(_local_path(root, path))
     except AttributeError:
         raise InputError(f"the concept changes '{name}', which this model does not have; it was made for "
                          "another model.") from None
+
+
+def find_module(model: Model, name: str) -> torch.nn.Module:
+    return _find(model, name, "get_submodule")
 
 
 def find_parameter(model: Model, name: str) -> torch.nn.Parameter:
-    root, path = named_part(model, name)
-    try:
-        return root.get_parameter(_local_path(root, path))
-    except AttributeError:
-        raise InputError(f"the concept changes '{name}', which this model does not have; it was made for "
-                         "another model.") from None
+    return _find(model, name, "get_parameter")
 
 
 @contextmanager

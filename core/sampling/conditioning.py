@@ -41,6 +41,11 @@ def tokenize(tokenizer, prompts: list[str], device: torch.device) -> torch.Tenso
 @torch.no_grad()
 def encode_prompts(model: Model, prompts: list[str]) -> Conditioning:
     """Encode prompts the way the model's own pipeline does (diffusers' SD and SDXL pipelines)."""
+    return encode_text(model, prompts)
+
+
+def encode_text(model: Model, prompts: list[str]) -> Conditioning:
+    """encode_prompts with gradients (for training the text encoder or a token's vector)."""
     if not prompts:
         raise InputError("no prompt was given; give at least one prompt (an empty string is allowed).")
     hidden, pooled = [], None

@@ -29,7 +29,8 @@ from ..concepts.apply import token_vectors, trigger_is_new, with_trigger_token
 from ..concepts.concept import Concept
 from ..errors import Cancelled, InputError
 from ..model import Model
-from ..sampling.conditioning import tokenize
+from ..sampling.conditioning import encode_text
+from ..sampling.loop import unet_denoiser
 from ..training_state import latest_checkpoint, load_training_state, prune_checkpoints, save_training_state
 from .images import augment, prepare_images
 from .losses import LossTerm
@@ -52,7 +53,7 @@ class TrainConfig:
     rank: int = 4
     lora_alpha: float | None = None  # None: = rank
     train_text_encoder: bool = False
-    token_init: str = "rare"  # "rare": a fresh random vector; "class": the class word's vector (textual inversion)
+    token_init: str = "class"  # "class": start from the class word's vector; "rare": a random vector of typical norm
     steps: int = 400
     learning_rate: float = 1e-3
     embedding_learning_rate: float = 5e-3
@@ -103,8 +104,9 @@ def _check_config(model: Model, config: TrainConfig) -> None:
                              f"would change what that word means; choose a new word such as '<{trigger}>'.")
     if not config.class_word.strip():
         raise InputError("the class word is empty; give the kind of thing the subject is (e.g. 'dog').")
-    if any(a.concept.trigger == trigger for a in model.concepts):
-        raise InputError(f"a concept with trigger '{trigger}' is already applied to this model.")
+    if model.concepts:
+        raise InputError("this model has concepts applied; train on the base model (the model before Apply "
+                         "Concept) and apply the concepts together afterwards.")
 
 
 def instance_captions(config: TrainConfig, count: int) -> list[str]:
@@ -152,17 +154,8 @@ class TrainingRun:
         self.noise_scheduler = DDPMScheduler.from_config(model.scheduler_config)
         self.trainable = None
 
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        model = self.model
-        hidden = []
-        for tokenizer, encoder, layer in zip(model.tokenizers, model.text_encoders, model.text_hidden_states,
-                                             strict=True):
-            out = encoder(tokenize(tokenizer, captions, model.device), output_hidden_states=layer == "penultimate")
-            hidden.append(out.hidden_states[-2] if layer == "penultimate" else out[0])
-        return torch.cat(hidden, dim=-1)
-
     def denoising_loss(self, images: torch.Tensor, captions: list[str], generator: torch.Generator) -> torch.Tensor:
-        """The diffusion loss on images [B, 3, H, W] in -1..1 with their captions (SD 1.x/2.x/world UNets)."""
+        """The diffusion loss on images [B, 3, H, W] in -1..1 with their captions."""
         model, scheduler = self.model, self.noise_scheduler
         with torch.no_grad():
             posterior = model.vae.encode(images.to(model.device, model.vae.dtype)).latent_dist
@@ -174,9 +167,9 @@ class TrainingRun:
         t = t.to(model.device)
         noisy = scheduler.add_noise(latents, noise, t)
         target = scheduler.get_velocity(latents, noise, t) if model.prediction_type == "v_prediction" else noise
-        context = self.encode_text(captions).to(model.dtype)
+        size = images.shape[-1]
         with self.accelerator.autocast():
-            pred = model.unet(noisy, t, encoder_hidden_states=context, return_dict=False)[0]
+            pred = unet_denoiser(model, size, size)(noisy, t, encode_text(model, captions))
         return F.mse_loss(pred.float(), target.float())
 
     def token_table(self) -> list[dict[int, torch.Tensor]]:
@@ -195,10 +188,34 @@ def train_concept(
     progress: ProgressFn | None = None,
     cancel: Callable[[], bool] | None = None,
     preview: Callable[[Model], Image.Image] | None = None,
+    preview_every: int = 0,
 ) -> TrainResult:
-    """Learn a concept. With `checkpoint_dir`, a run resumes from its newest checkpoint (same settings)."""
-    if model.is_sdxl:
-        raise InputError("training on SDXL models is not supported yet; use an SD 1.x, SD 2.x or world model.")
+    """Learn a concept. With `checkpoint_dir`, a run resumes from its newest checkpoint (same settings).
+    `progress(step, total, preview)` is called every step; `preview()` renders `preview(model)` of the concept
+    so far every `preview_every` steps (default: a tenth of the run) and gives None in between."""
+    # ComfyUI runs nodes under torch.inference_mode(); training needs autograd, and weights created in
+    # inference mode cannot take part in it, so they are replaced by ordinary copies (same values) first.
+    with torch.inference_mode(False), torch.enable_grad():
+        leave_inference_mode(model)
+        return _train(model, images, config, list(loss_terms), name, checkpoint_dir, progress, cancel, preview,
+                      preview_every)
+
+
+def leave_inference_mode(model: Model) -> None:
+    """Replace parameters and buffers created under torch.inference_mode() by ordinary tensors."""
+    for part in [model.unet, model.vae, *model.text_encoders]:
+        for module in part.modules():
+            for key, param in list(module._parameters.items()):
+                if param is not None and param.is_inference():
+                    module._parameters[key] = torch.nn.Parameter(param.clone(), requires_grad=param.requires_grad)
+            for key, buffer in list(module._buffers.items()):
+                if buffer is not None and buffer.is_inference():
+                    module._buffers[key] = buffer.clone()
+
+
+def _train(model, images, config, loss_terms, name, checkpoint_dir, progress, cancel, preview,
+           preview_every) -> TrainResult:
+    preview_every = preview_every or max(1, config.steps // 10)
     _check_config(model, config)
     pixels = prepare_images(images, model.default_size)
     captions = instance_captions(config, len(pixels))
@@ -238,7 +255,12 @@ def train_concept(
         with token_vectors(run.model, run.token_table()):
             model.unet.train(config.trainable != "embedding")
             while step < config.steps:
-                if cancel is not None and cancel():
+                try:  # inside ComfyUI, Cancel arrives as ComfyUI's own exception from cancel()
+                    cancelled = cancel is not None and cancel()
+                except BaseException:
+                    save(step)
+                    raise
+                if cancelled:
                     save(step)
                     raise Cancelled(f"training was cancelled at step {step} of {config.steps}"
                                     + (f"; run it again to resume from {checkpoint_dir}." if checkpoint_dir else "."))
@@ -262,7 +284,8 @@ def train_concept(
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
                     save(step)
                 if progress is not None:
-                    progress(step, config.steps, _preview_fn(run, preview))
+                    due = preview is not None and (step % preview_every == 0 or step == config.steps)
+                    progress(step, config.steps, _preview_fn(run, preview if due else None))
         concept = Concept(name=name, method=config.method, family=model.family, base_fingerprint=model.fingerprint(),
                           trigger=config.trigger, class_word=config.class_word,
                           tensors=trainable.concept_tensors(),

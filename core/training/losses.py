@@ -58,8 +58,7 @@ class LipschitzPenalty:
             v = self._vectors.get(name)
             iterations = self.power_iterations
             if v is None:
-                v = torch.randn(offset.in_features, generator=generator).to(offset.matvec(
-                    torch.zeros(offset.in_features)).dtype)
+                v = torch.randn(offset.in_features, generator=generator).to(offset.reference.detach())
                 iterations = max(iterations, 10)
             for _ in range(iterations):
                 u = offset.matvec(v)

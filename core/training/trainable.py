@@ -42,6 +42,10 @@ class LowRankOffset:
     def in_features(self) -> int:
         return self.down.shape[1]
 
+    @property
+    def reference(self) -> torch.Tensor:
+        return self.down
+
 
 @dataclass
 class DenseOffset:
@@ -62,6 +66,10 @@ class DenseOffset:
     @property
     def in_features(self) -> int:
         return self._matrix().shape[1]
+
+    @property
+    def reference(self) -> torch.Tensor:
+        return self.delta
 
 
 def _target_names(root: torch.nn.Module, suffixes: tuple[str, ...]) -> list[str]:

@@ -1,0 +1,143 @@
+"""Bench suite `finetune`: Lipschitz Finetune against DreamBooth-LoRA, DreamBooth with prior preservation and
+textual inversion, on the world's held-out subjects (METHODS.md §4, WORLD.md's metrics).
+
+lambda is not known from the paper. Suite `finetune_lambda` chooses it on two CALIBRATION subjects that are
+not bench subjects, by a fixed rule: the largest lambda of LAMBDA_GRID whose subject fidelity stays within
+CALIBRATION_TOLERANCE of lambda = 0 (plain DreamBooth-LoRA). Its choice is DEFAULT_LAMBDA, which the
+`finetune` suite and the node use. Each method runs in a fresh process, so its wall time and peak memory
+are its own (peak: GPU memory allocated, or on CPU the resident memory sampled during training above its
+level before)."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ..core.lipschitz_finetune import DEFAULT_LAMBDA
+
+log = logging.getLogger("conceptkit.bench")
+
+METHODS = ("lipschitz", "dreambooth_lora", "dreambooth_prior", "textual_inversion")
+SUBJECTS = {False: 4, True: 1}
+CALIBRATION_SUBJECTS = (10, 11)
+LAMBDA_GRID = (0.0, 1e-5, 3e-5, 1e-4)
+CALIBRATION_TOLERANCE = 0.02
+STEPS = {False: 300, True: 60}
+TRAINING_IMAGES, EVAL_IMAGES, DRIFT_IMAGES = 4, 8, 24
+EVAL_STEPS, EVAL_CFG = 25, 5.0
+# One setting per method, chosen once (see README); never tuned per run.
+SETTINGS = {
+    "lipschitz": dict(trainable="lora", rank=8, learning_rate=5e-3, lipschitz_lambda=DEFAULT_LAMBDA),
+    "dreambooth_lora": dict(trainable="lora", rank=8, learning_rate=5e-3),
+    "dreambooth_prior": dict(trainable="lora", rank=8, learning_rate=5e-3, prior_weight=1.0, class_image_count=16),
+    "textual_inversion": dict(embedding_learning_rate=5e-3),
+}
+TRAIN_FIELDS = {"trainable", "rank", "learning_rate", "embedding_learning_rate"}
+
+
+def drift_scenes():
+    """Prompts WITHOUT a personal token: shape scenes of the training distribution and plain class prompts."""
+    from ..core.world import evaluation_scenes
+    from ..core.world.subjects import evaluation_scenes as subject_scenes
+
+    creatures = [s for i in range(DRIFT_IMAGES // 3) for s in subject_scenes(50 + i, "", 1)]
+    return evaluation_scenes("seen", DRIFT_IMAGES - len(creatures), seed=77) + creatures
+
+
+def _generate(model, scenes, seed: int):
+    from ..core.sampling import CFG, sample
+    from ..core.world.metrics import as_uint8
+
+    captions = [s.caption() for s in scenes]
+    return as_uint8(sample(model, captions, seed=seed, steps=EVAL_STEPS, guidance=CFG(EVAL_CFG)).images)
+
+
+def run_method(method: str, model_source: str | None, quick: bool, seed: int, subjects: tuple[int, ...],
+               overrides: dict | None = None) -> tuple[dict, np.ndarray]:
+    """Train and score one method on `subjects` (in its own process)."""
+    import torch
+
+    from ..core.concepts import apply_concept
+    from ..core.lipschitz_finetune import finetune
+    from ..core.metrics.cost import measure_cost
+    from ..core.model import load_model
+    from ..core.training import TrainConfig
+    from ..core.world.metrics import drift, mean_text_fidelity, subject_fidelity
+    from ..core.world.subjects import evaluation_scenes, reference_renders, training_renders
+
+    torch.manual_seed(seed)
+    model = load_model(model_source)
+    settings = {**SETTINGS[method], **(overrides or {})}
+    train = {k: settings.pop(k) for k in list(settings) if k in TRAIN_FIELDS}
+    scores = {"subject_fidelity": [], "text_fidelity": [], "drift_text": [], "drift_fd": []}
+    seconds, peak, shown = 0.0, 0.0, []
+    base_drift = _generate(model, drift_scenes(), seed)
+    with tempfile.TemporaryDirectory() as cache:  # class images are made fresh: their cost is the method's
+        for subject in subjects:
+            images, captions = training_renders(subject, TRAINING_IMAGES)
+            token = f"<s{subject}>"
+            config = TrainConfig(trigger=token, class_word="creature", captions=captions, steps=STEPS[quick],
+                                 batch_size=4, seed=seed, **train)
+            with measure_cost(model.device) as cost:
+                result = finetune(model, torch.from_numpy(images).float() / 255, config, method=method,
+                                  class_cache_dir=Path(cache), **settings)
+            seconds += cost.seconds
+            peak = max(peak, cost.peak_mb)
+            tuned = apply_concept(model, result.concept)
+            scenes = evaluation_scenes(subject, token, EVAL_IMAGES)
+            generated = _generate(tuned, scenes, seed)
+            scores["subject_fidelity"].append(subject_fidelity(generated, reference_renders(subject)))
+            scores["text_fidelity"].append(mean_text_fidelity(generated, scenes))
+            moved = drift(base_drift, _generate(tuned, drift_scenes(), seed), drift_scenes())
+            scores["drift_text"].append(moved["drift_text"])
+            scores["drift_fd"].append(moved["drift_fd"])
+            shown.append(generated[:4])
+            log.info("finetune: %s subject %d: %s", method, subject, {k: round(v[-1], 4) for k, v in scores.items()})
+    row = {"method": method, **{k: float(np.mean(v)) for k, v in scores.items()},
+           "seconds": seconds / len(subjects), "peak_mb": peak, "subjects": len(subjects)}
+    return row, np.concatenate(shown)
+
+
+def _isolated(method: str, options, subjects: tuple[int, ...], overrides: dict | None = None):
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run_method, method, options.model, options.quick, options.seed, subjects,
+                           overrides).result()
+
+
+def lambda_suite(options):
+    """Suite `finetune_lambda`: Lipschitz Finetune on the calibration subjects for each lambda of the grid."""
+    rows = []
+    for value in LAMBDA_GRID:
+        row, _ = _isolated("lipschitz", options, CALIBRATION_SUBJECTS, {"lipschitz_lambda": value})
+        rows.append({"lambda": value, **{k: row[k] for k in ("subject_fidelity", "text_fidelity", "drift_text",
+                                                             "drift_fd")}})
+        log.info("finetune_lambda: %s", rows[-1])
+    floor = rows[0]["subject_fidelity"] - CALIBRATION_TOLERANCE
+    chosen = max(r["lambda"] for r in rows if r["subject_fidelity"] >= floor)
+    notes = (f"Calibration subjects {CALIBRATION_SUBJECTS} (not bench subjects), {STEPS[options.quick]} steps, "
+             f"settings {SETTINGS['lipschitz']} but lambda. Rule: the largest lambda whose subject fidelity is at "
+             f"least lambda-0's minus {CALIBRATION_TOLERANCE}. Chosen: {chosen} (the shipped default is "
+             f"{DEFAULT_LAMBDA}).")
+    return rows, {}, notes
+
+
+def finetune_suite(options):
+    subjects = tuple(range(SUBJECTS[options.quick]))
+    rows, grids = [], {}
+    for method in METHODS:
+        log.info("finetune: training %s on %d subjects", method, len(subjects))
+        row, images = _isolated(method, options, subjects)
+        rows.append(row)
+        grids[method] = (images, [f"{method}: subject {i // 4}, evaluation prompt {i % 4}" for i in range(len(images))])
+    notes = (f"{len(subjects)} held-out creatures, {TRAINING_IMAGES} training renders each, "
+             f"{STEPS[options.quick]} steps at batch 4 for every method; settings per method: {SETTINGS}. "
+             f"Subject fidelity: identity-network cosine to fresh renders; text fidelity: background and position "
+             f"of {EVAL_IMAGES} new prompts per subject; drift: on {DRIFT_IMAGES} prompts without the token "
+             "(shape scenes and plain 'creature' prompts) against the base model. seconds and peak_mb: training "
+             "only (class images included for prior preservation), per subject, each method in a fresh process.")
+    return rows, grids, notes

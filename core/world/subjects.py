@@ -1,0 +1,48 @@
+"""Personal subjects of the world: held-out creatures, their few training renders and the prompts they are
+evaluated on. The same fixed protocol serves the example workflows, the tests and `conceptkit bench`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .scenes import Scene, WorldObject
+from .vocabulary import COLOURS, HELDOUT_INSTANCE_SEEDS, INSTANCE_CLASS_WORD, PATTERNS, POSITIONS
+
+TRIGGER_SLOT, CLASS_SLOT = "{trigger}", "{class}"
+
+
+def subject_seed(index: int) -> int:
+    if not 0 <= index < len(HELDOUT_INSTANCE_SEEDS):
+        raise ValueError(f"subject {index} does not exist; the world has {len(HELDOUT_INSTANCE_SEEDS)} (0-"
+                         f"{len(HELDOUT_INSTANCE_SEEDS) - 1}).")
+    return HELDOUT_INSTANCE_SEEDS[index]
+
+
+def _scenes(index: int, count: int, seed: int, token: str | None) -> list[Scene]:
+    rng = np.random.default_rng([seed, index, 17])
+    colours, positions = list(COLOURS), list(POSITIONS)
+    return [Scene(colours[int(rng.integers(len(colours)))], PATTERNS[int(rng.integers(2))],
+                  (WorldObject(positions[int(rng.integers(len(positions)))], instance=subject_seed(index),
+                               token=token),)) for _ in range(count)]
+
+
+def training_renders(index: int, count: int = 4, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """`count` renders of subject `index` on varied backgrounds and places (uint8 [N, 64, 64, 3]) and their
+    captions with {trigger} and {class} slots: "a {trigger} {class} on the left, blue background"."""
+    scenes = _scenes(index, count, seed, TRIGGER_SLOT)
+    rng = np.random.default_rng([seed, index, 18])
+    captions = [s.caption().replace(f"{TRIGGER_SLOT} {INSTANCE_CLASS_WORD}", f"{TRIGGER_SLOT} {CLASS_SLOT}")
+                for s in scenes]
+    return np.stack([s.render(rng) for s in scenes]), captions
+
+
+def reference_renders(index: int, count: int = 8) -> np.ndarray:
+    """Fresh renders of the subject (other backgrounds and places than its training renders)."""
+    scenes = _scenes(index, count, 10_000, None)
+    rng = np.random.default_rng([index, 19])
+    return np.stack([s.render(rng) for s in scenes])
+
+
+def evaluation_scenes(index: int, token: str, count: int = 8) -> list[Scene]:
+    """Scenes whose captions put the subject (by its token) in new places and on new backgrounds."""
+    return _scenes(index, count, 20_000, token)

@@ -1,0 +1,116 @@
+"""Using concepts: apply to a model, save, load, and export to the formats ComfyUI and A1111 load."""
+
+from __future__ import annotations
+
+from ..core.concepts import apply_concept, concept_path, load_concept, save_concept
+from ..core.concepts.export import export_diffusers, export_embedding, export_kohya
+from ..core.errors import InputError
+from ..core.files import safe_file_name
+from . import comfy_adapter as comfy
+from .sockets import CATEGORY, CK_CONCEPT, CK_MODEL
+
+CONCEPTS = "conceptkit_concepts"
+NO_CONCEPTS = "(no concepts saved yet)"
+EXPORT_FORMATS = {"kohya_lora": "loras", "embedding": "embeddings", "diffusers": "conceptkit_exports"}
+
+
+class ConceptKitApplyConcept:
+    DESCRIPTION = ("Applies a concept (from a ConceptKit trainer or Load Concept) to a model. The base model is not "
+                   "copied or changed: the concept takes effect only where the returned model is used.")
+    CATEGORY = f"{CATEGORY}/concepts"
+    RETURN_TYPES = (CK_MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model with the concept; write its trigger word in prompts.",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (CK_MODEL, {"tooltip": "The model the concept was trained for (same family)."}),
+            "concept": (CK_CONCEPT, {"tooltip": "The concept to apply."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05,
+                                   "tooltip": "How strongly the concept's weight changes apply (1 = as trained, "
+                                              "0 = off). The trigger word keeps its learned vector."}),
+        }}
+
+    def apply(self, model, concept, strength):
+        return (apply_concept(model, concept, strength),)
+
+
+class ConceptKitSaveConcept:
+    DESCRIPTION = ("Saves a concept as one .safetensors file (weights + what it was made for) in ComfyUI's "
+                   "models/conceptkit/concepts folder, where Load Concept finds it.")
+    CATEGORY = f"{CATEGORY}/concepts"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "concept": (CK_CONCEPT, {"tooltip": "The concept to save."}),
+            "name": ("STRING", {"default": "my_concept", "tooltip": "File name (letters, digits, - _ .); "
+                                "no folders."}),
+            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace a file of the same name. Off: an "
+                                      "existing file is an error, never silently replaced."}),
+        }}
+
+    def save(self, concept, name, overwrite):
+        path = save_concept(concept, concept_path(comfy.writable_folder(CONCEPTS), name), overwrite=overwrite)
+        return {"ui": {"text": [str(path)]}}
+
+
+class ConceptKitLoadConcept:
+    DESCRIPTION = "Loads a concept file saved by Save Concept (safetensors only)."
+    CATEGORY = f"{CATEGORY}/concepts"
+    RETURN_TYPES = (CK_CONCEPT,)
+    RETURN_NAMES = ("concept",)
+    OUTPUT_TOOLTIPS = ("The concept, for Apply Concept or Export Concept.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "concept_name": (comfy.list_model_files(CONCEPTS, (".safetensors",)) or [NO_CONCEPTS], {
+                "tooltip": "A concept file in models/conceptkit/concepts."}),
+        }}
+
+    def load(self, concept_name):
+        if concept_name == NO_CONCEPTS:
+            raise InputError("there are no concept files in models/conceptkit/concepts yet; save one with "
+                             "Save Concept first (or copy a ConceptKit .safetensors concept there).")
+        return (load_concept(comfy.model_path(CONCEPTS, concept_name)),)
+
+
+class ConceptKitExportConcept:
+    DESCRIPTION = ("Exports a concept to what other tools load: a kohya LoRA into ComfyUI's loras folder (Load LoRA, "
+                   "A1111, diffusers), a textual-inversion embedding into embeddings (use it as "
+                   "'embedding:NAME' in a prompt), or a diffusers folder.")
+    CATEGORY = f"{CATEGORY}/concepts"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "export"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (CK_MODEL, {"tooltip": "The base model the concept was trained for (it names the layers)."}),
+            "concept": (CK_CONCEPT, {"tooltip": "The concept to export."}),
+            "format": (list(EXPORT_FORMATS), {"default": "kohya_lora", "tooltip": "kohya_lora: LoRA concepts; "
+                       "embedding: the trigger's learned vector; diffusers: a folder for diffusers pipelines."}),
+            "name": ("STRING", {"default": "my_concept", "tooltip": "File or folder name (no folders)."}),
+            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file of that name."}),
+        }}
+
+    def export(self, model, concept, format, name, overwrite):  # noqa: A002 - ComfyUI input name
+        if format not in EXPORT_FORMATS:
+            raise InputError(f"format '{format}' is not one of {', '.join(EXPORT_FORMATS)}.")
+        name = safe_file_name(name, "export name").removesuffix(".safetensors")
+        folder = comfy.writable_folder(EXPORT_FORMATS[format])
+        if format == "kohya_lora":
+            path = export_kohya(concept, model, folder / f"{name}.safetensors", overwrite)
+        elif format == "embedding":
+            path = export_embedding(concept, model, folder / f"{name}.safetensors", overwrite)
+        else:
+            path = export_diffusers(concept, model, folder / name, overwrite)
+        return {"ui": {"text": [str(path)]}}

@@ -1,0 +1,118 @@
+"""Lipschitz Finetune: a few images of a subject -> a CK_CONCEPT (and its loss curve)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import numpy as np
+import torch
+
+from ..core.lipschitz_finetune import DEFAULT_LAMBDA, finetune
+from ..core.sampling import CFG, sample
+from ..core.training import TrainConfig, loss_curve
+from ..core.training.losses import NORMS
+from . import comfy_adapter as comfy
+from .sockets import CATEGORY, CK_CONCEPT, CK_MODEL, MAX_SEED
+
+PREVIEW_STEPS = 12
+
+
+def _preview(prompt: str, seed: int):
+    def render(model):
+        image = sample(model, prompt, seed=seed, steps=PREVIEW_STEPS, guidance=CFG(5.0)).images[0]
+        from PIL import Image
+
+        return Image.fromarray((image.numpy() * 255).round().astype(np.uint8))
+
+    return render
+
+
+def _run_folder(images: torch.Tensor, config: TrainConfig) -> str:
+    """A checkpoint folder name that is the same for the same images and settings (so a crashed or cancelled
+    run resumes when queued again) and different otherwise."""
+    digest = hashlib.sha256(images.detach().float().cpu().numpy().tobytes())
+    digest.update(config.signature().encode())
+    return digest.hexdigest()[:20]
+
+
+class ConceptKitLipschitzFinetune:
+    DESCRIPTION = (
+        "Lipschitz Finetune (Kim, Park, Kim, ICLR 2026): teaches the model a subject from a few images, "
+        "DreamBooth-style (a new trigger word + its class word), with a penalty on how far the weights move "
+        "from the base model (lambda * sum ||theta - theta0||^2) instead of prior preservation, so the model "
+        "keeps what it knew without generating class images. Checkpoints as it goes: queue the same inputs "
+        "again after a crash or Cancel and it resumes."
+    )
+    CATEGORY = f"{CATEGORY}/personalize"
+    RETURN_TYPES = (CK_CONCEPT, "IMAGE")
+    RETURN_NAMES = ("concept", "loss_curve")
+    OUTPUT_TOOLTIPS = ("The learned concept: connect it to Apply Concept, Save Concept or Export Concept.",
+                       "The training loss per step (and its running mean) as an image.")
+    FUNCTION = "train"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (CK_MODEL, {"tooltip": "The base model to personalize (it is left unchanged)."}),
+                "images": ("IMAGE", {"tooltip": "3-6 images of the subject. Any size: each is centre-cropped to a "
+                                                "square at the model's resolution; alpha is composited on white."}),
+                "trigger": ("STRING", {"default": "<my-subject>", "tooltip": "A NEW word that will mean your "
+                                       "subject, e.g. '<my-dog>'. Words the model already knows are refused."}),
+                "class_word": ("STRING", {"default": "creature", "tooltip": "What kind of thing the subject is "
+                                          "('dog', 'person', 'creature'): the trigger is learned next to it."}),
+                "captions": ("STRING", {"multiline": True, "default": "", "tooltip": "Optional: one caption per "
+                             "image, one per line, using {trigger} and {class}, e.g. 'a {trigger} {class} on the "
+                             "beach'. Empty: 'a {trigger} {class}' for every image."}),
+                "trainable": (["lora", "attention", "full"], {"default": "lora", "tooltip": "What is fine-tuned: "
+                              "LoRA adapters on the attention projections (small files), the attention weights, or "
+                              "the whole UNet. The penalty is on the effective weight change in every case."}),
+                "rank": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "LoRA rank (LoRA only)."}),
+                "lipschitz_lambda": ("FLOAT", {"default": DEFAULT_LAMBDA, "min": 0.0, "max": 100.0, "step": 0.00001,
+                                               "round": 1e-6, "tooltip": "Strength of the parameter-offset "
+                                               "penalty. 0 is plain DreamBooth; higher keeps the model closer to "
+                                               "the base (less drift, less likeness). Our default; the paper's "
+                                               "value is not public."}),
+                "norm": (list(NORMS), {"default": "frobenius", "tooltip": "How a layer's offset is measured: "
+                         "Frobenius (sum of squares, the paper's L2 form) or spectral (the layer's Lipschitz "
+                         "constant, by power iteration)."}),
+                "steps": ("INT", {"default": 300, "min": 1, "max": 100000, "tooltip": "Training steps."}),
+                "learning_rate": ("FLOAT", {"default": 5e-3, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": 1e-7,
+                                            "tooltip": "AdamW learning rate (LoRA: about 1e-4 on SD, 5e-3 on the "
+                                            "embedded model; full/attention: 10-50x lower)."}),
+                "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Images per step (drawn with "
+                                       "repetition from your images, each augmented)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "tooltip": "Seed of the whole run: the "
+                                 "same seed and inputs give the same concept."}),
+            },
+            "optional": {
+                "train_text_encoder": ("BOOLEAN", {"default": False, "tooltip": "Also adapt the text encoder's "
+                                                   "attention and the trigger's vector."}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Save GPU memory at the cost "
+                                                       "of about 30% more time."}),
+                "mixed_precision": (["no", "fp16", "bf16"], {"default": "no", "tooltip": "Train in half "
+                                    "precision on a GPU (bf16 where supported)."}),
+                "checkpoint_every": ("INT", {"default": 100, "min": 0, "max": 100000, "tooltip": "Write a "
+                                     "resumable checkpoint every N steps (0: only on Cancel). Removed when the "
+                                     "run finishes."}),
+            },
+        }
+
+    def train(self, model, images, trigger, class_word, captions, trainable, rank, lipschitz_lambda, norm, steps,
+              learning_rate, batch_size, seed, train_text_encoder=False, gradient_checkpointing=False,
+              mixed_precision="no", checkpoint_every=100):
+        lines = [line.strip() for line in captions.splitlines() if line.strip()]
+        config = TrainConfig(trigger=trigger.strip(), class_word=class_word.strip(), captions=lines or None,
+                             trainable=trainable, rank=rank, train_text_encoder=train_text_encoder, steps=steps,
+                             learning_rate=learning_rate, batch_size=batch_size, seed=seed,
+                             gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision,
+                             checkpoint_every=checkpoint_every)
+        folder = comfy.writable_folder("conceptkit_checkpoints") / _run_folder(images, config)
+        first_caption = (lines[0] if lines else "a {trigger} {class}").replace("{trigger}", config.trigger)
+        result = finetune(model, images, config, method="lipschitz", lipschitz_lambda=lipschitz_lambda, norm=norm,
+                          name=config.trigger.strip("<>") or "concept", checkpoint_dir=folder,
+                          progress=comfy.Progress(steps, "Lipschitz Finetune"), cancel=comfy.cancel_requested,
+                          preview=_preview(first_caption.replace("{class}", config.class_word), seed))
+        shutil.rmtree(folder, ignore_errors=True)
+        return (result.concept, loss_curve(result.losses))

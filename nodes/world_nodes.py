@@ -1,0 +1,38 @@
+"""The world's personal subjects as images, so example workflows run as shipped with no files to find."""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.errors import InputError
+from ..core.world.subjects import training_renders
+from ..core.world.vocabulary import HELDOUT_INSTANCE_SEEDS
+from .sockets import CATEGORY
+
+
+class ConceptKitWorldSubject:
+    DESCRIPTION = ("Renders a few images of one of the embedded world's held-out creatures (subjects the embedded "
+                   "model has never seen), with one caption per image. A stand-in for your own photos in the "
+                   "example workflows.")
+    CATEGORY = f"{CATEGORY}/world"
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("images", "captions")
+    OUTPUT_TOOLTIPS = ("The renders (64x64).", "One caption per image, with {trigger} and {class} slots.")
+    FUNCTION = "render"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "subject": ("INT", {"default": 0, "min": 0, "max": len(HELDOUT_INSTANCE_SEEDS) - 1,
+                                "tooltip": "Which held-out creature."}),
+            "count": ("INT", {"default": 4, "min": 1, "max": 16, "tooltip": "How many images."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
+                             "tooltip": "Varies the backgrounds and places of the renders."}),
+        }}
+
+    def render(self, subject, count, seed):
+        try:
+            images, captions = training_renders(subject, count, seed)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        return (torch.from_numpy(images).float() / 255, "\n".join(captions))

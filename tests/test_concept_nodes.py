@@ -1,0 +1,85 @@
+"""The personalization nodes as ComfyUI calls them: Lipschitz Finetune -> Apply / Save / Load / Export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conceptkit import NODE_CLASS_MAPPINGS
+from conceptkit.core.errors import ConceptKitError, InputError
+
+N = NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def world():
+    return N["ConceptKitLoadModel"]().load("embedded", "cpu", "fp32", "auto")[0]
+
+
+@pytest.fixture
+def models(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONCEPTKIT_MODELS_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def trained(world, models):
+    images, captions = N["ConceptKitWorldSubject"]().render(subject=3, count=3, seed=0)
+    concept, curve = N["ConceptKitLipschitzFinetune"]().train(
+        world, images, "<pet>", "creature", captions, "lora", 2, 0.01, "frobenius", steps=3, learning_rate=5e-3,
+        batch_size=2, seed=0)
+    return concept, curve
+
+
+def test_finetune_node_gives_a_concept_a_loss_curve_and_cleans_its_checkpoints(trained, models):
+    concept, curve = trained
+    assert concept.method == "lipschitz" and concept.trigger == "<pet>" and concept.kind == "lora"
+    assert curve.shape[0] == 1 and curve.shape[-1] == 3 and curve.min() >= 0 and curve.max() <= 1
+    checkpoints = models / "conceptkit" / "checkpoints"
+    assert not any(checkpoints.iterdir())  # a finished run leaves no checkpoint behind
+
+
+def test_save_load_and_apply_through_the_nodes(trained, world, models):
+    concept, _ = trained
+    N["ConceptKitSaveConcept"]().save(concept, "pet", False)
+    assert (models / "conceptkit" / "concepts" / "pet.safetensors").is_file()
+    with pytest.raises(ConceptKitError, match="already exists"):
+        N["ConceptKitSaveConcept"]().save(concept, "pet", False)
+    with pytest.raises(ConceptKitError, match="folder separator"):
+        N["ConceptKitSaveConcept"]().save(concept, "../pet", False)
+    assert "pet.safetensors" in N["ConceptKitLoadConcept"].INPUT_TYPES()["required"]["concept_name"][0]
+    (loaded,) = N["ConceptKitLoadConcept"]().load("pet.safetensors")
+    (tuned,) = N["ConceptKitApplyConcept"]().apply(world, loaded, 1.0)
+    images = N["ConceptKitSample"]().generate(tuned, "a <pet> creature on the left, blue background", "", 0, 4, 5.0,
+                                              "ddim", 0, 0, 1)[0]
+    assert images.shape == (1, 64, 64, 3) and torch.isfinite(images).all()
+
+
+def test_export_writes_where_comfyui_looks(trained, world, models):
+    concept, _ = trained
+    N["ConceptKitExportConcept"]().export(world, concept, "kohya_lora", "pet", False)
+    N["ConceptKitExportConcept"]().export(world, concept, "embedding", "pet", False)
+    N["ConceptKitExportConcept"]().export(world, concept, "diffusers", "pet", False)
+    lora = load_file(str(models / "loras" / "pet.safetensors"))
+    assert any(k.startswith("lora_unet_down_blocks_0_attentions_0_") for k in lora)
+    assert set(load_file(str(models / "embeddings" / "pet.safetensors"))) == {"emb_params"}
+    assert (models / "conceptkit" / "exports" / "pet" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_load_concept_with_nothing_saved_says_what_to_do(models):
+    choices = N["ConceptKitLoadConcept"].INPUT_TYPES()["required"]["concept_name"][0]
+    with pytest.raises(InputError, match="Save Concept"):
+        N["ConceptKitLoadConcept"]().load(choices[0])
+
+
+def test_finetune_node_trains_under_comfyuis_inference_mode(models):
+    with torch.inference_mode():  # ComfyUI executes every node inside inference mode, loaders included
+        model = N["ConceptKitLoadModel"]().load("embedded", "cpu", "fp32", "auto")[0]
+        images, captions = N["ConceptKitWorldSubject"]().render(subject=5, count=2, seed=0)
+        concept, _ = N["ConceptKitLipschitzFinetune"]().train(
+            model, images, "<pet2>", "creature", captions, "lora", 2, 1e-4, "frobenius", steps=2,
+            learning_rate=5e-3, batch_size=1, seed=0, train_text_encoder=True)
+        (tuned,) = N["ConceptKitApplyConcept"]().apply(model, concept, 1.0)
+        images = N["ConceptKitSample"]().generate(tuned, "a <pet2> creature", "", 0, 2, 5.0, "ddim", 0, 0, 1)[0]
+    assert concept.kind == "lora" and torch.isfinite(images).all()
