@@ -179,3 +179,18 @@ def test_prior_preservation_makes_class_images_once_and_reuses_them(world, subje
 def test_textual_inversion_changes_only_the_trigger_vector(world, subject_images):
     concept = finetune(world, subject_images, config(steps=2), method="textual_inversion").concept
     assert concept.kind == "embedding" and set(concept.tensors) == {"embedding.te0"}
+
+
+def test_an_interrupt_from_the_progress_display_checkpoints_the_last_step(world, subject_images, tmp_path):
+    class ProcessingInterrupted(Exception):  # what ComfyUI's progress bar raises when Cancel is pressed
+        pass
+
+    def progress(step, total, preview):
+        if step == 2:
+            raise ProcessingInterrupted
+
+    before = unet_snapshot(world)
+    with pytest.raises(ProcessingInterrupted):
+        train_concept(world, subject_images, config(), checkpoint_dir=tmp_path, progress=progress)
+    assert (tmp_path / "step_2").is_dir() and same_tensors(unet_snapshot(world), before)
+    assert train_concept(world, subject_images, config(), checkpoint_dir=tmp_path).resumed_from == 2

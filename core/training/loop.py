@@ -254,38 +254,37 @@ def _train(model, images, config, loss_terms, name, checkpoint_dir, progress, ca
     try:
         with token_vectors(run.model, run.token_table()):
             model.unet.train(config.trainable != "embedding")
-            while step < config.steps:
-                try:  # inside ComfyUI, Cancel arrives as ComfyUI's own exception from cancel()
-                    cancelled = cancel is not None and cancel()
-                except BaseException:
-                    save(step)
-                    raise
-                if cancelled:
-                    save(step)
-                    raise Cancelled(f"training was cancelled at step {step} of {config.steps}"
-                                    + (f"; run it again to resume from {checkpoint_dir}." if checkpoint_dir else "."))
-                gen = step_generator(config.seed, step, accelerator.process_index)
-                pick = torch.randint(0, len(pixels), (config.batch_size,), generator=gen)
-                batch = augment(pixels[pick], gen, config.augment_scale, config.flip)
-                loss = run.denoising_loss(batch, [captions[i] for i in pick], gen)
-                for term in loss_terms:
-                    loss = loss + term(run, step, gen)
-                if not torch.isfinite(loss):
-                    raise InputError(f"the loss became {loss.item()} at step {step}; lower the learning rate.")
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(loss)
-                if accelerator.num_processes > 1:
-                    for p in params:
-                        if p.grad is not None:
-                            p.grad = accelerator.reduce(p.grad, reduction="mean")
-                optimizer.step()
-                step += 1
-                losses.append(float(loss.item()))
-                if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-                    save(step)
-                if progress is not None:
-                    due = preview is not None and (step % preview_every == 0 or step == config.steps)
-                    progress(step, config.steps, _preview_fn(run, preview if due else None))
+            try:  # on Cancel (ours, or ComfyUI's interrupt from cancel() or its progress bar) and on errors,
+                # checkpoint the last finished step so that the run resumes there
+                while step < config.steps:
+                    if cancel is not None and cancel():
+                        raise Cancelled(f"training was cancelled at step {step} of {config.steps}" + (
+                            f"; run it again to resume from {checkpoint_dir}." if checkpoint_dir else "."))
+                    gen = step_generator(config.seed, step, accelerator.process_index)
+                    pick = torch.randint(0, len(pixels), (config.batch_size,), generator=gen)
+                    batch = augment(pixels[pick], gen, config.augment_scale, config.flip)
+                    loss = run.denoising_loss(batch, [captions[i] for i in pick], gen)
+                    for term in loss_terms:
+                        loss = loss + term(run, step, gen)
+                    if not torch.isfinite(loss):
+                        raise InputError(f"the loss became {loss.item()} at step {step}; lower the learning rate.")
+                    optimizer.zero_grad(set_to_none=True)
+                    accelerator.backward(loss)
+                    if accelerator.num_processes > 1:
+                        for p in params:
+                            if p.grad is not None:
+                                p.grad = accelerator.reduce(p.grad, reduction="mean")
+                    optimizer.step()
+                    step += 1
+                    losses.append(float(loss.item()))
+                    if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+                        save(step)
+                    if progress is not None:
+                        due = preview is not None and (step % preview_every == 0 or step == config.steps)
+                        progress(step, config.steps, _preview_fn(run, preview if due else None))
+            except BaseException:
+                save(step)
+                raise
         concept = Concept(name=name, method=config.method, family=model.family, base_fingerprint=model.fingerprint(),
                           trigger=config.trigger, class_word=config.class_word,
                           tensors=trainable.concept_tensors(),
