@@ -66,16 +66,15 @@ def cancel_requested() -> bool:
     return False
 
 
-def _headless_dir(kind: str) -> Path:
-    """Headless, a model folder kind lives in --models / CONCEPTKIT_MODELS_DIR, else in ./models (as in ComfyUI)."""
-    return Path(os.environ.get(MODELS_DIR_ENV) or "models") / OWN_FOLDERS.get(kind, (kind,))[0]
-
-
 # Our own folders inside ComfyUI's models folder (registered with ComfyUI on first use), with their extensions.
 OWN_FOLDERS = {"conceptkit_concepts": ("conceptkit/concepts", {".safetensors"}),
                "conceptkit_exports": ("conceptkit/exports", {""}),
-               "conceptkit_checkpoints": ("conceptkit/checkpoints", {""}),
-               "conceptkit_cache": ("conceptkit/cache", {""})}
+               "conceptkit_checkpoints": ("conceptkit/checkpoints", {""})}
+
+
+def _headless_dir(kind: str) -> Path:
+    """Headless, a model folder kind lives in --models / CONCEPTKIT_MODELS_DIR, else in ./models (as in ComfyUI)."""
+    return Path(os.environ.get(MODELS_DIR_ENV) or "models") / OWN_FOLDERS.get(kind, (kind,))[0]
 
 
 def _registered(folder_paths, kind: str) -> None:

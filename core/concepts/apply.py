@@ -230,6 +230,6 @@ def concepts_applied(model: Model):
             for i, (tokenizer, vector) in enumerate(zip(model.tokenizers, concept.embeddings(), strict=False)):
                 vectors[i][tokenizer.convert_tokens_to_ids(concept.trigger)] = vector.reshape(-1)
             hooks += stack.enter_context(lora_hooks(model, concept, applied.strength))
-            stack.enter_context(weight_offsets(model, {k: v for k, v in concept.deltas().items()}, applied.strength))
+            stack.enter_context(weight_offsets(model, concept.deltas(), applied.strength))
         stack.enter_context(token_vectors(model, vectors))
         yield hooks

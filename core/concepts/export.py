@@ -20,7 +20,7 @@ from ..errors import InputError, ModelLoadError
 from ..files import write_safetensors
 from ..model import Model
 from ..safetensors_io import load_safetensors
-from .apply import canonical_name, check_concept_fits, named_part
+from .apply import canonical_name, check_concept_fits, named_part, weight_offsets
 from .concept import Concept
 
 ATTENTION_BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.attentions\.(\d+)\.(.*)$")
@@ -110,8 +110,6 @@ def export_diffusers(concept: Concept, model: Model, folder: Path, overwrite: bo
             peft[f"{names[root]}.{path}.lora_B.weight"] = up * concept.lora_scale  # alpha baked in: rank == alpha
         write_safetensors(folder / "pytorch_lora_weights.safetensors", peft, {"format": "pt"}, overwrite)
     if concept.kind == "delta":
-        from .apply import weight_offsets
-
         with weight_offsets(model, concept.deltas(), 1.0):
             model.unet.save_pretrained(folder / "unet", safe_serialization=True)
     vectors = concept.embeddings()
