@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .core.errors import ConceptKitError
 
-SUITE_NAMES = ("base", "finetune", "finetune_lambda")
+SUITE_NAMES = ("base", "finetune", "finetune_lambda", "guidance")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +74,8 @@ def bench(args) -> int:
     from .benchmarks.suites import BenchOptions
 
     try:
-        rows, grids, notes = run_suite(args.suite, BenchOptions(quick=args.quick, model=args.model, seed=args.seed))
+        options = BenchOptions(quick=args.quick, model=args.model, seed=args.seed)
+        rows, grids, notes, figures = run_suite(args.suite, options)
     except ConceptKitError as e:
         print(f"conceptkit: error: {e}", file=sys.stderr)
         return 2
@@ -82,7 +83,7 @@ def bench(args) -> int:
     if args.json:
         write_json(args.json, args.suite, rows)
     if args.report:
-        print(write_report(args.report, args.suite, rows, grids, notes))
+        print(write_report(args.report, args.suite, rows, grids, notes, figures))
     return 0
 
 

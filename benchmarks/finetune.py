@@ -123,7 +123,7 @@ def lambda_suite(options):
              f"settings {SETTINGS['lipschitz']} but lambda. Rule: the largest lambda whose subject fidelity is at "
              f"least lambda-0's minus {CALIBRATION_TOLERANCE}. Chosen: {chosen} (the shipped default is "
              f"{DEFAULT_LAMBDA}).")
-    return rows, {}, notes
+    return rows, {}, notes, {}
 
 
 def finetune_suite(options):
@@ -140,4 +140,4 @@ def finetune_suite(options):
              f"of {EVAL_IMAGES} new prompts per subject; drift: on {DRIFT_IMAGES} prompts without the token "
              "(shape scenes and plain 'creature' prompts) against the base model. seconds and peak_mb: training "
              "only (class images included for prior preservation), per subject, each method in a fresh process.")
-    return rows, grids, notes
+    return rows, grids, notes, {}

@@ -45,9 +45,12 @@ def write_json(path: Path, suite: str, rows: list[dict]) -> None:
 
 
 def write_report(folder: Path, suite: str, rows: list[dict], grids: dict[str, tuple[np.ndarray, list[str]]],
-                 notes: str = "") -> Path:
-    """report.md with the table and one grid PNG per entry of `grids` (name -> (images, captions))."""
+                 notes: str = "", figures: dict[str, Image.Image] | None = None) -> Path:
+    """report.md with the table, one grid PNG per entry of `grids` (name -> (images, captions)) and the named
+    figures (file name -> image) the notes link to."""
     folder.mkdir(parents=True, exist_ok=True)
+    for name, figure in (figures or {}).items():
+        figure.save(folder / name)
     lines = [f"# ConceptKit bench: {suite}", "", notes, "", format_table(rows), ""]
     for name, (images, captions) in grids.items():
         image_grid(images).resize((8 * 128, -(-len(images) // 8) * 128), Image.NEAREST).save(folder / f"{name}.png")

@@ -1,4 +1,4 @@
-"""The bench suites. Each returns (rows, grids, notes)."""
+"""The bench suites. Each returns (rows, grids, notes, figures): figures are named PIL images for the report."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..core.sampling import CFG, sample
 from ..core.world import evaluation_scenes
 from ..core.world.metrics import as_uint8, attribute_accuracy
 from .finetune import finetune_suite, lambda_suite
+from .guidance import guidance_suite
 
 log = logging.getLogger("conceptkit.bench")
 
@@ -53,10 +54,11 @@ def base_suite(options: BenchOptions):
     notes = (f"{n} images per split, fixed seeds {options.seed}..{options.seed + n - 1}, DDIM {BASE_STEPS} steps, "
              f"CFG {BASE_CFG}. Seen: compositions of the training distribution; heldout: colour-shape pairs "
              "never shown in training. Gate: >= 0.90 seen, >= 0.80 heldout for every attribute.")
-    return rows, grids, notes
+    return rows, grids, notes, {}
 
 
-SUITES = {"base": base_suite, "finetune": finetune_suite, "finetune_lambda": lambda_suite}
+SUITES = {"base": base_suite, "finetune": finetune_suite, "finetune_lambda": lambda_suite,
+          "guidance": guidance_suite}
 
 
 def run_suite(name: str, options: BenchOptions):

@@ -3,6 +3,7 @@
 from .comfy_bridge_nodes import ConceptKitModelFromComfy
 from .concept_nodes import ConceptKitApplyConcept, ConceptKitExportConcept, ConceptKitLoadConcept, ConceptKitSaveConcept
 from .finetune_nodes import ConceptKitLipschitzFinetune
+from .guidance_nodes import ConceptKitPersonalizationGuidanceSampler
 from .model_nodes import ConceptKitLoadModel
 from .sampling_nodes import ConceptKitSample
 from .world_nodes import ConceptKitWorldSubject
@@ -12,6 +13,7 @@ NODE_CLASS_MAPPINGS = {
     "ConceptKitSample": ConceptKitSample,
     "ConceptKitModelFromComfy": ConceptKitModelFromComfy,
     "ConceptKitLipschitzFinetune": ConceptKitLipschitzFinetune,
+    "ConceptKitPersonalizationGuidanceSampler": ConceptKitPersonalizationGuidanceSampler,
     "ConceptKitApplyConcept": ConceptKitApplyConcept,
     "ConceptKitSaveConcept": ConceptKitSaveConcept,
     "ConceptKitLoadConcept": ConceptKitLoadConcept,
@@ -23,6 +25,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ConceptKitSample": "ConceptKit Sample",
     "ConceptKitModelFromComfy": "ConceptKit Model From Comfy",
     "ConceptKitLipschitzFinetune": "Lipschitz Finetune",
+    "ConceptKitPersonalizationGuidanceSampler": "Personalization Guidance Sampler",
     "ConceptKitApplyConcept": "Apply Concept",
     "ConceptKitSaveConcept": "Save Concept",
     "ConceptKitLoadConcept": "Load Concept",

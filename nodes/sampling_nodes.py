@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..core.sampling import CFG, SAMPLER_NAMES, sample
+from ..core.sampling import CFG, sample
 from . import comfy_adapter as comfy
-from .sockets import CATEGORY, CK_MODEL, MAX_SEED
+from .sockets import CATEGORY, CK_MODEL, SAMPLING_WIDGETS
 
 
 class ConceptKitSample:
@@ -28,26 +28,14 @@ class ConceptKitSample:
                 "negative_prompt": ("STRING", {
                     "multiline": True, "default": "", "tooltip": "What to steer away from (empty for none).",
                 }),
-                "seed": ("INT", {
-                    "default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
-                    "tooltip": "Seed of the first image; image i of the batch uses seed + i.",
-                }),
-                "steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "Denoising steps."}),
+                "seed": SAMPLING_WIDGETS["seed"],
+                "steps": SAMPLING_WIDGETS["steps"],
                 "cfg": ("FLOAT", {
                     "default": 7.5, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                     "tooltip": "Classifier-free guidance scale: higher follows the prompt more closely; "
                                "1.0 turns guidance off.",
                 }),
-                "sampler": (SAMPLER_NAMES, {"default": "ddim", "tooltip": "The sampling method (scheduler)."}),
-                "width": ("INT", {
-                    "default": 0, "min": 0, "max": 8192, "step": 8,
-                    "tooltip": "Image width in pixels; 0 uses the model's native size.",
-                }),
-                "height": ("INT", {
-                    "default": 0, "min": 0, "max": 8192, "step": 8,
-                    "tooltip": "Image height in pixels; 0 uses the model's native size.",
-                }),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": 256, "tooltip": "How many images."}),
+                **{name: SAMPLING_WIDGETS[name] for name in ("sampler", "width", "height", "batch_size")},
             }
         }
 

@@ -11,7 +11,6 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from conceptkit.core.concepts import Concept, apply_concept, concepts_applied, load_concept, save_concept
-from conceptkit.core.concepts.apply import canonical_name
 from conceptkit.core.concepts.export import (
     export_diffusers,
     export_embedding,
@@ -22,27 +21,8 @@ from conceptkit.core.concepts.export import (
 from conceptkit.core.errors import ConceptKitError, InputError, ModelLoadError, UnsafeFileError
 from conceptkit.core.model import load_model
 
+from helpers.concepts import lora_concept
 from helpers.parity import _unet_inputs
-
-
-def lora_concept(model, rank=2, alpha=3.0, text_encoders=True, seed=0) -> Concept:
-    """A LoRA concept on every attention projection of the UNet (and text encoders), random weights."""
-    gen = torch.Generator().manual_seed(seed)
-    tensors = {}
-    parts = [("unet", model.unet, ("to_q", "to_k", "to_v", "to_out.0"))]
-    if text_encoders:
-        text_attention = ("q_proj", "k_proj", "v_proj", "out_proj")
-        parts += [(f"te{i}", te, text_attention) for i, te in enumerate(model.text_encoders)]
-    for root, part, suffixes in parts:
-        for name, module in part.named_modules():
-            if isinstance(module, torch.nn.Linear) and name.endswith(suffixes):
-                name = canonical_name(root, part, name).partition(".")[2]
-                tensors[f"lora.{root}.{name}.down"] = torch.randn(rank, module.in_features, generator=gen) * 0.1
-                tensors[f"lora.{root}.{name}.up"] = torch.randn(module.out_features, rank, generator=gen) * 0.1
-    for i, te in enumerate(model.text_encoders):
-        tensors[f"embedding.te{i}"] = torch.randn(1, te.get_input_embeddings().weight.shape[1], generator=gen)
-    return Concept(name="test", method="test", family=model.family, base_fingerprint=model.fingerprint(),
-                   trigger="<t1>", class_word="cat", tensors=tensors, lora_rank=rank, lora_alpha=alpha)
 
 
 @pytest.fixture(scope="module", params=["sd1", "sdxl"])

@@ -194,3 +194,9 @@ def test_an_interrupt_from_the_progress_display_checkpoints_the_last_step(world,
         train_concept(world, subject_images, config(), checkpoint_dir=tmp_path, progress=progress)
     assert (tmp_path / "step_2").is_dir() and same_tensors(unet_snapshot(world), before)
     assert train_concept(world, subject_images, config(), checkpoint_dir=tmp_path).resumed_from == 2
+
+
+def test_a_full_fine_tune_records_the_fingerprint_of_the_untouched_base(subject_images):
+    fresh = load_model(device="cpu")  # no fingerprint computed before training changes its weights
+    concept = train_concept(fresh, subject_images, config(trainable="full", steps=2)).concept
+    assert concept.base_fingerprint == load_model(device="cpu").fingerprint()

@@ -6,7 +6,8 @@ duration of the block only:
 - adds the trigger tokens to a copy of each tokenizer and serves their vectors from a small table
   beside the text encoder's own (no resized copy of the encoder);
 - adds LoRA deltas through forward hooks (their `scale` can be switched between passes at no cost);
-- adds full weight offsets in place and restores the exact original weights afterwards.
+- adds full weight offsets in place and restores the exact original weights afterwards;
+and yields the `WeakModel` that interpolates all of it back toward the base (weak-model guidance).
 So the same base model can be used by other nodes at the same time it is used with a concept.
 """
 
@@ -23,6 +24,7 @@ import torch
 from ..errors import InputError
 from ..model import Model
 from .concept import Concept
+from .weak_model import DenseWeights, TokenRow, WeakModel
 
 log = logging.getLogger("conceptkit.concepts")
 
@@ -104,40 +106,51 @@ class ExtendedEmbedding(torch.nn.Module):
 
 @contextmanager
 def token_vectors(model: Model, vectors: list[dict[int, torch.Tensor]]):
-    """Serve `vectors[i][token_id]` for added tokens of text encoder i during the block."""
-    swapped = []
+    """Serve `vectors[i][token_id]` for added tokens of text encoder i during the block. Yields, per text
+    encoder, the list of added rows in token-id order (None where it has none)."""
+    swapped, tables = [], []
     try:
         for encoder, table in zip(model.text_encoders, vectors, strict=True):
             if not table:
+                tables.append(None)
                 continue
             base = encoder.get_input_embeddings()
             first = base.num_embeddings
             if sorted(table) != list(range(first, first + len(table))):
                 raise InputError("added token ids do not follow the vocabulary; apply concepts with apply_concept.")
-            encoder.set_input_embeddings(ExtendedEmbedding(base, [table[i] for i in sorted(table)]))
+            extended = ExtendedEmbedding(base, [table[i] for i in sorted(table)])
+            encoder.set_input_embeddings(extended)
             swapped.append((encoder, base))
-        yield
+            tables.append(extended.rows)
+        yield tables
     finally:
         for encoder, base in swapped:
             encoder.set_input_embeddings(base)
 
 
 class LoraHook:
-    """output += scale * strength * up(down(x)) on one Linear module, as peft's LoRA layer computes it."""
+    """output += scale * strength * up(down(x)) on one Linear module, as peft's LoRA layer computes it.
+    `scale` (1 = as applied, 0 = the base model) is a number, or one value per sample of the batch."""
 
     def __init__(self, module: torch.nn.Module, down: torch.Tensor, up: torch.Tensor, lora_scale: float,
-                 strength: float):
+                 strength: float, text: bool):
         weight = module.weight
         self.down, self.up = down.to(weight), up.to(weight)
         self.factor = lora_scale * strength
-        self.scale = 1.0  # switched by guidance strategies between passes (0 = base model, 1 = as applied)
+        self.text = text
+        self.scale: float | torch.Tensor = 1.0
         self.handle = module.register_forward_hook(self)
 
     def __call__(self, module, inputs, output):
-        if self.scale == 0.0:
+        scale = self.scale
+        if isinstance(scale, torch.Tensor):
+            if scale.shape[0] != output.shape[0]:
+                raise InputError(f"{scale.shape[0]} LoRA scales were given for a batch of {output.shape[0]}.")
+            scale = scale.reshape(-1, *[1] * (output.dim() - 1))
+        elif scale == 0.0:
             return output
         x = inputs[0]
-        return output + (x @ self.down.T @ self.up.T) * (self.factor * self.scale)
+        return output + (x @ self.down.T @ self.up.T) * (self.factor * scale)
 
 
 TEXT_MODEL = "text_model."  # CLIP text encoders' own prefix; some transformers versions drop the wrapper
@@ -189,7 +202,8 @@ def lora_hooks(model: Model, concept: Concept, strength: float):
     hooks = []
     try:
         for name, (down, up) in concept.lora_modules().items():
-            hooks.append(LoraHook(find_module(model, name), down, up, concept.lora_scale, strength))
+            hooks.append(LoraHook(find_module(model, name), down, up, concept.lora_scale, strength,
+                                  text=not name.startswith("unet.")))
         yield hooks
     finally:
         for hook in hooks:
@@ -198,7 +212,8 @@ def lora_hooks(model: Model, concept: Concept, strength: float):
 
 @contextmanager
 def weight_offsets(model: Model, deltas: dict[str, torch.Tensor], strength: float):
-    """Add `strength * delta` to named parameters; restore the originals exactly afterwards."""
+    """Add `strength * delta` to named parameters; restore the originals exactly afterwards. Yields the
+    changed weights (pre-trained and fine-tuned values)."""
     saved = []
     try:
         with torch.no_grad():
@@ -207,29 +222,49 @@ def weight_offsets(model: Model, deltas: dict[str, torch.Tensor], strength: floa
                 if param.shape != delta.shape:
                     raise InputError(f"the concept's offset for '{name}' has shape {tuple(delta.shape)}, the model's "
                                      f"weight {tuple(param.shape)}; it was made for a different model.")
-                saved.append((param, param.detach().clone()))
+                saved.append(DenseWeights(param, param.detach().clone(), param.data, text=not name.startswith("unet.")))
                 param.add_(delta.to(param), alpha=strength)
-        yield
+        yield saved
     finally:
         with torch.no_grad():
-            for param, original in saved:
-                param.copy_(original)
+            for weights in saved:
+                weights.param.data = weights.tuned
+                weights.param.copy_(weights.pre)
 
 
 @contextmanager
 def concepts_applied(model: Model):
-    """Make the model's applied concepts take effect for the duration of the block (yields the LoRA hooks)."""
+    """Make the model's applied concepts take effect for the duration of the block; yields the `WeakModel`
+    that interpolates them back toward the base model."""
+    weak = WeakModel()
     if not model.concepts:
-        yield []
+        yield weak
         return
     vectors: list[dict[int, torch.Tensor]] = [{} for _ in model.text_encoders]
+    pre_vectors: list[dict[int, torch.Tensor]] = [{} for _ in model.text_encoders]
     with ExitStack() as stack:
-        hooks = []
         for applied in model.concepts:
             concept = applied.concept
             for i, (tokenizer, vector) in enumerate(zip(model.tokenizers, concept.embeddings(), strict=False)):
-                vectors[i][tokenizer.convert_tokens_to_ids(concept.trigger)] = vector.reshape(-1)
-            hooks += stack.enter_context(lora_hooks(model, concept, applied.strength))
-            stack.enter_context(weight_offsets(model, concept.deltas(), applied.strength))
-        stack.enter_context(token_vectors(model, vectors))
-        yield hooks
+                token_id = tokenizer.convert_tokens_to_ids(concept.trigger)
+                vectors[i][token_id] = vector.reshape(-1)
+                pre_vectors[i][token_id] = class_word_vector(model, i, concept.class_word, vector.reshape(-1))
+            weak.lora_hooks += stack.enter_context(lora_hooks(model, concept, applied.strength))
+            weak.dense += stack.enter_context(weight_offsets(model, concept.deltas(), applied.strength))
+        tables = stack.enter_context(token_vectors(model, vectors))
+        for rows, table, pre in zip(tables, vectors, pre_vectors, strict=True):
+            for index, token_id in enumerate(sorted(table)):
+                start = pre[token_id].to(rows[index])
+                if not torch.equal(start, rows[index]):  # an untrained token (LoRA, full) has nothing to unlearn
+                    weak.tokens.append(TokenRow(rows, index, start, rows[index]))
+        yield weak
+
+
+def class_word_vector(model: Model, encoder: int, class_word: str, learned: torch.Tensor) -> torch.Tensor:
+    """The pre-trained value of a trigger token: its class word's vector (the mean over the word's tokens),
+    what training starts from; the learned vector itself where the concept names no class word."""
+    ids = model.tokenizers[encoder](class_word, add_special_tokens=False).input_ids if class_word.strip() else []
+    if not ids:
+        return learned
+    table = model.text_encoders[encoder].get_input_embeddings().weight.detach()
+    return table[ids].float().mean(0).to(learned)

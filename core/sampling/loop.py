@@ -17,11 +17,12 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from ..concepts.apply import concepts_applied
+from ..concepts.weak_model import checkpoint_difference
 from ..errors import Cancelled, InputError
 from ..model import Model
 from .conditioning import Conditioning, encode_negative, encode_prompts
 from .extensions import AttentionController, ConditioningProvider, StaticConditioning
-from .guidance import CFG, Denoise, Guidance, Step
+from .guidance import CFG, Denoise, Guidance, Passes, Step
 from .preview import decode_latents, preview_image
 from .schedulers import make_scheduler
 
@@ -54,10 +55,12 @@ def sample(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     decode: bool = True,
+    pretrained: Model | None = None,
 ) -> SampleResult:
     """Generate images. A string prompt is repeated `batch_size` times; a list gives one image each.
-    Concepts applied to the model (`apply_concept`) are in effect for the whole call."""
-    with concepts_applied(model):
+    Concepts applied to the model (`apply_concept`) are in effect for the whole call. Weak-model guidance
+    interpolates them back toward the base; for a fine-tuned checkpoint, give its base as `pretrained`."""
+    with concepts_applied(model) as weak:
         prompts = _broadcast(prompt, batch_size, "prompt")
         negatives = _broadcast(negative_prompt, len(prompts), "negative_prompt")
         width, height = width or model.default_size, height or model.default_size
@@ -66,8 +69,17 @@ def sample(
             raise InputError(f"steps must be at least 1 (got {steps}).")
         guidance = guidance or CFG()
         attention = attention or AttentionController()
+        encode = None
         if conditioning is None:
-            conditioning = StaticConditioning(encode_prompts(model, prompts), encode_negative(model, negatives))
+            def encode(reads: str) -> Conditioning:
+                return encode_prompts(model, prompts) if reads == "prompt" else encode_negative(model, negatives)
+
+            conditioning = StaticConditioning(encode("prompt"), encode("negative"))
+        if pretrained is not None:
+            weak.dense += checkpoint_difference(model, pretrained)
+        if guidance.uses_weak_model and weak.empty:
+            raise InputError("this guidance needs a fine-tuned model to weaken: apply a concept to the model, or give "
+                             "the fine-tuned model with its base model; without either use CFG.")
 
         scheduler = make_scheduler(model.scheduler_config, sampler)
         scheduler.set_timesteps(steps, device=model.device)
@@ -76,7 +88,7 @@ def sample(
         shape = (len(prompts), model.latent_channels, height // model.vae_scale_factor, width // model.vae_scale_factor)
         latents = randn_tensor(shape, generator=generators, device=model.device, dtype=model.dtype)
         latents = latents * scheduler.init_noise_sigma
-        denoise = unet_denoiser(model, width, height)
+        denoise = Passes(unet_denoiser(model, width, height), weak, encode)
         step_kwargs = _step_kwargs(scheduler, eta, generators)
 
         timesteps = scheduler.timesteps

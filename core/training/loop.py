@@ -217,6 +217,7 @@ def _train(model, images, config, loss_terms, name, checkpoint_dir, progress, ca
            preview_every) -> TrainResult:
     preview_every = preview_every or max(1, config.steps // 10)
     _check_config(model, config)
+    base_fingerprint = model.fingerprint()  # of the weights before a full fine-tune changes them in place
     pixels = prepare_images(images, model.default_size)
     captions = instance_captions(config, len(pixels))
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=model.device.type == "cpu")
@@ -285,7 +286,7 @@ def _train(model, images, config, loss_terms, name, checkpoint_dir, progress, ca
             except BaseException:
                 save(step)
                 raise
-        concept = Concept(name=name, method=config.method, family=model.family, base_fingerprint=model.fingerprint(),
+        concept = Concept(name=name, method=config.method, family=model.family, base_fingerprint=base_fingerprint,
                           trigger=config.trigger, class_word=config.class_word,
                           tensors=trainable.concept_tensors(),
                           lora_rank=config.rank if config.trainable == "lora" else 0,
