@@ -4,8 +4,8 @@ Lipschitz Finetune) for the world's held-out subjects (METHODS.md §3, WORLD.md'
 
 Each strategy runs in a fresh process: it trains one concept per subject, then generates the same
 evaluation prompts with the same seeds at every point of the sweep (so points differ only by their
-guidance). A point's seconds_per_image is its own generation time in that process, the points of the
-three modes interleaved. Peak memory is measured once per (strategy, mode) at its probe point on the
+guidance). A point's seconds_per_image is its own generation time in that process, each mode's points
+spread evenly over the run. Peak memory is measured once per (strategy, mode) at its probe point on the
 first subject: the most memory the sampling call's tensors held at once (GPU: allocated memory; CPU:
 counted exactly by `measure_tensor_memory`), the model's own weights not included.
 """
@@ -16,7 +16,6 @@ import logging
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
-from itertools import zip_longest
 
 import numpy as np
 
@@ -55,9 +54,11 @@ def omega_label(omega) -> str:
 
 
 def interleaved(sweep: dict) -> list[tuple[str, float, object]]:
-    """The sweep's points with the modes taking turns, so slow drifts of the machine hit every mode alike."""
-    columns = [[(mode, w, omega) for w, omega in points] for mode, points in sweep.items()]
-    return [point for group in zip_longest(*columns) for point in group if point is not None]
+    """The sweep's points in an order that spreads each mode's points evenly over the run (a mode with 4 points
+    and one with 11 both span it from start to end), so slow drifts of the machine hit every mode alike."""
+    placed = [((i + 0.5) / len(points), m, (mode, w, omega))
+              for m, (mode, points) in enumerate(sweep.items()) for i, (w, omega) in enumerate(points)]
+    return [point for *_, point in sorted(placed, key=lambda p: p[:2])]
 
 
 def _synchronize(device) -> None:
@@ -196,8 +197,9 @@ def guidance_suite(options):
         f"({ {k: v[0] for k, v in KINDS.items()} }, settings { {k: v[1] for k, v in KINDS.items()} }); "
         f"{EVAL_IMAGES} evaluation prompts per subject, DDIM {EVAL_STEPS} steps, the same seeds at every point. "
         "Rows are means over subjects. omega 'a->b' is linear over the steps. seconds_per_image: generation time of "
-        "the point (modes interleaved); peak_mb: the most memory the tensors of one sampling call of "
-        f"{EVAL_IMAGES} images held at once (weights not included), at the probe point {PROBE} (w, omega).",
+        "the point (each mode's points spread evenly over the run); peak_mb: the most memory the tensors of one "
+        f"sampling call of {EVAL_IMAGES} images held at once (weights not included), at the probe point {PROBE} "
+        "(w, omega).",
         "", "Cost, personalization guidance / CFG in the same run (gate: seconds <= 1.05, memory <= 1.1 for LoRA):",
         "",
         *[f"- {kind}: seconds {r['seconds']:.3f}x, peak memory {r['peak_mb']:.3f}x" for kind, r in ratios.items()],

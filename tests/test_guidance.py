@@ -193,5 +193,6 @@ def test_bench_verdicts_follow_the_frontier():
             (("cfg", 1.0), ("personalization", 1.02), ("autoguidance", 1.0))]
     assert cost_ratios(rows)["lora"] == pytest.approx({"seconds": 1.02, "peak_mb": 1.0})
     assert frontier_plot(rows).size[0] > 300
-    modes = [mode for mode, *_ in interleaved({"cfg": [(1, None)] * 2, "personalization": [(1, 0.5)] * 3})]
-    assert modes == ["cfg", "personalization", "cfg", "personalization", "personalization"]
+    modes = [mode for mode, *_ in interleaved({"cfg": [(1, None)] * 2, "personalization": [(1, 0.5)] * 6})]
+    assert modes == ["personalization", "cfg", "personalization", "personalization", "personalization", "cfg",
+                     "personalization", "personalization"]
