@@ -103,10 +103,14 @@ def run_method(method: str, model_source: str | None, quick: bool, seed: int, su
     return row, np.concatenate(shown)
 
 
-def _isolated(method: str, options, subjects: tuple[int, ...], overrides: dict | None = None):
+def run_isolated(function, *args):
+    """function(*args) in a fresh process, so its wall time and peak memory are its own."""
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(run_method, method, options.model, options.quick, options.seed, subjects,
-                           overrides).result()
+        return pool.submit(function, *args).result()
+
+
+def _isolated(method: str, options, subjects: tuple[int, ...], overrides: dict | None = None):
+    return run_isolated(run_method, method, options.model, options.quick, options.seed, subjects, overrides)
 
 
 def lambda_suite(options):

@@ -13,13 +13,11 @@ counted exactly by `measure_tensor_memory`), the model's own weights not include
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from .finetune import SETTINGS, STEPS, SUBJECTS, TRAIN_FIELDS, TRAINING_IMAGES
+from .finetune import SETTINGS, STEPS, SUBJECTS, TRAIN_FIELDS, TRAINING_IMAGES, run_isolated
 
 log = logging.getLogger("conceptkit.bench")
 
@@ -123,11 +121,6 @@ def run_kind(kind: str, model_source: str | None, quick: bool, seed: int, subjec
     return results, peaks, np.concatenate(shown)
 
 
-def _isolated(function, *args):
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
-
-
 def mean_rows(results: list[dict], peaks: dict[tuple[str, str], float]) -> list[dict]:
     """One row per (kind, mode, w, omega): the mean over subjects."""
     keys = list(dict.fromkeys((r["concept_kind"], r["mode"], r["w"], r["omega"]) for r in results))
@@ -184,7 +177,7 @@ def guidance_suite(options):
     results, grids, peaks = [], {}, {}
     for kind in KINDS:
         log.info("guidance: training %s concepts on %d subjects and sweeping", kind, len(subjects))
-        found, kind_peaks, images = _isolated(run_kind, kind, options.model, options.quick, options.seed, subjects)
+        found, kind_peaks, images = run_isolated(run_kind, kind, options.model, options.quick, options.seed, subjects)
         results += found
         peaks.update({(kind, mode): peak for mode, peak in kind_peaks.items()})
         grids[f"{kind}_concepts"] = (images, [f"{kind} concept, subject {s}: {m}" for s in subjects for m in PROBE

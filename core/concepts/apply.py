@@ -248,7 +248,8 @@ def concepts_applied(model: Model):
             for i, (tokenizer, vector) in enumerate(zip(model.tokenizers, concept.embeddings(), strict=False)):
                 token_id = tokenizer.convert_tokens_to_ids(concept.trigger)
                 vectors[i][token_id] = vector.reshape(-1)
-                pre_vectors[i][token_id] = class_word_vector(model, i, concept.class_word, vector.reshape(-1))
+                start = class_word_vector(model, i, concept.class_word)  # where training starts
+                pre_vectors[i][token_id] = vector.reshape(-1) if start is None else start.to(vector)
             weak.lora_hooks += stack.enter_context(lora_hooks(model, concept, applied.strength))
             weak.dense += stack.enter_context(weight_offsets(model, concept.deltas(), applied.strength))
         tables = stack.enter_context(token_vectors(model, vectors))
@@ -260,11 +261,10 @@ def concepts_applied(model: Model):
         yield weak
 
 
-def class_word_vector(model: Model, encoder: int, class_word: str, learned: torch.Tensor) -> torch.Tensor:
-    """The pre-trained value of a trigger token: its class word's vector (the mean over the word's tokens),
-    what training starts from; the learned vector itself where the concept names no class word."""
+def class_word_vector(model: Model, encoder: int, class_word: str) -> torch.Tensor | None:
+    """The class word's vector in text encoder `encoder` (float32, the mean over the word's tokens): where a
+    trigger token starts training and, for weak-model guidance, its pre-trained value. None without a class word."""
     ids = model.tokenizers[encoder](class_word, add_special_tokens=False).input_ids if class_word.strip() else []
     if not ids:
-        return learned
-    table = model.text_encoders[encoder].get_input_embeddings().weight.detach()
-    return table[ids].float().mean(0).to(learned)
+        return None
+    return model.text_encoders[encoder].get_input_embeddings().weight.detach()[ids].float().mean(0)

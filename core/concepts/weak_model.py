@@ -15,6 +15,7 @@ toward its pre-trained weights (omega = 0 is the base model), without a copy of 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -80,17 +81,20 @@ class WeakModel:
     def at(self, omega: float | Sequence[float]):
         """Run the block on theta_w at `omega`: one value, or one per sample of the batch (LoRA only)."""
         values = [float(omega)] if isinstance(omega, int | float) else [float(o) for o in omega]
-        if not all(torch.isfinite(torch.tensor(values))):
+        if not all(math.isfinite(v) for v in values):
             raise InputError(f"omega must be a number (got {values}).")
-        if len(set(values)) > 1 and not self.per_sample:
+        mixed = len(set(values)) > 1
+        if mixed and not self.per_sample:
             raise InputError("full weight offsets take one omega per pass; split the batch by omega.")
         per_sample: dict[tuple, torch.Tensor] = {}  # one scale tensor per device and dtype of the hooks
         try:
             for hook in self.lora_hooks:
-                where = (hook.down.device, hook.down.dtype)
-                if len(set(values)) > 1 and where not in per_sample:
-                    per_sample[where] = torch.tensor(values, device=where[0], dtype=where[1])
-                hook.scale = per_sample[where] if len(set(values)) > 1 else values[0]
+                hook.scale = values[0]
+                if mixed:
+                    where = (hook.down.device, hook.down.dtype)
+                    if where not in per_sample:
+                        per_sample[where] = torch.tensor(values, device=where[0], dtype=where[1])
+                    hook.scale = per_sample[where]
             for weights in self.dense:
                 weights.param.data = weights.weak(values[0])
             for token in self.tokens:

@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from ..concepts.apply import token_vectors, trigger_is_new, with_trigger_token
+from ..concepts.apply import class_word_vector, token_vectors, trigger_is_new, with_trigger_token
 from ..concepts.concept import Concept
 from ..errors import Cancelled, InputError
 from ..model import Model
@@ -131,11 +131,10 @@ def class_captions(captions: list[str], trigger: str) -> list[str]:
 
 def _token_init(model: Model, config: TrainConfig) -> list[torch.Tensor]:
     vectors = []
-    for i, (tokenizer, encoder) in enumerate(zip(model.tokenizers, model.text_encoders, strict=True)):
+    for i, encoder in enumerate(model.text_encoders):
         table = encoder.get_input_embeddings().weight.detach().float().cpu()
-        if config.token_init == "class":
-            ids = tokenizer(config.class_word, add_special_tokens=False).input_ids
-            vectors.append(table[ids].mean(0))
+        if config.token_init == "class":  # _check_config has made sure there is a class word
+            vectors.append(class_word_vector(model, i, config.class_word).cpu())
         else:  # a rare token: a random direction with the table's typical norm
             gen = torch.Generator().manual_seed(int(hashlib.sha256(f"{config.trigger}/{i}".encode()).hexdigest()[:8],
                                                     16))
