@@ -7,9 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .benchmarks.registry import SUITES
 from .core.errors import ConceptKitError
-
-SUITE_NAMES = ("base", "finetune", "finetune_lambda", "guidance")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true", help="print only errors and the saved files")
 
     bench = commands.add_parser("bench", help="run a benchmark suite on the world and print its table")
-    bench.add_argument("suite", choices=sorted(SUITE_NAMES), help="which comparison to run")
+    bench.add_argument("suite", choices=sorted(SUITES), help="which comparison to run")
     bench.add_argument("--quick", action="store_true", help="fewer images: a smoke run, not the reported numbers")
     bench.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
     bench.add_argument("--report", type=Path, default=None, help="write report.md and image grids in this folder")
@@ -69,9 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench(args) -> int:
-    from .benchmarks import run_suite, write_report
+    from .benchmarks import BenchOptions, run_suite, write_report
     from .benchmarks.report import format_table, write_json
-    from .benchmarks.suites import BenchOptions
 
     try:
         options = BenchOptions(quick=args.quick, model=args.model, seed=args.seed)

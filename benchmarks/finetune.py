@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.lipschitz_finetune import DEFAULT_LAMBDA
+from ..core.methods.lipschitz_finetune import DEFAULT_LAMBDA
 
 log = logging.getLogger("conceptkit.bench")
 
@@ -57,13 +57,22 @@ def _generate(model, scenes, seed: int):
     return as_uint8(sample(model, captions, seed=seed, steps=EVAL_STEPS, guidance=CFG(EVAL_CFG)).images)
 
 
+def train_method(model, images, config, method: str, **settings):
+    """Lipschitz Finetune, or one of the baseline recipes, on the same training service."""
+    from ..core.methods import lipschitz_finetune
+    from ..core.recipes import train_recipe
+
+    if method == lipschitz_finetune.METHOD:
+        return lipschitz_finetune.finetune(model, images, config, **settings)
+    return train_recipe(model, images, config, method, **settings)
+
+
 def run_method(method: str, model_source: str | None, quick: bool, seed: int, subjects: tuple[int, ...],
                overrides: dict | None = None) -> tuple[dict, np.ndarray]:
     """Train and score one method on `subjects` (in its own process)."""
     import torch
 
     from ..core.concepts import apply_concept
-    from ..core.lipschitz_finetune import finetune
     from ..core.metrics.cost import measure_cost
     from ..core.model import load_model
     from ..core.training import TrainConfig
@@ -84,8 +93,9 @@ def run_method(method: str, model_source: str | None, quick: bool, seed: int, su
             config = TrainConfig(trigger=token, class_word="creature", captions=captions, steps=STEPS[quick],
                                  batch_size=4, seed=seed, **train)
             with measure_cost(model.device) as cost:
-                result = finetune(model, torch.from_numpy(images).float() / 255, config, method=method,
-                                  class_cache_dir=Path(cache), **settings)
+                cache_option = {"class_cache_dir": Path(cache)} if method != "lipschitz" else {}
+                result = train_method(model, torch.from_numpy(images).float() / 255, config, method, **cache_option,
+                                      **settings)
             seconds += cost.seconds
             peak = max(peak, cost.peak_mb)
             tuned = apply_concept(model, result.concept)

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from .finetune import SETTINGS, STEPS, SUBJECTS, TRAIN_FIELDS, TRAINING_IMAGES, run_isolated
+from .finetune import SETTINGS, STEPS, SUBJECTS, TRAIN_FIELDS, TRAINING_IMAGES, run_isolated, train_method
 
 log = logging.getLogger("conceptkit.bench")
 
@@ -39,7 +39,7 @@ PROBE = {"cfg": (7.5, None), "autoguidance": (2.0, 0.5), "personalization": (7.5
 
 
 def _guidance(mode: str, w: float, omega):
-    from ..core.sampling import guidance_for
+    from ..core.methods.personalization_guidance import guidance_for
 
     start, end = omega if isinstance(omega, tuple) else (omega, None)
     return guidance_for(mode, w, 1.0 if start is None else start, end)
@@ -73,7 +73,6 @@ def run_kind(kind: str, model_source: str | None, quick: bool, seed: int, subjec
     import torch
 
     from ..core.concepts import apply_concept
-    from ..core.lipschitz_finetune import finetune
     from ..core.metrics import measure_tensor_memory
     from ..core.model import load_model
     from ..core.sampling import sample
@@ -93,7 +92,7 @@ def run_kind(kind: str, model_source: str | None, quick: bool, seed: int, subjec
         token = f"<s{subject}>"
         config = TrainConfig(trigger=token, class_word="creature", captions=captions, steps=STEPS[quick],
                              batch_size=4, seed=seed, **train)
-        concept = finetune(model, torch.from_numpy(images).float() / 255, config, method=method, **settings).concept
+        concept = train_method(model, torch.from_numpy(images).float() / 255, config, method, **settings).concept
         tuned = apply_concept(model, concept)
         scenes = evaluation_scenes(subject, token, EVAL_IMAGES)
         prompts, references = [s.caption() for s in scenes], reference_renders(subject)

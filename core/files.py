@@ -58,5 +58,12 @@ def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str], overw
     """A safetensors file written atomically (never half-written, never silently replacing a file)."""
     from safetensors.torch import save
 
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    plain, storages = {}, set()
+    for key, value in tensors.items():
+        value = value.detach().cpu().contiguous()
+        if value.untyped_storage().data_ptr() in storages:  # safetensors refuses tensors that share memory
+            value = value.clone()
+        storages.add(value.untyped_storage().data_ptr())
+        plain[key] = value
+    data = save(plain, metadata=metadata)
     return atomic_write(Path(path), lambda f: f.write(data), overwrite=overwrite)

@@ -2,7 +2,8 @@
 ComfyUI's own MODEL/CLIP/VAE objects.
 
 Nothing of ComfyUI is imported when this module loads; each function looks for ComfyUI when it is
-called and falls back to plain behaviour (logging, environment-configured folders) without it.
+called and falls back to plain behaviour without it: log lines, and the headless models folder (the
+one a caller hands over with `headless_models_dir`, else CONCEPTKIT_MODELS_DIR, else ./models).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from PIL import Image
@@ -72,9 +75,24 @@ OWN_FOLDERS = {"conceptkit_concepts": ("conceptkit/concepts", {".safetensors"}),
                "conceptkit_checkpoints": ("conceptkit/checkpoints", {""})}
 
 
+_MODELS_DIR: ContextVar[Path | None] = ContextVar("conceptkit_models_dir", default=None)
+
+
+@contextmanager
+def headless_models_dir(folder: Path | None) -> Iterator[None]:
+    """Headless, the models folder for the block (the runner's --models); None keeps the default."""
+    token = _MODELS_DIR.set(Path(folder) if folder is not None else _MODELS_DIR.get())
+    try:
+        yield
+    finally:
+        _MODELS_DIR.reset(token)
+
+
 def _headless_dir(kind: str) -> Path:
-    """Headless, a model folder kind lives in --models / CONCEPTKIT_MODELS_DIR, else in ./models (as in ComfyUI)."""
-    return Path(os.environ.get(MODELS_DIR_ENV) or "models") / OWN_FOLDERS.get(kind, (kind,))[0]
+    """Headless, a model folder kind lives in the handed-over models folder, else CONCEPTKIT_MODELS_DIR, else
+    ./models (as in ComfyUI)."""
+    root = _MODELS_DIR.get() or Path(os.environ.get(MODELS_DIR_ENV) or "models")
+    return root / OWN_FOLDERS.get(kind, (kind,))[0]
 
 
 def _registered(folder_paths, kind: str) -> None:

@@ -6,7 +6,7 @@ import weakref
 
 import torch
 
-from ..core.model import load_ldm_state_dict
+from ..core.model import DEVICES, DTYPES, load_ldm_state_dict
 from . import comfy_adapter as comfy
 from .sockets import CATEGORY, CK_MODEL
 
@@ -66,11 +66,11 @@ class ConceptKitModelFromComfy:
                                                "its LoRA patches are applied."}),
                 "clip": ("CLIP", {"tooltip": "ComfyUI's CLIP from the same checkpoint (and LoRAs)."}),
                 "vae": ("VAE", {"tooltip": "ComfyUI's VAE from the same checkpoint."}),
-                "device": (["auto", "cpu", "cuda"], {
+                "device": (list(DEVICES), {
                     "default": "auto",
                     "tooltip": "Where the ConceptKit copy runs. 'auto' picks the GPU when there is one.",
                 }),
-                "dtype": (["fp16", "bf16", "fp32"], {
+                "dtype": (list(DTYPES), {
                     "default": "fp16",
                     "tooltip": "Precision of the ConceptKit copy. fp16/bf16 halve memory on a GPU; the VAE stays "
                                "fp32 with fp16 to avoid black images.",

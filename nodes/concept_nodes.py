@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from ..core.concepts import apply_concept, concept_path, load_concept, save_concept
-from ..core.concepts.export import export_diffusers, export_embedding, export_kohya
+from ..core.concepts.export import EXPORT_FORMATS, export_concept
 from ..core.errors import InputError
-from ..core.files import safe_file_name
 from . import comfy_adapter as comfy
 from .sockets import CATEGORY, CK_CONCEPT, CK_MODEL
 
 CONCEPTS = "conceptkit_concepts"
 NO_CONCEPTS = "(no concepts saved yet)"
-EXPORT_FORMATS = {"kohya_lora": "loras", "embedding": "embeddings", "diffusers": "conceptkit_exports"}
+EXPORT_FOLDERS = {"kohya_lora": "loras", "embedding": "embeddings", "diffusers": "conceptkit_exports"}
 
 
 class ConceptKitApplyConcept:
@@ -103,14 +102,7 @@ class ConceptKitExportConcept:
         }}
 
     def export(self, model, concept, format, name, overwrite):  # noqa: A002 - ComfyUI input name
-        if format not in EXPORT_FORMATS:
+        if format not in EXPORT_FOLDERS:
             raise InputError(f"format '{format}' is not one of {', '.join(EXPORT_FORMATS)}.")
-        name = safe_file_name(name, "export name").removesuffix(".safetensors")
-        folder = comfy.writable_folder(EXPORT_FORMATS[format])
-        if format == "kohya_lora":
-            path = export_kohya(concept, model, folder / f"{name}.safetensors", overwrite)
-        elif format == "embedding":
-            path = export_embedding(concept, model, folder / f"{name}.safetensors", overwrite)
-        else:
-            path = export_diffusers(concept, model, folder / name, overwrite)
+        path = export_concept(concept, model, format, comfy.writable_folder(EXPORT_FOLDERS[format]), name, overwrite)
         return {"ui": {"text": [str(path)]}}

@@ -2,38 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import shutil
-
-import numpy as np
-import torch
-
-from ..core.lipschitz_finetune import DEFAULT_LAMBDA, finetune
-from ..core.sampling import CFG, sample
-from ..core.training import TrainConfig, loss_curve
-from ..core.training.losses import NORMS
+from ..core.methods.lipschitz_finetune import DEFAULT_LAMBDA, NORMS, TRAINABLES, finetune
+from ..core.recipes import TrainingPreview
+from ..core.training import MIXED_PRECISION, TrainConfig, caption_lines, first_caption, loss_curve, run_identity
 from . import comfy_adapter as comfy
 from .sockets import CATEGORY, CK_CONCEPT, CK_MODEL, MAX_SEED
-
-PREVIEW_STEPS = 12
-
-
-def _preview(prompt: str, seed: int):
-    def render(model):
-        image = sample(model, prompt, seed=seed, steps=PREVIEW_STEPS, guidance=CFG(5.0)).images[0]
-        from PIL import Image
-
-        return Image.fromarray((image.numpy() * 255).round().astype(np.uint8))
-
-    return render
-
-
-def _run_folder(images: torch.Tensor, config: TrainConfig) -> str:
-    """A checkpoint folder name that is the same for the same images and settings (so a crashed or cancelled
-    run resumes when queued again) and different otherwise."""
-    digest = hashlib.sha256(images.detach().float().cpu().numpy().tobytes())
-    digest.update(config.signature().encode())
-    return digest.hexdigest()[:20]
 
 
 class ConceptKitLipschitzFinetune:
@@ -65,7 +38,7 @@ class ConceptKitLipschitzFinetune:
                 "captions": ("STRING", {"multiline": True, "default": "", "tooltip": "Optional: one caption per "
                              "image, one per line, using {trigger} and {class}, e.g. 'a {trigger} {class} on the "
                              "beach'. Empty: 'a {trigger} {class}' for every image."}),
-                "trainable": (["lora", "attention", "full"], {"default": "lora", "tooltip": "What is fine-tuned: "
+                "trainable": (list(TRAINABLES), {"default": "lora", "tooltip": "What is fine-tuned: "
                               "LoRA adapters on the attention projections (small files), the attention weights, or "
                               "the whole UNet. The penalty is on the effective weight change in every case."}),
                 "rank": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "LoRA rank (LoRA only)."}),
@@ -91,7 +64,7 @@ class ConceptKitLipschitzFinetune:
                                                    "attention and the trigger's vector."}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Save GPU memory at the cost "
                                                        "of about 30% more time."}),
-                "mixed_precision": (["no", "fp16", "bf16"], {"default": "no", "tooltip": "Train in half "
+                "mixed_precision": (list(MIXED_PRECISION), {"default": "no", "tooltip": "Train in half "
                                     "precision on a GPU (bf16 where supported)."}),
                 "checkpoint_every": ("INT", {"default": 100, "min": 0, "max": 100000, "tooltip": "Write a "
                                      "resumable checkpoint every N steps (0: only on Cancel). Removed when the "
@@ -102,17 +75,15 @@ class ConceptKitLipschitzFinetune:
     def train(self, model, images, trigger, class_word, captions, trainable, rank, lipschitz_lambda, norm, steps,
               learning_rate, batch_size, seed, train_text_encoder=False, gradient_checkpointing=False,
               mixed_precision="no", checkpoint_every=100):
-        lines = [line.strip() for line in captions.splitlines() if line.strip()]
+        lines = caption_lines(captions)
         config = TrainConfig(trigger=trigger.strip(), class_word=class_word.strip(), captions=lines or None,
                              trainable=trainable, rank=rank, train_text_encoder=train_text_encoder, steps=steps,
                              learning_rate=learning_rate, batch_size=batch_size, seed=seed,
                              gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision,
                              checkpoint_every=checkpoint_every)
-        folder = comfy.writable_folder("conceptkit_checkpoints") / _run_folder(images, config)
-        first_caption = (lines[0] if lines else "a {trigger} {class}").replace("{trigger}", config.trigger)
-        result = finetune(model, images, config, method="lipschitz", lipschitz_lambda=lipschitz_lambda, norm=norm,
+        folder = comfy.writable_folder("conceptkit_checkpoints") / run_identity(images, config)
+        result = finetune(model, images, config, lipschitz_lambda=lipschitz_lambda, norm=norm,
                           name=config.trigger.strip("<>") or "concept", checkpoint_dir=folder,
                           progress=comfy.Progress(steps, "Lipschitz Finetune"), cancel=comfy.cancel_requested,
-                          preview=_preview(first_caption.replace("{class}", config.class_word), seed))
-        shutil.rmtree(folder, ignore_errors=True)
+                          preview=TrainingPreview(first_caption(config), seed))
         return (result.concept, loss_curve(result.losses))

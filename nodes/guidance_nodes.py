@@ -3,8 +3,7 @@ autoguidance."""
 
 from __future__ import annotations
 
-from ..core.personalization_guidance import DEFAULT_OMEGA, DEFAULT_W, personalization_sample
-from ..core.sampling import GUIDANCE_MODES
+from ..core.methods.personalization_guidance import DEFAULT_OMEGA, DEFAULT_W, GUIDANCE_MODES, personalization_sample
 from . import comfy_adapter as comfy
 from .sockets import CATEGORY, CK_CONCEPT, CK_MODEL, SAMPLING_WIDGETS
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.model import EMBEDDED, load_model
+from ..core.model import DEVICES, DTYPES, EMBEDDED, PREDICTION_TYPES, load_model
 from . import comfy_adapter as comfy
 from .sockets import CATEGORY, CK_MODEL
 
@@ -50,15 +50,15 @@ class ConceptKitLoadModel:
                     "tooltip": "Which model: 'embedded' is ConceptKit's own small world model; "
                                "checkpoints/... are single .safetensors files; diffusers/... are diffusers folders.",
                 }),
-                "device": (["auto", "cpu", "cuda"], {
+                "device": (list(DEVICES), {
                     "default": "auto", "tooltip": "Where the model runs. 'auto' picks the GPU when there is one.",
                 }),
-                "dtype": (["fp32", "fp16", "bf16"], {
+                "dtype": (list(DTYPES), {
                     "default": "fp32",
                     "tooltip": "Precision of the weights. fp16/bf16 halve memory on a GPU; the VAE stays fp32 "
                                "with fp16 to avoid black images.",
                 }),
-                "prediction_type": (["auto", "epsilon", "v_prediction"], {
+                "prediction_type": (list(PREDICTION_TYPES), {
                     "default": "auto",
                     "tooltip": "What the UNet predicts. 'auto' uses the model's own setting (SD 2.x 768 "
                                "checkpoints: v_prediction). Set 'epsilon' for SD 2.x 512-base checkpoints.",

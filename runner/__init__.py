@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..core.errors import WorkflowError
 from ..nodes import NODE_CLASS_MAPPINGS
-from ..nodes.comfy_adapter import MODELS_DIR_ENV
+from ..nodes.comfy_adapter import headless_models_dir
 from .execute import run_graph
 from .graph import Link, load_workflow
 from .io_nodes import io_nodes
@@ -36,16 +35,8 @@ def run_workflow(
     models_dir: Path | None = None,
 ) -> dict[str, dict]:
     """Validate and run a workflow file headless. Returns each output node's saved files."""
-    previous = os.environ.get(MODELS_DIR_ENV)
-    if models_dir is not None:
-        os.environ[MODELS_DIR_ENV] = str(models_dir)
-    try:
+    with headless_models_dir(models_dir):
         return _run(path, overrides, Path(output_dir), Path(input_dir))
-    finally:
-        if previous is None:
-            os.environ.pop(MODELS_DIR_ENV, None)
-        else:
-            os.environ[MODELS_DIR_ENV] = previous
 
 
 def _run(path: Path, overrides: list[str], output_dir: Path, input_dir: Path) -> dict[str, dict]:

@@ -10,7 +10,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from conceptkit.core.concepts import Concept, apply_concept, concepts_applied, load_concept, save_concept
+from conceptkit.core.concepts import Concept, Trigger, apply_concept, load_concept, save_concept
 from conceptkit.core.concepts.export import (
     export_diffusers,
     export_embedding,
@@ -19,7 +19,7 @@ from conceptkit.core.concepts.export import (
     to_kohya_lora,
 )
 from conceptkit.core.errors import ConceptKitError, InputError, ModelLoadError, UnsafeFileError
-from conceptkit.core.model import load_model
+from conceptkit.core.model import encode_prompts, load_model, patches_in_effect
 
 from helpers.concepts import lora_concept
 from helpers.parity import _unet_inputs
@@ -33,15 +33,13 @@ def family_model(request, models_dir):
 @torch.no_grad()
 def unet_output(model, parts_like):
     x, t, context, added = _unet_inputs(parts_like)
-    with concepts_applied(model):
+    with patches_in_effect(model):
         return model.unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
 
 
 @torch.no_grad()
 def text_output(model, prompt="a <t1> cat on the left"):
-    from conceptkit.core.sampling import encode_prompts
-
-    with concepts_applied(model):
+    with patches_in_effect(model):
         return encode_prompts(model, [prompt]).hidden
 
 
@@ -101,7 +99,7 @@ def test_the_trigger_token_uses_the_concepts_vector(models_dir):
     model = load_model(models_dir / "diffusers" / "tiny_sd1", device="cpu")
     concept = lora_concept(model, text_encoders=False)
     with_concept = apply_concept(model, concept)
-    zero_vector = {**concept.tensors, "embedding.te0": torch.zeros_like(concept.tensors["embedding.te0"])}
+    zero_vector = {**concept.tensors, "embedding.0.te0": torch.zeros_like(concept.tensors["embedding.0.te0"])}
     other = Concept(**{**concept.__dict__, "tensors": zero_vector})
     assert not torch.allclose(text_output(with_concept), text_output(apply_concept(model, other)))
     torch.testing.assert_close(text_output(with_concept, "a cat"), text_output(model, "a cat"))  # others unchanged
@@ -123,8 +121,9 @@ def test_diffusers_export_loads_in_a_diffusers_pipeline(models_dir, tiny_parts, 
 def test_applying_leaves_the_base_model_untouched(models_dir, tiny_parts):
     model = load_model(models_dir / "diffusers" / "tiny_sd1", device="cpu")
     before = {k: v.clone() for k, v in model.unet.state_dict().items()}
-    delta = Concept(name="d", method="test", family="sd1", base_fingerprint=model.fingerprint(), trigger="<d>",
-                    class_word="cat", tensors={"delta.unet.conv_in.weight": torch.ones_like(model.unet.conv_in.weight)})
+    delta = Concept(name="d", method="test", family="sd1", base_fingerprint=model.fingerprint(),
+                    triggers=(Trigger("<d>", "cat"),),
+                    tensors={"delta.unet.conv_in.weight": torch.ones_like(model.unet.conv_in.weight)})
     applied = apply_concept(apply_concept(model, lora_concept(model)), delta, 0.5)  # a LoRA and an offset
     changed = unet_output(applied, tiny_parts["sd1"])
     assert (changed - unet_output(model, tiny_parts["sd1"])).abs().max() > 1e-3
@@ -173,7 +172,7 @@ def test_names_with_folders_are_refused():
 
 
 def test_a_trained_lora_exports_a_kohya_key_for_every_trained_module(family_model, tiny_parts, tmp_path):
-    from conceptkit.core.lipschitz_finetune import finetune
+    from conceptkit.core.methods.lipschitz_finetune import finetune
     from conceptkit.core.training import TrainConfig
 
     family, model = family_model

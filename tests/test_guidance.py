@@ -9,20 +9,17 @@ import torch
 from conceptkit import NODE_CLASS_MAPPINGS
 from conceptkit.benchmarks.frontier import frontier_plot, pareto_frontier
 from conceptkit.benchmarks.guidance import beats_baselines, cost_ratios, interleaved, quality_verdicts
-from conceptkit.core.concepts import apply_concept, concepts_applied
+from conceptkit.core.concepts import Trigger, apply_concept
 from conceptkit.core.errors import Cancelled, InputError
-from conceptkit.core.model import load_model
-from conceptkit.core.personalization_guidance import personalization_sample
-from conceptkit.core.sampling import (
-    CFG,
+from conceptkit.core.methods.personalization_guidance import (
     Autoguidance,
-    Passes,
     PersonalizationGuidance,
-    encode_prompts,
-    sample,
-    unet_denoiser,
+    WeakModel,
+    personalization_sample,
 )
-from conceptkit.core.sampling.conditioning import Conditioning
+from conceptkit.core.methods.personalization_guidance.guidance import WeakPasses
+from conceptkit.core.model import Conditioning, encode_prompts, load_model, patches_in_effect, unet_denoiser
+from conceptkit.core.sampling import CFG, sample
 
 from helpers.concepts import delta_concept, lora_concept
 
@@ -39,7 +36,7 @@ def world():
 def concepts(world):
     token_only = lora_concept(world, seed=2)
     token_only.tensors = {k: v for k, v in token_only.tensors.items() if k.startswith("embedding.")}
-    token_only.class_word = "creature"  # one token of the world's vocabulary
+    token_only.triggers = (Trigger("<t1>", "creature"),)  # the class word: one token of the world's vocabulary
     return {"lora": lora_concept(world), "full": delta_concept(world, trigger="<t1>"), "token": token_only}
 
 
@@ -63,15 +60,16 @@ def test_omega_1_reproduces_cfg(world, concepts, kind):
 
 def test_omega_1_reproduces_cfg_for_a_finetuned_checkpoint(world, finetuned_checkpoint):
     cfg = sample(finetuned_checkpoint, PROMPT, guidance=CFG(6.0), **RUN).images
-    personalization = sample(finetuned_checkpoint, PROMPT, guidance=PersonalizationGuidance(6.0, 1.0),
-                             pretrained=world, **RUN).images
+    personalization = sample(finetuned_checkpoint, PROMPT, guidance=PersonalizationGuidance(6.0, 1.0, pretrained=world),
+                             **RUN).images
     assert (personalization - cfg).abs().max() <= 1e-5
 
 
 def _unet_outputs(model, omegas, x, t, cond):
-    with torch.no_grad(), concepts_applied(model) as weak:
-        passes = Passes(unet_denoiser(model, 64, 64), weak, None)
-        return passes(x.repeat(len(omegas), 1, 1, 1), t, Conditioning.cat([cond] * len(omegas)), omega=omegas)
+    with torch.no_grad(), patches_in_effect(model) as patches:
+        passes = WeakPasses(WeakModel.of(patches), None)
+        return passes.run(unet_denoiser(model, 64, 64), x.repeat(len(omegas), 1, 1, 1), t,
+                          Conditioning.cat([cond] * len(omegas)), omega=omegas)
 
 
 @pytest.mark.parametrize("kind", ["lora", "full"])
@@ -90,7 +88,8 @@ def test_the_weak_model_interpolates_between_base_and_finetuned_in_one_batch(wor
 def test_a_finetuned_checkpoint_is_weakened_like_the_same_concept(world, concepts, finetuned_checkpoint):
     guidance = PersonalizationGuidance(6.0, omega_start=0.2, omega_end=0.8)
     by_concept = sample(apply_concept(world, concepts["full"]), PROMPT, guidance=guidance, **RUN).images
-    by_checkpoint = sample(finetuned_checkpoint, PROMPT, guidance=guidance, pretrained=world, **RUN).images
+    by_checkpoint = sample(finetuned_checkpoint, PROMPT, guidance=PersonalizationGuidance(6.0, 0.2, 0.8, world),
+                           **RUN).images
     assert (by_checkpoint - by_concept).abs().max() <= 1e-4
     assert (by_concept - sample(apply_concept(world, concepts["full"]), PROMPT, guidance=CFG(6.0), **RUN).images
             ).abs().max() > 1e-2
@@ -98,9 +97,9 @@ def test_a_finetuned_checkpoint_is_weakened_like_the_same_concept(world, concept
 
 def test_at_omega_0_the_trigger_reads_as_its_class_word(world, concepts):
     tuned = apply_concept(world, concepts["token"])
-    with concepts_applied(tuned) as weak:
+    with patches_in_effect(tuned) as patches:
         learned = encode_prompts(tuned, ["a <t1> on the left"]).hidden
-        with weak.at(0.0):
+        with WeakModel.of(patches).at(0.0):
             unlearned = encode_prompts(tuned, ["a <t1> on the left"]).hidden
     as_class_word = encode_prompts(world, ["a creature on the left"]).hidden
     assert (unlearned - as_class_word).abs().max() <= 1e-5

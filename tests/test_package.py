@@ -91,3 +91,12 @@ def test_pyproject_has_no_pins_and_registry_metadata():
     comfy = project["tool"]["comfy"]
     assert {"PublisherId", "DisplayName"} <= set(comfy)
     assert (ROOT / "LICENSE").is_file()
+
+
+def test_pyproject_lists_every_package_so_a_plain_install_has_them():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    skip = {"tests", "world_model", "workflows", "docs", "scripts"}
+    found = {"conceptkit." + ".".join(p.parent.relative_to(ROOT).parts) if p.parent != ROOT else "conceptkit"
+             for p in ROOT.rglob("__init__.py")
+             if not (set(p.relative_to(ROOT).parts) & skip) and ".venv" not in p.parts}
+    assert found - listed == set()

@@ -11,10 +11,11 @@ import torch
 
 from conceptkit.core.concepts import apply_concept, save_concept
 from conceptkit.core.errors import Cancelled, InputError
-from conceptkit.core.lipschitz_finetune import finetune
+from conceptkit.core.methods.lipschitz_finetune import LipschitzPenalty, finetune
 from conceptkit.core.model import load_model
+from conceptkit.core.recipes import train_recipe
 from conceptkit.core.sampling import CFG, sample
-from conceptkit.core.training import LipschitzPenalty, TrainConfig, train_concept
+from conceptkit.core.training import TrainConfig, train_concept
 from conceptkit.core.training.trainable import DenseOffset, LowRankOffset
 from conceptkit.core.world.scenes import Scene, WorldObject
 
@@ -86,8 +87,7 @@ def test_cancel_leaves_no_concept_file_the_model_as_it_was_and_a_checkpoint_to_r
 
 
 def test_a_lipschitz_concept_changes_images_with_its_trigger_and_only_modestly_without(world, subject_images):
-    result = finetune(world, subject_images, config(steps=30, learning_rate=1e-2, rank=4), method="lipschitz",
-                      lipschitz_lambda=1e-2)
+    result = finetune(world, subject_images, config(steps=30, learning_rate=1e-2, rank=4), lipschitz_lambda=1e-2)
     tuned = apply_concept(world, result.concept)
     with_trigger = "a <c1> creature on the right, red background"
     base = sample(world, "a creature on the right, red background", seed=0, steps=10, guidance=CFG(5.0)).images
@@ -166,19 +166,19 @@ def test_accelerate_launch_trains_on_several_processes_with_averaged_gradients(m
 
 @pytest.mark.parametrize("method,kind", [("dreambooth_prior", "lora"), ("dreambooth_full_prior", "delta")])
 def test_prior_preservation_makes_class_images_once_and_reuses_them(world, subject_images, tmp_path, method, kind):
-    result = finetune(world, subject_images, config(steps=1), method=method, class_image_count=2,
-                      class_cache_dir=tmp_path)
+    result = train_recipe(world, subject_images, config(steps=1), method, class_image_count=2,
+                          class_cache_dir=tmp_path)
     assert result.concept.kind == kind and result.concept.parameters["class_images"] == 2
     made = sorted(tmp_path.rglob("*.png"))
     assert len(made) == 2
     stamps = [p.stat().st_mtime_ns for p in made]
-    finetune(world, subject_images, config(steps=1), method=method, class_image_count=2, class_cache_dir=tmp_path)
+    train_recipe(world, subject_images, config(steps=1), method, class_image_count=2, class_cache_dir=tmp_path)
     assert [p.stat().st_mtime_ns for p in sorted(tmp_path.rglob("*.png"))] == stamps
 
 
 def test_textual_inversion_changes_only_the_trigger_vector(world, subject_images):
-    concept = finetune(world, subject_images, config(steps=2), method="textual_inversion").concept
-    assert concept.kind == "embedding" and set(concept.tensors) == {"embedding.te0"}
+    concept = train_recipe(world, subject_images, config(steps=2), "textual_inversion").concept
+    assert concept.kind == "embedding" and set(concept.tensors) == {"embedding.0.te0"}
 
 
 def test_an_interrupt_from_the_progress_display_checkpoints_the_last_step(world, subject_images, tmp_path):

@@ -163,3 +163,93 @@ def test_world_trainer_resumes_exactly_across_stages(tmp_path):
     export = tmp_path / "export"
     assert main(["--workdir", str(tmp_path / "straight"), *common, "--export", str(export)]) == 0
     assert json.loads((export / "conceptkit.json").read_text())["family"] == "world"
+
+
+def test_the_creature_seed_ranges_are_disjoint():
+    from conceptkit.core.world.metric_nets import IDENTITY_TRAIN_SEEDS, IDENTITY_VALIDATION_SEEDS
+    from conceptkit.core.world.vocabulary import ENCODER_DOMAIN_SEEDS, HELDOUT_INSTANCE_SEEDS, TRAIN_INSTANCE_SEEDS
+
+    ranges = {"training": TRAIN_INSTANCE_SEEDS, "held-out subjects": HELDOUT_INSTANCE_SEEDS,
+              "identity network": IDENTITY_TRAIN_SEEDS, "identity validation": IDENTITY_VALIDATION_SEEDS,
+              "encoder domain": ENCODER_DOMAIN_SEEDS}
+    names = list(ranges)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            overlap = range(max(ranges[a].start, ranges[b].start), min(ranges[a].stop, ranges[b].stop))
+            assert len(overlap) == 0, f"{a} and {b} share creatures"
+
+
+def test_the_second_edition_mix_has_two_creatures_and_creatures_with_shapes():
+    from conceptkit.core.world.scenes import FIRST_EDITION, SECOND_EDITION
+
+    rng = np.random.default_rng(1)
+    scenes = [random_scene(rng, "train", SECOND_EDITION) for _ in range(2000)]
+    creatures = [sum(o.instance is not None for o in s.objects) for s in scenes]
+    with_shape = [s for s, c in zip(scenes, creatures, strict=True) if c == 1 and len(s.objects) == 2]
+    assert 0.12 < np.mean([c == 2 for c in creatures]) < 0.18 and 0.12 < len(with_shape) / len(scenes) < 0.18
+    assert all("zigzag" != s.pattern for s in scenes)
+    assert "a creature on the left and a creature on the right" in " ".join(s.caption() for s in scenes)
+    rng = np.random.default_rng(1)
+    first = [random_scene(rng, "train", FIRST_EDITION) for _ in range(500)]
+    assert not any(len(s.objects) == 2 and any(o.instance is not None for o in s.objects) for s in first)
+
+
+def test_read_pattern_is_exact_on_fresh_renders_of_every_pattern():
+    from conceptkit.core.world.checkers import ALL_PATTERNS, read_pattern
+    from conceptkit.core.world.render import pattern_mask
+    from conceptkit.core.world.scenes import SECOND_EDITION
+
+    rng = np.random.default_rng(7)
+    for pattern in ALL_PATTERNS:
+        right = 0
+        for i in range(100):
+            base = random_scene(rng, "train", SECOND_EDITION)
+            phase = tuple(int(v) for v in np.random.default_rng([i, 5]).integers(0, 8, size=2))
+            image = Scene(base.background, pattern, base.objects).render(np.random.default_rng([i, 5]))
+            got, got_phase = read_pattern(image)
+            right += got == pattern and np.array_equal(pattern_mask(got, got_phase), pattern_mask(pattern, phase))
+        assert right >= 99, (pattern, right)
+
+
+def test_zigzag_scenes_are_far_from_training_scenes_in_the_scene_features():
+    from conceptkit.core.world.metrics import domain_fidelity, domain_hit_rate
+    from conceptkit.core.world.scenes import SECOND_EDITION
+
+    def renders(seed, pattern=None, n=200):
+        rng = np.random.default_rng(seed)
+        scenes = [random_scene(rng, "train", SECOND_EDITION) for _ in range(n)]
+        scenes = [Scene(s.background, pattern or s.pattern, s.objects) for s in scenes]
+        return np.stack([s.render(rng) for s in scenes])
+
+    first, second, zigzag = renders(1), renders(2), renders(3, "zigzag")
+    assert domain_hit_rate(zigzag) == 1.0 and domain_hit_rate(first) == 0.0
+    between_training = domain_fidelity(first, second)
+    assert domain_fidelity(zigzag, first) >= 5 * between_training
+
+
+def test_masked_halves_identify_each_creature_of_a_pair():
+    from conceptkit.core.world.metric_nets import IDENTITY_VALIDATION_SEEDS
+    from conceptkit.core.world.metrics import identity_features, masked_half
+
+    rng = np.random.default_rng(11)
+    seeds = list(IDENTITY_VALIDATION_SEEDS[:40])
+    references = {s: identity_features(np.stack([Scene(str(rng.choice(list(COLOURS))), "plain",
+                                                       (WorldObject("centre", instance=s),)).render(rng)
+                                                 for _ in range(4)])) for s in seeds}
+    same, different = [], []
+    for i in range(60):
+        a, b = rng.choice(seeds, size=2, replace=False)
+        places = ("left", "right") if i % 2 else ("top", "bottom")
+        scene = Scene(str(rng.choice(list(COLOURS))), str(rng.choice(["plain", "striped", "checked", "dotted"])),
+                      (WorldObject(places[0], instance=int(a)), WorldObject(places[1], instance=int(b))))
+        image = scene.render(rng)
+        for place, own, other in ((places[0], a, b), (places[1], b, a)):
+            half = identity_features(masked_half(image, place)[None])
+            same.append(float((half @ references[int(own)].T).mean()))
+            different.append(float((half @ references[int(other)].T).mean()))
+    assert _roc_auc(same, different) >= 0.95
+
+
+def _roc_auc(positives: list[float], negatives: list[float]) -> float:
+    pos, neg = np.asarray(positives)[:, None], np.asarray(negatives)[None, :]
+    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())

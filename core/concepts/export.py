@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError, ModelLoadError
-from ..files import write_safetensors
-from ..model import Model
+from ..files import safe_file_name, write_safetensors
+from ..model import Model, patches_in_effect
+from ..model.patches import canonical_name, named_part
 from ..safetensors_io import load_safetensors
-from .apply import canonical_name, check_concept_fits, named_part, weight_offsets
-from .concept import Concept
+from .apply import apply_concept, check_concept_fits
+from .concept import Concept, Trigger
 
 ATTENTION_BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.attentions\.(\d+)\.(.*)$")
 
@@ -69,11 +70,19 @@ def to_kohya_lora(concept: Concept, model: Model) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _only_trigger(concept: Concept) -> int:
+    with_vectors = [k for k in range(len(concept.triggers)) if concept.embeddings(k)]
+    if not with_vectors:
+        raise InputError(f"{concept.describe()} has no token vector to export as an embedding.")
+    if len(with_vectors) > 1:
+        raise InputError(f"{concept.describe()} has {len(with_vectors)} trigger vectors; an embedding file holds "
+                         "one: export it in diffusers format instead.")
+    return with_vectors[0]
+
+
 def to_embedding(concept: Concept, model: Model) -> dict[str, torch.Tensor]:
     check_concept_fits(model, concept)
-    vectors = concept.embeddings()
-    if not vectors:
-        raise InputError(f"{concept.describe()} has no token vector to export as an embedding.")
+    vectors = concept.embeddings(_only_trigger(concept))
     if model.is_sdxl:
         return {"clip_l": vectors[0], "clip_g": vectors[1]}
     return {"emb_params": vectors[0]}
@@ -110,13 +119,15 @@ def export_diffusers(concept: Concept, model: Model, folder: Path, overwrite: bo
             peft[f"{names[root]}.{path}.lora_B.weight"] = up * concept.lora_scale  # alpha baked in: rank == alpha
         write_safetensors(folder / "pytorch_lora_weights.safetensors", peft, {"format": "pt"}, overwrite)
     if concept.kind == "delta":
-        with weight_offsets(model, concept.deltas(), 1.0):
+        with patches_in_effect(apply_concept(model, concept)):
             model.unet.save_pretrained(folder / "unet", safe_serialization=True)
-    vectors = concept.embeddings()
-    if vectors:
-        embeds = {concept.trigger: vectors[0][0]} if len(vectors) == 1 else \
-            {"clip_l": vectors[0], "clip_g": vectors[1]}
-        write_safetensors(folder / "learned_embeds.safetensors", embeds, {"format": "pt"}, overwrite)
+    for k, trigger in enumerate(concept.triggers):
+        vectors = concept.embeddings(k)
+        if not vectors:
+            continue
+        embeds = {trigger.word: vectors[0][0]} if len(vectors) == 1 else {"clip_l": vectors[0], "clip_g": vectors[1]}
+        file = "learned_embeds.safetensors" if k == 0 else f"learned_embeds_{k}.safetensors"
+        write_safetensors(folder / file, embeds, {"format": "pt", "trigger": trigger.word}, overwrite)
     return folder
 
 
@@ -158,5 +169,21 @@ def import_kohya_lora(path: Path, model: Model, trigger: str = "", name: str | N
         concept_tensors[f"lora.{known[stem]}.down"] = down
         concept_tensors[f"lora.{known[stem]}.up"] = up * (alpha / rank)  # one scale for all modules: bake it in
     return Concept(name=name or path.stem, method="imported_lora", family=model.family,
-                   base_fingerprint=model.fingerprint(), trigger=trigger, class_word="", tensors=concept_tensors,
+                   base_fingerprint=model.fingerprint(), triggers=(Trigger(trigger, ""),) if trigger else (),
+                   tensors=concept_tensors,
                    lora_rank=1, lora_alpha=1.0, parameters={"source": path.name, "ranks": sorted(ranks)})
+
+
+EXPORT_FORMATS = ("kohya_lora", "embedding", "diffusers")
+
+
+def export_concept(concept: Concept, model: Model, fmt: str, folder: Path, name: str, overwrite: bool = False) -> Path:
+    """Write `concept` in one of EXPORT_FORMATS as NAME.safetensors (a folder NAME for diffusers) in `folder`."""
+    if fmt not in EXPORT_FORMATS:
+        raise InputError(f"format '{fmt}' is not one of {', '.join(EXPORT_FORMATS)}.")
+    name = safe_file_name(name, "export name").removesuffix(".safetensors")
+    if fmt == "kohya_lora":
+        return export_kohya(concept, model, Path(folder) / f"{name}.safetensors", overwrite)
+    if fmt == "embedding":
+        return export_embedding(concept, model, Path(folder) / f"{name}.safetensors", overwrite)
+    return export_diffusers(concept, model, Path(folder) / name, overwrite)

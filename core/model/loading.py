@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 EMBEDDED = "embedded"
 V_PREDICTION_MARKER = "v_pred"  # the empty tensor ComfyUI writes into v-prediction checkpoints
 EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "world_model"
+DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
 

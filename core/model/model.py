@@ -26,7 +26,7 @@ class Model:
     default_size: int
     source: str
     force_zeros_for_empty_prompt: bool = False
-    concepts: tuple = ()  # AppliedConcept records (core.concepts.apply_concept); in effect while sampling
+    patches: tuple = ()  # Patch objects (model.patches.add_patch: applied concepts, ...); in effect while sampling
     _fingerprint: str | None = field(default=None, repr=False)
 
     @property

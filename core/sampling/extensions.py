@@ -1,20 +1,22 @@
-"""The other two extension points of the sampling loop, with their do-nothing defaults.
+"""The other extension points of the sampling loop, with their do-nothing defaults.
 
 - A conditioning provider gives each step's (cond, uncond): the same every step by default; the
   Concept Encoder re-encodes at every step from the current latents.
 - An attention controller is attached to the UNet for the run and may adjust the latents before a
-  step (Attend-and-Excite style updates of the Concept Memory's artist).
+  step (Attend-and-Excite style updates of the Concept Memory's artist). `AttentionStore` is one that
+  records the cross-attention maps of chosen tokens: the default attention processor never forms them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
-from .conditioning import Conditioning
-from .guidance import Denoise, Step
+from ..model import Conditioning, Denoise
+from .guidance import Step
 
 
 class ConditioningProvider(Protocol):
@@ -43,3 +45,67 @@ class AttentionController:
         self, step: Step, latents: torch.Tensor, denoise: Denoise, cond: Conditioning
     ) -> torch.Tensor:
         return latents
+
+
+class _RecordingProcessor:
+    """Runs the layer's own processor, and while its store records, the softmax map of the layer's queries
+    over the prompt's tokens, softmax(q k^T / sqrt(d)) averaged over heads: [batch, pixels, tokens]."""
+
+    def __init__(self, store: AttentionStore, name: str, original):
+        self.store, self.name, self.original = store, name, original
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
+                 **kwargs):
+        if self.store.recording and encoder_hidden_states is not None:
+            self.store.record(self.name, _attention_map(attn, hidden_states, encoder_hidden_states, temb))
+        return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+
+
+def _attention_map(attn, hidden_states, context, temb) -> torch.Tensor:
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    if hidden_states.ndim == 4:
+        b, c, h, w = hidden_states.shape
+        hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    if attn.norm_cross:
+        context = attn.norm_encoder_hidden_states(context)
+    query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+    key = attn.head_to_batch_dim(attn.to_k(context))
+    probs = attn.get_attention_scores(query, key, None)  # [batch * heads, pixels, tokens]
+    return probs.reshape(-1, attn.heads, *probs.shape[1:]).mean(dim=1)
+
+
+@dataclass
+class AttentionStore(AttentionController):
+    """Records the cross-attention maps of `tokens` (positions in the prompt; None: all) at the steps in
+    `steps` (None: every step): `maps[step][layer]` is [batch, pixels, tokens] (CFG's batch is
+    [unconditional, conditional]); each map sums to 1 over all the prompt's tokens."""
+
+    tokens: Sequence[int] | None = None
+    steps: Sequence[int] | None = None
+    maps: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    recording: bool = False
+    _step: int = 0
+    _originals: dict | None = None
+
+    def attach(self, unet):
+        self._originals = dict(unet.attn_processors)
+        unet.set_attn_processor({name: _RecordingProcessor(self, name, p) if name.endswith("attn2.processor") else p
+                                 for name, p in self._originals.items()})
+
+    def detach(self, unet):
+        if self._originals is not None:
+            unet.set_attn_processor(self._originals)
+            self._originals = None
+        self.recording = False
+
+    def before_step(self, step, latents, denoise, cond):
+        self._step = step.index
+        self.recording = self.steps is None or step.index in self.steps
+        return latents
+
+    def record(self, layer: str, probs: torch.Tensor) -> None:
+        chosen = probs if self.tokens is None else probs[..., list(self.tokens)]
+        self.maps.setdefault(self._step, {})[layer.removesuffix(".processor")] = chosen.detach()

@@ -1,9 +1,10 @@
 """The one denoising loop of ConceptKit.
 
 It reads top to bottom as the algorithm does: check inputs, encode the prompts, prepare seeded
-latents, denoise (conditioning provider -> attention controller -> guidance -> scheduler step),
-decode. Image i of a batch is drawn from its own generator seeded `seed + i`, so one seed gives
-the same image whatever the batch size.
+latents (pure noise, or given latents noised to the first step run: img2img), set up the guidance,
+denoise (conditioning provider -> attention controller -> guidance -> scheduler step), decode.
+Image i of a batch is drawn from its own generator seeded `seed + i`, so one seed gives the same
+image whatever the batch size. The model's patches (applied concepts, ...) are in effect throughout.
 """
 
 from __future__ import annotations
@@ -16,13 +17,10 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from ..concepts.apply import concepts_applied
-from ..concepts.weak_model import checkpoint_difference
 from ..errors import Cancelled, InputError
-from ..model import Model
-from .conditioning import Conditioning, encode_negative, encode_prompts
+from ..model import Conditioning, Model, encode_negative, encode_prompts, patches_in_effect, unet_denoiser
 from .extensions import AttentionController, ConditioningProvider, StaticConditioning
-from .guidance import CFG, Denoise, Guidance, Passes, Step
+from .guidance import CFG, Guidance, SamplingContext, Step
 from .preview import decode_latents, preview_image
 from .schedulers import make_scheduler
 
@@ -50,23 +48,27 @@ def sample(
     width: int | None = None,
     height: int | None = None,
     eta: float = 0.0,
+    init_latents: torch.Tensor | None = None,
+    start_step: int = 0,
     conditioning: ConditioningProvider | None = None,
     attention: AttentionController | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     decode: bool = True,
-    pretrained: Model | None = None,
 ) -> SampleResult:
     """Generate images. A string prompt is repeated `batch_size` times; a list gives one image each.
-    Concepts applied to the model (`apply_concept`) are in effect for the whole call. Weak-model guidance
-    interpolates them back toward the base; for a fine-tuned checkpoint, give its base as `pretrained`."""
-    with concepts_applied(model) as weak:
+    With `init_latents` (VAE latents times its scaling factor, as the UNet sees them) the run starts at
+    `start_step` of the `steps`-step schedule from those latents noised to that step (img2img: strength
+    (steps - start_step) / steps)."""
+    with patches_in_effect(model) as patches:
         prompts = _broadcast(prompt, batch_size, "prompt")
         negatives = _broadcast(negative_prompt, len(prompts), "negative_prompt")
         width, height = width or model.default_size, height or model.default_size
         _check_size(model, width, height)
         if steps < 1:
             raise InputError(f"steps must be at least 1 (got {steps}).")
+        if not 0 <= start_step < steps:
+            raise InputError(f"start_step must be between 0 and {steps - 1} (got {start_step}).")
         guidance = guidance or CFG()
         attention = attention or AttentionController()
         encode = None
@@ -75,35 +77,37 @@ def sample(
                 return encode_prompts(model, prompts) if reads == "prompt" else encode_negative(model, negatives)
 
             conditioning = StaticConditioning(encode("prompt"), encode("negative"))
-        if pretrained is not None:
-            weak.dense += checkpoint_difference(model, pretrained)
-        if guidance.uses_weak_model and weak.empty:
-            raise InputError("this guidance needs a fine-tuned model to weaken: apply a concept to the model, or give "
-                             "the fine-tuned model with its base model; without either use CFG.")
 
         scheduler = make_scheduler(model.scheduler_config, sampler)
         scheduler.set_timesteps(steps, device=model.device)
         seeds = [(seed + i) % 2**64 for i in range(len(prompts))]
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         shape = (len(prompts), model.latent_channels, height // model.vae_scale_factor, width // model.vae_scale_factor)
-        latents = randn_tensor(shape, generator=generators, device=model.device, dtype=model.dtype)
-        latents = latents * scheduler.init_noise_sigma
-        denoise = Passes(unet_denoiser(model, width, height), weak, encode)
+        noise = randn_tensor(shape, generator=generators, device=model.device, dtype=model.dtype)
+        timesteps = scheduler.timesteps[start_step * scheduler.order:]
+        if init_latents is None:
+            latents = noise * scheduler.init_noise_sigma
+        else:
+            latents = _noised(scheduler, init_latents, noise, timesteps, start_step)
+        step_guidance = guidance.setup(SamplingContext(model, patches, scheduler, generators, encode))
+        denoise = unet_denoiser(model, width, height)
         step_kwargs = _step_kwargs(scheduler, eta, generators)
 
-        timesteps = scheduler.timesteps
         attention.attach(model.unet)
         try:
             for i, t in enumerate(timesteps):
                 if cancel is not None and cancel():
                     raise Cancelled(f"sampling was cancelled at step {i} of {len(timesteps)}.")
-                step = Step(i, len(timesteps), t)
+                step = Step(start_step + i, steps, t, _alpha_bar(scheduler, t), generators)
                 cond, uncond = conditioning(step, latents)
                 latents = attention.before_step(step, latents, denoise, cond)
                 with torch.no_grad():
                     model_input = scheduler.scale_model_input(latents, t)
-                    output = guidance(denoise, model_input, t, cond, uncond, step)
-                    latents = scheduler.step(output, t, latents, **step_kwargs, return_dict=False)[0]
+                    output = step_guidance(denoise, model_input, t, cond, uncond, step)
+                    stepped = scheduler.step(output, t, latents, **step_kwargs, return_dict=True)
+                    pred_x0 = _predicted_x0(stepped, output, latents, step, model.prediction_type)
+                    latents = stepped.prev_sample
+                step_guidance.after_step(step, latents, pred_x0)
                 if progress is not None:
                     progress(i + 1, len(timesteps), lambda current=latents: preview_image(model, current))
         finally:
@@ -112,17 +116,34 @@ def sample(
         return SampleResult(images=images, latents=latents, seeds=seeds)
 
 
-def unet_denoiser(model: Model, width: int, height: int) -> Denoise:
-    """One UNet evaluation of a batch, with SDXL's size conditioning when the model needs it."""
-    time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=model.device, dtype=model.dtype)
+def _noised(scheduler, init_latents: torch.Tensor, noise: torch.Tensor, timesteps, start_step: int) -> torch.Tensor:
+    """img2img's start: the given latents noised to the first timestep run (as diffusers' img2img pipeline)."""
+    if tuple(init_latents.shape) != tuple(noise.shape):
+        raise InputError(f"init_latents have shape {tuple(init_latents.shape)}; this run needs {tuple(noise.shape)} "
+                         "(one latent per image, at the model's latent size).")
+    if not torch.isfinite(init_latents).all():
+        raise InputError("init_latents contain NaN or infinite values.")
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start_step * scheduler.order)
+    start = timesteps[:1].repeat(noise.shape[0])
+    return scheduler.add_noise(init_latents.to(noise), noise, start)
 
-    def denoise(x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        added = None
-        if model.is_sdxl:
-            added = {"text_embeds": cond.pooled, "time_ids": time_ids.repeat(x.shape[0], 1)}
-        return model.unet(x, t, encoder_hidden_states=cond.hidden, added_cond_kwargs=added, return_dict=False)[0]
 
-    return denoise
+def _alpha_bar(scheduler, t: torch.Tensor) -> torch.Tensor:
+    """The cumulative alpha of timestep t (the nearest integer timestep for fractional ones)."""
+    index = int(torch.as_tensor(t).round().clamp(0, len(scheduler.alphas_cumprod) - 1))
+    return scheduler.alphas_cumprod[index]
+
+
+def _predicted_x0(stepped, output: torch.Tensor, latents: torch.Tensor, step: Step, prediction_type: str):
+    """The scheduler's own x0 prediction, or (schedulers that do not report it) the one of the alpha-bar."""
+    x0 = getattr(stepped, "pred_original_sample", None)
+    if x0 is not None:
+        return x0
+    alpha_bar = step.alpha_bar.to(latents)
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * latents - (1 - alpha_bar).sqrt() * output
+    return (latents - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()
 
 
 def _broadcast(value: str | list[str], n: int, name: str) -> list[str]:

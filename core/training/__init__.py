@@ -1,9 +1,30 @@
-"""The training service: one few-shot training loop with pluggable loss terms and trainable sets."""
+"""The training service: one engine that owns a training run (resume, Cancel, checkpoints, progress,
+accelerate), the few-shot loop on it with its objective, data sources, loss terms and trainable sets."""
 
+from .curves import loss_curve
+from .data import DataSource, FewShotImages, Stream
+from .engine import RunOutcome, RunSettings, TrainingEngine, step_generator
+from .fewshot import (
+    MIXED_PRECISION,
+    TrainConfig,
+    TrainingRun,
+    TrainResult,
+    caption_lines,
+    class_captions,
+    fill_template,
+    first_caption,
+    instance_captions,
+    run_identity,
+    train_concept,
+)
 from .images import prepare_images
-from .loop import TrainConfig, TrainResult, class_captions, instance_captions, loss_curve, train_concept
-from .losses import LipschitzPenalty, LossTerm, PriorPreservation
-from .trainable import TRAINABLE_KINDS
+from .losses import LossTerm, PriorPreservation
+from .objective import Batch, DenoisingObjective, Noised
+from .trainable import TrainableSet, register_trainable, trainable_kinds
 
-__all__ = ["TRAINABLE_KINDS", "LipschitzPenalty", "LossTerm", "PriorPreservation", "TrainConfig", "TrainResult",
-           "class_captions", "instance_captions", "loss_curve", "prepare_images", "train_concept"]
+__all__ = ["MIXED_PRECISION", "Batch", "DataSource", "DenoisingObjective", "FewShotImages", "LossTerm", "Noised",
+           "PriorPreservation", "RunOutcome", "RunSettings", "Stream", "TrainConfig", "TrainResult", "TrainableSet",
+           "TrainingEngine", "TrainingRun", "caption_lines", "class_captions", "first_caption", "fill_template",
+           "instance_captions", "loss_curve",
+           "prepare_images", "register_trainable", "run_identity", "step_generator", "train_concept",
+           "trainable_kinds"]

@@ -1,21 +1,23 @@
 """What a training run changes: the trigger token's vector, LoRA adapters (peft), attention weights, or
 the full UNet (optionally the text encoder too). A TrainableSet owns its parameters, the offsets
-from the base weights (what the Lipschitz penalty bounds), the concept tensors it produces, and
-putting the model back exactly as it was."""
+from the base weights (what a parameter-offset penalty bounds), the concept tensors it produces, the
+model as it was before the run (`disabled()`: a teacher), and putting the model back exactly as it was.
+Methods register sets of their own with `register_trainable`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from diffusers.utils import recurse_remove_peft_layers
 from peft import LoraConfig, inject_adapter_in_model
 
-from ..concepts.apply import canonical_name
 from ..errors import InputError
 from ..model import Model
+from ..model.patches import canonical_name
 
-TRAINABLE_KINDS = ("embedding", "lora", "attention", "full")
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
 ADAPTER = "default"
@@ -104,7 +106,7 @@ class TrainableSet:
         return {}
 
     def concept_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"embedding.te{i}": p.detach().clone()[None] for i, p in enumerate(self.token)}
+        return {f"embedding.0.te{i}": p.detach().clone()[None] for i, p in enumerate(self.token)}
 
     def state(self) -> dict[str, torch.nn.Parameter]:
         """Everything a checkpoint must hold to resume (the same Parameter objects, restored in place)."""
@@ -112,6 +114,11 @@ class TrainableSet:
 
     def restore(self) -> None:
         """Put the model back exactly as it was before training."""
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """The model as it was before the run, for the block (a teacher's passes; no gradients)."""
+        yield
 
 
 class LoraSet(TrainableSet):
@@ -158,6 +165,17 @@ class LoraSet(TrainableSet):
         named |= {f"lora.{n}.up": m.lora_B[ADAPTER].weight for n, m in self._layers()}
         return {**super().state(), **named}
 
+    @contextmanager
+    def disabled(self):
+        layers = [m for _, m in self._layers()]
+        try:
+            for m in layers:
+                m._disable_adapters = True
+            yield
+        finally:
+            for m in layers:
+                m._disable_adapters = False
+
     def restore(self):
         for _, part in self.parts():
             recurse_remove_peft_layers(part)
@@ -201,6 +219,17 @@ class DeltaSet(TrainableSet):
     def state(self):
         return {**super().state(), **{f"delta.{n}": p for n, p in self.params.items()}}
 
+    @contextmanager
+    def disabled(self):
+        trained = {name: p.data for name, p in self.params.items()}
+        try:
+            for name, p in self.params.items():
+                p.data = self.base[name]
+            yield
+        finally:
+            for name, p in self.params.items():
+                p.data = trained[name]
+
     def restore(self):
         with torch.no_grad():
             for name, param in self.params.items():
@@ -208,12 +237,32 @@ class DeltaSet(TrainableSet):
                 param.requires_grad_(False)
 
 
+Builder = Callable[..., TrainableSet]  # (model, token_init, *, train_token, train_text_encoder, rank, alpha, seed)
+TRAINABLES: dict[str, Builder] = {
+    "embedding": lambda model, token_init, **_: TrainableSet(model, token_init, True, False),
+    "lora": lambda model, token_init, *, train_token, train_text_encoder, rank, alpha, seed: LoraSet(
+        model, token_init, train_token, train_text_encoder, rank, alpha, seed),
+    "attention": lambda model, token_init, *, train_token, train_text_encoder, **_: DeltaSet(
+        model, token_init, train_token, train_text_encoder, "attention"),
+    "full": lambda model, token_init, *, train_token, train_text_encoder, **_: DeltaSet(
+        model, token_init, train_token, train_text_encoder, "full"),
+}
+
+
+def register_trainable(kind: str, builder: Builder) -> None:
+    """Add a trainable set a method needs (its builder takes build_trainable's arguments)."""
+    if kind in TRAINABLES:
+        raise ValueError(f"a trainable set '{kind}' is already registered")
+    TRAINABLES[kind] = builder
+
+
+def trainable_kinds() -> tuple[str, ...]:
+    return tuple(TRAINABLES)
+
+
 def build_trainable(model: Model, kind: str, token_init: list[torch.Tensor], *, train_token: bool,
                     train_text_encoder: bool, rank: int, alpha: float, seed: int) -> TrainableSet:
-    if kind not in TRAINABLE_KINDS:
-        raise InputError(f"trainable '{kind}' is not one of {', '.join(TRAINABLE_KINDS)}.")
-    if kind == "embedding":
-        return TrainableSet(model, token_init, True, False)
-    if kind == "lora":
-        return LoraSet(model, token_init, train_token, train_text_encoder, rank, alpha, seed)
-    return DeltaSet(model, token_init, train_token, train_text_encoder, kind)
+    if kind not in TRAINABLES:
+        raise InputError(f"trainable '{kind}' is not one of {', '.join(TRAINABLES)}.")
+    return TRAINABLES[kind](model, token_init, train_token=train_token, train_text_encoder=train_text_encoder,
+                            rank=rank, alpha=alpha, seed=seed)

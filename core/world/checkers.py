@@ -8,13 +8,15 @@ from the shape classifier on its mask. Text fidelity is the fraction of a prompt
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
 
 from .metric_nets import crop_mask, load_shape_classifier
+from .render import pattern_mask
 from .scenes import Scene
-from .vocabulary import COLOURS, IMAGE_SIZE, PATTERN_SHADE, POSITIONS, SHAPES, SIZES
+from .vocabulary import COLOURS, HELDOUT_STYLE, IMAGE_SIZE, PATTERN_SHADE, PATTERNS, POSITIONS, SHAPES, SIZES
 
 COLOUR_NAMES = list(COLOURS)
 # Reference colours: each colour and its pattern shade, both named by the colour.
@@ -39,12 +41,56 @@ class ObjectReading:
     shape: str | None = None
     size: str | None = None
     position: str | None = None
+    centroid: tuple[float, float] | None = None  # (x, y) in pixels
 
 
 def nearest_reference(image: np.ndarray) -> np.ndarray:
     """Index into REFERENCES of every pixel's nearest reference colour. image: uint8 [H, W, 3]."""
     d = ((image[..., None, :].astype(np.float32) - REFERENCES) ** 2).sum(-1)
     return d.argmin(-1)
+
+
+ALL_PATTERNS = (*PATTERNS, HELDOUT_STYLE)
+PHASES = 8  # scenes shift their pattern by 0..7 pixels in x and y
+
+
+@dataclass
+class BackgroundReading:
+    colour: str
+    pattern: str
+    phase: tuple[int, int]
+    scores: dict[str, float]  # per pattern: the best agreement of its marks with the image, over phases
+
+
+@cache
+def _pattern_bank() -> tuple[list[tuple[str, tuple[int, int]]], np.ndarray]:
+    keys, masks = [], []
+    for pattern in ALL_PATTERNS:
+        for phase in ((0, 0),) if pattern == "plain" else [(x, y) for x in range(PHASES) for y in range(PHASES)]:
+            keys.append((pattern, phase))
+            masks.append(pattern_mask(pattern, phase))
+    return keys, np.stack(masks).reshape(len(keys), -1)
+
+
+def read_background_pattern(image: np.ndarray) -> BackgroundReading:
+    """The background's colour (from the border), pattern and phase, read from the pixels alone: the pattern
+    whose marks agree best with where the background shows its darker shade (objects excluded)."""
+    labels = nearest_reference(image)
+    colour = read_background(labels)
+    index = COLOUR_NAMES.index(colour)
+    shade = (labels == index + len(COLOUR_NAMES)).reshape(-1)
+    known = shade | (labels == index).reshape(-1)
+    keys, masks = _pattern_bank()
+    agreement = ((masks == shade) & known).sum(1) / max(int(known.sum()), 1)
+    best = int(agreement.argmax())
+    scores = {p: float(max(a for (q, _), a in zip(keys, agreement, strict=True) if q == p)) for p in ALL_PATTERNS}
+    return BackgroundReading(colour, keys[best][0], keys[best][1], scores)
+
+
+def read_pattern(image: np.ndarray) -> tuple[str, tuple[int, int]]:
+    """The background pattern of an image and its phase (exact on renders)."""
+    reading = read_background_pattern(image)
+    return reading.pattern, reading.phase
 
 
 def read_background(labels: np.ndarray) -> str:
@@ -98,8 +144,9 @@ def read_object(labels: np.ndarray, background: str, region: tuple[slice, slice]
     position = min(POSITIONS, key=lambda p: float(((np.array(POSITIONS[p]) - centre) ** 2).sum()))
     with torch.no_grad():
         logits = load_shape_classifier()(torch.from_numpy(crop_mask(mask))[None, None])
-    return ObjectReading(True, colour, SHAPES[int(logits.argmax())],
-                         "large" if extent >= SIZE_THRESHOLD else "small", position)
+    size = "large" if extent >= SIZE_THRESHOLD else "small"
+    shape = SHAPES[int(logits.argmax())]
+    return ObjectReading(True, colour, shape, size, position, (float(centre[0]), float(centre[1])))
 
 
 def check_image(image: np.ndarray, scene: Scene) -> dict[str, list[bool]]:

@@ -7,9 +7,19 @@ import numpy as np
 import torch
 
 from ..metrics.features import diversity, frechet_distance
-from .checkers import attribute_accuracy, text_fidelity
+from .checkers import (
+    ALL_PATTERNS,
+    COLOUR_NAMES,
+    REGIONS,
+    attribute_accuracy,
+    nearest_reference,
+    read_background_pattern,
+    read_object,
+    text_fidelity,
+)
 from .metric_nets import load_identity_network
 from .scenes import Scene
+from .vocabulary import COLOURS, HELDOUT_STYLE, IMAGE_SIZE, SHAPES
 
 
 def as_uint8(images) -> np.ndarray:
@@ -43,14 +53,80 @@ def drift(base_images, tuned_images, scenes: list[Scene]) -> dict[str, float]:
     }
 
 
-def domain_fidelity(images, domain_images) -> float:
-    """Fréchet distance to held-out renders of a target domain (lower is closer; CRDI's FID protocol)."""
-    return frechet_distance(identity_features(images), identity_features(domain_images))
+PATTERN_WEIGHT = 2.0
 
 
-def sample_diversity(images, targets) -> float:
-    """CRDI's intra-cluster protocol in the identity network's feature space."""
-    return diversity(identity_features(images), identity_features(targets))
+def scene_features(images) -> np.ndarray:
+    """A feature vector per image from what the checkers read, [N, 32]: background colour (one-hot), the
+    agreement of each background pattern (weighted PATTERN_WEIGHT: the style is what a domain is), the dominant
+    object's colour, shape and size (one-hot; zeros when there is none) and its centroid."""
+    rows = []
+    for image in as_uint8(images):
+        background = read_background_pattern(image)
+        reading = read_object(nearest_reference(image), background.colour, None)
+        row = np.zeros(len(COLOURS) + len(ALL_PATTERNS) + len(COLOURS) + len(SHAPES) + 1 + 2, np.float64)
+        row[COLOUR_NAMES.index(background.colour)] = 1
+        offset = len(COLOURS)
+        row[offset:offset + len(ALL_PATTERNS)] = [PATTERN_WEIGHT * background.scores[p] for p in ALL_PATTERNS]
+        offset += len(ALL_PATTERNS)
+        if reading.found:
+            row[offset + COLOUR_NAMES.index(reading.colour)] = 1
+            row[offset + len(COLOURS) + SHAPES.index(reading.shape)] = 1
+            row[offset + len(COLOURS) + len(SHAPES)] = reading.size == "large"
+            row[-2:] = np.array(reading.centroid) / IMAGE_SIZE
+        rows.append(row)
+    return np.stack(rows)
+
+
+def domain_hit_rate(images, pattern: str = HELDOUT_STYLE) -> float:
+    """The share of images whose background shows `pattern` (the target domain's), read exactly."""
+    return float(np.mean([read_background_pattern(image).pattern == pattern for image in as_uint8(images)]))
+
+
+def domain_fidelity(images, domain_images, features: str = "scene") -> float:
+    """Fréchet distance to held-out renders of a target domain (lower is closer; CRDI's FID protocol), in the
+    scene feature vector ("scene") or the identity network's features ("identity")."""
+    embed = scene_features if features == "scene" else identity_features
+    return frechet_distance(embed(images), embed(domain_images))
+
+
+def sample_diversity(images, targets, features: str = "scene") -> float:
+    """CRDI's intra-cluster protocol, in the scene feature vector or the identity network's features."""
+    embed = scene_features if features == "scene" else identity_features
+    return diversity(embed(images), embed(targets))
+
+
+def masked_half(image: np.ndarray, place: str) -> np.ndarray:
+    """The image with everything outside the half named by `place` (left/right/top/bottom) painted in the
+    background colour: one subject of a two-subject scene, alone."""
+    background = COLOURS[read_background_pattern(image).colour]
+    keep = np.zeros(image.shape[:2], bool)
+    keep[REGIONS[place]] = True
+    out = np.array(image)
+    out[~keep] = background
+    return out
+
+
+def pair_fidelity(images, scenes: list[Scene], references: dict[int, np.ndarray]) -> dict[str, float]:
+    """For scenes with two subjects (creatures by their seeds, `references[seed]` their renders): whether both
+    are present at their places, each half's similarity to its own subject, and homogenization (the share of
+    halves more similar to the other subject than to their own)."""
+    present, right, homogenized = [], [], []
+    for image, scene in zip(as_uint8(images), scenes, strict=True):
+        creatures = [o for o in scene.objects if o.instance is not None]
+        labels = nearest_reference(image)
+        colour = read_background_pattern(image).colour
+        present.append(all(read_object(labels, colour, REGIONS[o.position]).found for o in scene.objects))
+        for obj in creatures:
+            half = identity_features(masked_half(image, obj.position)[None])
+            own = float((half @ identity_features(references[obj.instance]).T).mean())
+            right.append(own)
+            others = [o.instance for o in creatures if o.instance != obj.instance]
+            if others:
+                other = float((half @ identity_features(references[others[0]]).T).mean())
+                homogenized.append(other > own)
+    return {"both_present": float(np.mean(present)), "pair_fidelity": float(np.mean(right)) if right else 0.0,
+            "homogenization": float(np.mean(homogenized)) if homogenized else 0.0}
 
 
 def forgetting(fidelity_after: list[list[float]]) -> list[float]:
@@ -60,5 +136,6 @@ def forgetting(fidelity_after: list[list[float]]) -> list[float]:
     return [fidelity_after[j][j] - last[j] for j in range(len(last))]
 
 
-__all__ = ["as_uint8", "attribute_accuracy", "domain_fidelity", "drift", "forgetting", "identity_features",
-           "mean_text_fidelity", "sample_diversity", "subject_fidelity", "text_fidelity"]
+__all__ = ["as_uint8", "attribute_accuracy", "domain_fidelity", "domain_hit_rate", "drift", "forgetting",
+           "identity_features", "masked_half", "mean_text_fidelity", "pair_fidelity", "sample_diversity",
+           "scene_features", "subject_fidelity", "text_fidelity"]

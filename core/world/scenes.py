@@ -22,8 +22,20 @@ from .vocabulary import (
 )
 
 JITTER = 2  # pixels an object may move off its anchor
-INSTANCE_FRACTION = 0.2
-TWO_OBJECT_FRACTION = 0.3
+TWO_SHAPE_FRACTION = 0.3  # of the shape scenes
+
+
+@dataclass(frozen=True)
+class SceneMix:
+    """Fractions of the training scenes with creatures; the rest are shape scenes (one or two shapes)."""
+    one_creature: float
+    two_creatures: float = 0.0
+    creature_with_shape: float = 0.0
+
+
+FIRST_EDITION = SceneMix(one_creature=0.2)
+SECOND_EDITION = SceneMix(one_creature=0.15, two_creatures=0.15, creature_with_shape=0.15)
+MIXES = {"first_edition": FIRST_EDITION, "second_edition": SECOND_EDITION}
 
 
 @dataclass(frozen=True)
@@ -81,17 +93,42 @@ def random_shape_object(rng, position: str, background: str, heldout: bool, size
             return WorldObject(position, shape, colour, size or _pick(rng, SIZES))
 
 
-def random_scene(rng: np.random.Generator, split: str = "train") -> Scene:
-    """A scene of `split`: "train" (what the base model sees: shapes and creatures), "seen" (shape
-    scenes of the training distribution, for evaluation), "heldout" (one object of a colour-shape
-    pair never shown in training)."""
+def _train_creature(rng: np.random.Generator, position: str | None = None) -> WorldObject:
+    """A creature of the training pool, at `position` (None: a random one, drawn after the creature)."""
+    seed = int(rng.integers(TRAIN_INSTANCE_SEEDS.start, TRAIN_INSTANCE_SEEDS.stop))
+    return WorldObject(position or _pick(rng, POSITIONS), instance=seed)
+
+
+def _pair_scene(rng: np.random.Generator, background_colour: str, pattern: str, with_shape: bool) -> Scene:
+    """Two creatures, or a creature and a shape (either place), at a pair of places."""
+    places = _pick(rng, PAIRED_POSITIONS)
+    if not with_shape:
+        return Scene(background_colour, pattern, tuple(_train_creature(rng, p) for p in places))
+    creature_first = rng.random() < 0.5
+    creature_place, shape_place = places if creature_first else places[::-1]
+    creature = _train_creature(rng, creature_place)
+    shape = random_shape_object(rng, shape_place, background_colour, heldout=False)
+    return Scene(background_colour, pattern, (creature, shape) if creature_first else (shape, creature))
+
+
+def random_scene(rng: np.random.Generator, split: str = "train", mix: SceneMix = SECOND_EDITION) -> Scene:
+    """A scene of `split`: "train" (what the base model sees: shapes and creatures, in `mix`), "seen" (shape
+    scenes of the training distribution, for evaluation), "heldout" (one object of a colour-shape pair never
+    shown in training), "pairs" (two creatures, or a creature and a shape)."""
     bg, pattern = _pick(rng, COLOURS), _pick(rng, PATTERNS)
-    if split == "train" and rng.random() < INSTANCE_FRACTION:
-        seed = int(rng.integers(TRAIN_INSTANCE_SEEDS.start, TRAIN_INSTANCE_SEEDS.stop))
-        return Scene(bg, pattern, (WorldObject(_pick(rng, POSITIONS), instance=seed),))
+    if split == "pairs":
+        return _pair_scene(rng, bg, pattern, with_shape=rng.random() < 0.5)
+    if split == "train":
+        draw = rng.random()
+        if draw < mix.one_creature:
+            return Scene(bg, pattern, (_train_creature(rng),))
+        if draw < mix.one_creature + mix.two_creatures:
+            return _pair_scene(rng, bg, pattern, with_shape=False)
+        if draw < mix.one_creature + mix.two_creatures + mix.creature_with_shape:
+            return _pair_scene(rng, bg, pattern, with_shape=True)
     if split == "heldout":
         return Scene(bg, pattern, (random_shape_object(rng, _pick(rng, POSITIONS), bg, heldout=True),))
-    if rng.random() < TWO_OBJECT_FRACTION:
+    if rng.random() < TWO_SHAPE_FRACTION:
         first, second = _pick(rng, PAIRED_POSITIONS)
         sizes = _pick(rng, [("small", "small"), ("small", "large"), ("large", "small")])
         objects = tuple(random_shape_object(rng, p, bg, heldout=False, size=s)
@@ -101,13 +138,14 @@ def random_scene(rng: np.random.Generator, split: str = "train") -> Scene:
 
 
 def evaluation_scenes(split: str, count: int, seed: int = 1234) -> list[Scene]:
-    """A fixed list of evaluation scenes ("seen" or "heldout")."""
-    rng = np.random.default_rng([seed, {"seen": 0, "heldout": 1}[split]])
+    """A fixed list of evaluation scenes ("seen", "heldout" or "pairs")."""
+    rng = np.random.default_rng([seed, {"seen": 0, "heldout": 1, "pairs": 2}[split]])
     return [random_scene(rng, split) for _ in range(count)]
 
 
-def training_batch(seed: int, step: int, batch_size: int) -> tuple[np.ndarray, list[str]]:
+def training_batch(seed: int, step: int, batch_size: int, mix: SceneMix = SECOND_EDITION
+                   ) -> tuple[np.ndarray, list[str]]:
     """The batch of one training step, a pure function of (seed, step): resuming replays it exactly."""
     rng = np.random.default_rng([seed, step])
-    scenes = [random_scene(rng, "train") for _ in range(batch_size)]
+    scenes = [random_scene(rng, "train", mix) for _ in range(batch_size)]
     return np.stack([s.render(rng) for s in scenes]), [s.caption() for s in scenes]

@@ -1,10 +1,14 @@
 """Train the embedded world model: VAE first, then UNet + text encoder on its latents.
 
-    python -m conceptkit.core.world.train_model --workdir DIR [--minutes M] [--export DIR]
+    python -m conceptkit.core.world.train_model --workdir DIR [--config C] [--minutes M] [--export DIR]
 
-Runs in stages, checkpoints every few hundred steps (safetensors), and resumes exactly from the
-newest checkpoint: each step's data, noise and timesteps are pure functions of (seed, step).
-Under `accelerate launch` each process draws its own batches and gradients are averaged.
+`configs/world_model.json` is the first edition (from scratch, the first scene mix);
+`configs/world_model_edition2.json` continues from a trained model's folder (its `init_from`: the first
+edition's weights) with the second edition's scene mix, keeping that model's VAE and tokenizer.
+
+Runs in stages on the training service's engine: checkpoints every few hundred steps (safetensors),
+resumes exactly from the newest checkpoint (each step's data, noise and timesteps are pure functions of
+(seed, step)), and under `accelerate launch` each process draws its own batches and gradients are averaged.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ..tokenizer import write_clip_tokenizer
-from ..training_state import latest_checkpoint, load_training_state, prune_checkpoints, save_training_state
-from .scenes import training_batch
+from ..training import RunSettings, TrainingEngine
+from ..training.checkpoints import latest_checkpoint, load_training_state
+from .scenes import MIXES, training_batch
 from .vocabulary import CAPTION_WORDS
 
 log = logging.getLogger("conceptkit.world.train")
@@ -37,7 +42,7 @@ CONFIG_PATH = Path(__file__).parent / "configs" / "world_model.json"
 VAE_STREAM, DIFFUSION_STREAM = 1, 2
 
 
-def step_generator(*parts: int) -> torch.Generator:
+def stream_generator(*parts: int) -> torch.Generator:
     """A generator seeded by a stable function of the parts (never Python's per-process hash())."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0]))
 
@@ -74,46 +79,46 @@ class Deadline:
         return out_of_time or (self.steps_left is not None and self.steps_left <= 0)
 
 
+def scene_mix(cfg: dict):
+    return MIXES[cfg.get("mix", "first_edition")]
+
+
+def init_folder(cfg: dict) -> Path | None:
+    """The trained model (diffusers folder) a continued run starts from, if any."""
+    if "init_from" not in cfg:
+        return None
+    folder = Path(cfg["init_from"])
+    return folder if folder.is_absolute() else Path(__file__).parents[2] / folder
+
+
 def train_vae(cfg: dict, workdir: Path, accelerator: Accelerator, deadline: Deadline) -> AutoencoderKL | None:
     final = workdir / "vae_final"
+    if not (final / "config.json").exists() and (init := init_folder(cfg)) is not None:
+        AutoencoderKL.from_pretrained(init / "vae").save_pretrained(final)  # a continued run keeps its VAE
     if (final / "config.json").exists():
         return AutoencoderKL.from_pretrained(final)
     c = cfg["vae"]
     torch.manual_seed(cfg["seed"])
     vae = AutoencoderKL(**c["model"])
     optimizer = torch.optim.AdamW(vae.parameters(), lr=c["lr"], weight_decay=0.0)
-    step = 0
-    ckpt_dir = workdir / "vae"
-    if (last := latest_checkpoint(ckpt_dir)) is not None:
-        step, _ = load_training_state(last, {"vae": vae}, optimizer)
-        log.info("vae: resumed at step %d", step)
-    vae, optimizer = accelerator.prepare(vae, optimizer)
-    t0, losses = time.monotonic(), []
-    while step < c["steps"]:
-        for group in optimizer.param_groups:
-            group["lr"] = c["lr"] * lr_factor(step, c["warmup"], c["steps"])
-        images, _ = training_batch(cfg["seed"] + 1000 * accelerator.process_index + 1, step, c["batch_size"])
-        gen = step_generator(cfg["seed"], VAE_STREAM, step, accelerator.process_index)
+    engine = _engine(cfg, c["steps"], workdir / "vae", "vae", accelerator, deadline)
+    vae, optimizer = engine.prepare(vae, optimizer)
+    plain = accelerator.unwrap_model(vae)
+
+    def loss_at(step: int) -> torch.Tensor:
+        images, _ = training_batch(cfg["seed"] + 1000 * accelerator.process_index + 1, step, c["batch_size"],
+                                   scene_mix(cfg))
+        gen = stream_generator(cfg["seed"], VAE_STREAM, step, accelerator.process_index)
         x = random_crops(images_to_tensor(images), c["crop"], gen).to(accelerator.device)
-        posterior = accelerator.unwrap_model(vae).encode(x).latent_dist
+        posterior = plain.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(x.device)
-        recon = accelerator.unwrap_model(vae).decode(z).sample
-        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + c["kl_weight"] * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        optimizer.step()
-        step += 1
-        deadline.tick()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            log.info("vae step %d loss %.4f (%.2fs/step)", step, np.mean(losses), (time.monotonic() - t0) / 50)
-            t0, losses = time.monotonic(), []
-        if step % cfg["checkpoint_every"] == 0 or step == c["steps"] or deadline.passed():
-            if accelerator.is_main_process:
-                save_training_state(ckpt_dir / f"step_{step}", {"vae": accelerator.unwrap_model(vae)}, optimizer, step)
-                prune_checkpoints(ckpt_dir, cfg["keep_checkpoints"])
-            if deadline.passed() and step < c["steps"]:
-                return None
+        recon = plain.decode(z).sample
+        return F.l1_loss(recon, x) + F.mse_loss(recon, x) + c["kl_weight"] * posterior.kl().mean()
+
+    outcome = engine.run(loss_at, optimizer, {"vae": plain}, before_step=_lr_schedule(optimizer, c),
+                         after_step=_log_every(50, "vae"))
+    if not outcome.finished:
+        return None
     vae = accelerator.unwrap_model(vae)
     vae.register_to_config(scaling_factor=latent_scaling_factor(vae, cfg["seed"]))
     if accelerator.is_main_process:
@@ -123,8 +128,8 @@ def train_vae(cfg: dict, workdir: Path, accelerator: Accelerator, deadline: Dead
 
 @torch.no_grad()
 def latent_scaling_factor(vae: AutoencoderKL, seed: int, n: int = 512) -> float:
-    """1 / std of the latents, as Stable Diffusion's 0.18215 was chosen."""
-    images, _ = training_batch(seed + 999_999, 0, n)
+    """1 / std of the latents, as Stable Diffusion's 0.18215 was chosen (on the first edition's scenes)."""
+    images, _ = training_batch(seed + 999_999, 0, n, MIXES["first_edition"])
     z = vae.encode(images_to_tensor(images)).latent_dist.mean
     return float(1.0 / z.std())
 
@@ -152,7 +157,7 @@ def encode_dataset(cfg: dict, workdir: Path, vae: AutoencoderKL, deadline: Deadl
             continue
         if deadline.passed():
             return None
-        images, captions = training_batch(cfg["seed"] + 7, i, c["encode_batch"])
+        images, captions = training_batch(cfg["seed"] + 7, i, c["encode_batch"], scene_mix(cfg))
         posterior = vae.encode(images_to_tensor(images)).latent_dist
         save_file({"mean": posterior.mean.half().contiguous(), "std": posterior.std.half().contiguous()}, str(part),
                   metadata={"captions": json.dumps(captions)})
@@ -180,7 +185,7 @@ def dataset_batch(data: dict, seed: int, step: int, batch_size: int, rank: int) 
     n = data["mean"].shape[0]
     first = (step * batch_size) % n
     epoch = (step * batch_size) // n
-    order = torch.randperm(n, generator=step_generator(seed, 3, epoch, rank))
+    order = torch.randperm(n, generator=stream_generator(seed, 3, epoch, rank))
     index = order[torch.arange(first, first + batch_size) % n]
     return data["mean"][index].float(), data["std"][index].float(), [data["captions"][i] for i in index.tolist()]
 
@@ -208,6 +213,9 @@ def train_diffusion(cfg: dict, workdir: Path, vae: AutoencoderKL, data: dict, ac
                     deadline: Deadline) -> bool:
     """Returns True when the configured number of steps is done."""
     c = cfg["diffusion"]
+    init = init_folder(cfg)
+    if not (workdir / "tokenizer" / "vocab.json").exists() and init is not None:
+        shutil.copytree(init / "tokenizer", workdir / "tokenizer")
     if (workdir / "tokenizer" / "vocab.json").exists():  # keep the tokenizer a run started with
         tokenizer = CLIPTokenizer.from_pretrained(workdir / "tokenizer")
     else:
@@ -216,25 +224,24 @@ def train_diffusion(cfg: dict, workdir: Path, vae: AutoencoderKL, data: dict, ac
     torch.manual_seed(cfg["seed"] + 1)
     unet = UNet2DConditionModel(**cfg["unet"])
     text_encoder = build_text_encoder(cfg, len(tokenizer))
+    if init is not None:  # the shipped (EMA) weights are where a continued run starts
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(init / "unet").state_dict())
+        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(init / "text_encoder").state_dict())
     ema_unet, ema_text = EMA(unet, c["ema_decay"]), EMA(text_encoder, c["ema_decay"])
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=c["lr"], weight_decay=1e-2)
-    modules = {"unet": unet, "text_encoder": text_encoder, "ema_unet": ema_unet.module, "ema_text": ema_text.module}
-    step, ckpt_dir = 0, workdir / "diffusion"
-    if (last := latest_checkpoint(ckpt_dir)) is not None:
-        step, _ = load_training_state(last, modules, optimizer)
-        log.info("diffusion: resumed at step %d", step)
     noise_scheduler = DDPMScheduler(**cfg["noise_schedule"])
     alphas = noise_scheduler.alphas_cumprod
     snr = alphas / (1 - alphas)
     vae.requires_grad_(False).eval()
-    unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
-    t0, losses = time.monotonic(), []
-    while step < c["steps"]:
-        for group in optimizer.param_groups:
-            group["lr"] = c["lr"] * lr_factor(step, c["warmup"], c["steps"])
+    engine = _engine(cfg, c["steps"], workdir / "diffusion", "diffusion", accelerator, deadline, c["grad_clip"])
+    unet, text_encoder, optimizer = engine.prepare(unet, text_encoder, optimizer)
+    modules = {"unet": accelerator.unwrap_model(unet), "text_encoder": accelerator.unwrap_model(text_encoder),
+               "ema_unet": ema_unet.module, "ema_text": ema_text.module}
+
+    def loss_at(step: int) -> torch.Tensor:
         mean, std, captions = dataset_batch(data, cfg["seed"], step, c["batch_size"], accelerator.process_index)
-        gen = step_generator(cfg["seed"], DIFFUSION_STREAM, step, accelerator.process_index)
+        gen = stream_generator(cfg["seed"], DIFFUSION_STREAM, step, accelerator.process_index)
         captions = ["" if torch.rand((), generator=gen) < c["caption_dropout"] else t for t in captions]
         latents = (mean + std * torch.randn(mean.shape, generator=gen)) * vae.config.scaling_factor
         b = latents.shape[0]
@@ -247,29 +254,51 @@ def train_diffusion(cfg: dict, workdir: Path, vae: AutoencoderKL, data: dict, ac
         hidden = text_encoder(ids)[0]
         pred = unet(noisy.to(accelerator.device), t.to(accelerator.device), encoder_hidden_states=hidden).sample
         weight = (torch.clamp(snr[t], max=c["min_snr_gamma"]) / snr[t]).to(accelerator.device)
-        loss = (weight * F.mse_loss(pred, noise.to(accelerator.device), reduction="none").mean(dim=(1, 2, 3))).mean()
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(params, c["grad_clip"])
-        optimizer.step()
-        ema_unet.update(accelerator.unwrap_model(unet), step)
-        ema_text.update(accelerator.unwrap_model(text_encoder), step)
-        step += 1
+        return (weight * F.mse_loss(pred, noise.to(accelerator.device), reduction="none").mean(dim=(1, 2, 3))).mean()
+
+    log_line = _log_every(50, "diffusion")
+
+    def after_step(step: int, loss: float) -> None:
+        ema_unet.update(modules["unet"], step - 1)
+        ema_text.update(modules["text_encoder"], step - 1)
+        log_line(step, loss)
+
+    outcome = engine.run(loss_at, optimizer, modules, params=params, before_step=_lr_schedule(optimizer, c),
+                         after_step=after_step)
+    return outcome.finished
+
+
+def _engine(cfg: dict, steps: int, folder: Path, name: str, accelerator: Accelerator, deadline: Deadline,
+            grad_clip: float | None = None) -> TrainingEngine:
+    settings = RunSettings(steps, folder, cfg["checkpoint_every"], cfg["keep_checkpoints"], checkpoint_at_end=True,
+                           grad_clip=grad_clip, name=f"world {name}")
+
+    def stop() -> bool:
         deadline.tick()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            log.info("diffusion step %d loss %.4f (%.2fs/step)", step, np.mean(losses), (time.monotonic() - t0) / 50)
-            t0, losses = time.monotonic(), []
-        if step % cfg["checkpoint_every"] == 0 or step == c["steps"] or deadline.passed():
-            if accelerator.is_main_process:
-                modules = {"unet": accelerator.unwrap_model(unet),
-                           "text_encoder": accelerator.unwrap_model(text_encoder),
-                           "ema_unet": ema_unet.module, "ema_text": ema_text.module}
-                save_training_state(ckpt_dir / f"step_{step}", modules, optimizer, step)
-                prune_checkpoints(ckpt_dir, cfg["keep_checkpoints"])
-            if deadline.passed():
-                return step >= c["steps"]
-    return True
+        return deadline.passed()
+
+    return TrainingEngine(settings, accelerator, stop=stop)
+
+
+def _lr_schedule(optimizer, c: dict):
+    def before_step(step: int) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = c["lr"] * lr_factor(step, c["warmup"], c["steps"])
+
+    return before_step
+
+
+def _log_every(n: int, stage: str):
+    window = {"t0": time.monotonic(), "losses": []}
+
+    def after_step(step: int, loss: float) -> None:
+        window["losses"].append(loss)
+        if step % n == 0:
+            log.info("%s step %d loss %.4f (%.2fs/step)", stage, step, np.mean(window["losses"]),
+                     (time.monotonic() - window["t0"]) / n)
+            window["t0"], window["losses"] = time.monotonic(), []
+
+    return after_step
 
 
 def export_model(cfg: dict, workdir: Path, out: Path, checkpoint: Path | None = None) -> Path:
@@ -292,7 +321,14 @@ def export_model(cfg: dict, workdir: Path, out: Path, checkpoint: Path | None = 
              "tokenizer": ["transformers", "CLIPTokenizer"], "safety_checker": [None, None],
              "feature_extractor": [None, None], "requires_safety_checker": False}
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    (out / "conceptkit.json").write_text(json.dumps({"family": "world", "trained_steps": step}, indent=2) + "\n")
+    record = {"family": "world", "trained_steps": step, "mix": cfg.get("mix", "first_edition")}
+    if (init := init_folder(cfg)) is not None:
+        before = json.loads((init / "conceptkit.json").read_text())
+        record = {**record, "trained_steps": before["trained_steps"] + step, "edition": cfg["edition"],
+                  "stages": before.get("stages", [{"mix": before.get("mix", "first_edition"),
+                                                   "steps": before["trained_steps"]}]) + [
+                      {"mix": record["mix"], "steps": step, "continued_from": cfg["init_from_description"]}]}
+    (out / "conceptkit.json").write_text(json.dumps(record, indent=2) + "\n")
     return out
 
 

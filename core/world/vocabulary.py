@@ -47,6 +47,7 @@ INSTANCE_CLASS_WORD = "creature"
 INSTANCE_SIZE = 32
 TRAIN_INSTANCE_SEEDS = range(0, 100_000)
 HELDOUT_INSTANCE_SEEDS = range(1_000_000, 1_000_100)
+ENCODER_DOMAIN_SEEDS = range(4_000_000, 4_100_000)  # the Concept Encoder's domain: creatures no one else uses
 
 # An unseen background style, as a few-shot target domain (never in training captions or images).
 HELDOUT_STYLE = "zigzag"

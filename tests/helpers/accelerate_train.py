@@ -8,7 +8,7 @@ import torch
 from accelerate import PartialState
 
 from conceptkit.core.concepts import save_concept
-from conceptkit.core.lipschitz_finetune import finetune
+from conceptkit.core.methods.lipschitz_finetune import finetune
 from conceptkit.core.model import load_model
 from conceptkit.core.training import TrainConfig
 

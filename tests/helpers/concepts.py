@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from conceptkit.core.concepts import Concept
-from conceptkit.core.concepts.apply import canonical_name
+from conceptkit.core.concepts import Concept, Trigger
+from conceptkit.core.model.patches import canonical_name
 
 
 def lora_concept(model, rank=2, alpha=3.0, text_encoders=True, seed=0) -> Concept:
@@ -23,9 +23,9 @@ def lora_concept(model, rank=2, alpha=3.0, text_encoders=True, seed=0) -> Concep
                 tensors[f"lora.{root}.{name}.down"] = torch.randn(rank, module.in_features, generator=gen) * 0.1
                 tensors[f"lora.{root}.{name}.up"] = torch.randn(module.out_features, rank, generator=gen) * 0.1
     for i, te in enumerate(model.text_encoders):
-        tensors[f"embedding.te{i}"] = torch.randn(1, te.get_input_embeddings().weight.shape[1], generator=gen)
+        tensors[f"embedding.0.te{i}"] = torch.randn(1, te.get_input_embeddings().weight.shape[1], generator=gen)
     return Concept(name="test", method="test", family=model.family, base_fingerprint=model.fingerprint(),
-                   trigger="<t1>", class_word="cat", tensors=tensors, lora_rank=rank, lora_alpha=alpha)
+                   triggers=(Trigger("<t1>", "cat"),), tensors=tensors, lora_rank=rank, lora_alpha=alpha)
 
 
 def delta_concept(model, scale=0.02, seed=1, trigger="<t2>") -> Concept:
@@ -34,4 +34,4 @@ def delta_concept(model, scale=0.02, seed=1, trigger="<t2>") -> Concept:
     tensors = {f"delta.unet.{name}": torch.randn(p.shape, generator=gen) * scale
                for name, p in model.unet.named_parameters() if ".attn" in name and name.endswith("weight")}
     return Concept(name="delta", method="test", family=model.family, base_fingerprint=model.fingerprint(),
-                   trigger=trigger, class_word="cat", tensors=tensors)
+                   triggers=(Trigger(trigger, "cat"),), tensors=tensors)

@@ -1,9 +1,8 @@
-"""The bench suites. Each returns (rows, grids, notes, figures): figures are named PIL images for the report."""
+"""Bench suite `base`: the embedded model's per-attribute accuracy against its prompts (the quality gate)."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -11,17 +10,8 @@ from ..core.model import load_model
 from ..core.sampling import CFG, sample
 from ..core.world import evaluation_scenes
 from ..core.world.metrics import as_uint8, attribute_accuracy
-from .finetune import finetune_suite, lambda_suite
-from .guidance import guidance_suite
 
 log = logging.getLogger("conceptkit.bench")
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    quick: bool = False
-    model: str | None = None  # None: the embedded model
-    seed: int = 0
 
 
 BASE_IMAGES = {False: 200, True: 40}  # per split
@@ -38,7 +28,7 @@ def generate(model, prompts: list[str], seed: int, batch: int = 50) -> np.ndarra
     return np.concatenate(out)
 
 
-def base_suite(options: BenchOptions):
+def base_suite(options):
     """Per-attribute accuracy of the embedded model's images against their prompts."""
     model = load_model(options.model, device="auto")
     n = BASE_IMAGES[options.quick]
@@ -55,11 +45,3 @@ def base_suite(options: BenchOptions):
              f"CFG {BASE_CFG}. Seen: compositions of the training distribution; heldout: colour-shape pairs "
              "never shown in training. Gate: >= 0.90 seen, >= 0.80 heldout for every attribute.")
     return rows, grids, notes, {}
-
-
-SUITES = {"base": base_suite, "finetune": finetune_suite, "finetune_lambda": lambda_suite,
-          "guidance": guidance_suite}
-
-
-def run_suite(name: str, options: BenchOptions):
-    return SUITES[name](options)

@@ -1,18 +1,14 @@
-"""Personalization Guidance Sampler (METHODS.md §3; Park et al., ICCV 2025): sampling a personalized model
-with guidance whose weak branch is the fine-tuned model partly "unlearned" toward its base,
-theta_w = theta_pre + omega * (theta_ft - theta_pre), at the cost of CFG. CFG and autoguidance are the
-other two modes of the same sampler, so the three compare on equal footing.
-
-The fine-tuned model is given as a concept (LoRA, full offsets or a token) for the base model, or as a
-second model: the base with concepts applied, or a fine-tuned checkpoint of the same architecture.
-"""
+"""The sampler: a personalized model (a concept for the base, or a second model) sampled with one of the
+three modes. The fine-tuned model is given as a concept (LoRA, full offsets or a token) for the base model,
+or as a second model: the base with concepts applied, or a fine-tuned checkpoint of the same architecture."""
 
 from __future__ import annotations
 
-from .concepts import Concept, apply_concept
-from .errors import InputError
-from .model import Model
-from .sampling import SampleResult, guidance_for, sample
+from ...concepts import Concept, apply_concept
+from ...errors import InputError
+from ...model import Model
+from ...sampling import SampleResult, sample
+from .guidance import guidance_for
 
 DEFAULT_W, DEFAULT_OMEGA = 7.5, 0.5  # METHODS.md's defaults, until measured (README: bench suite `guidance`)
 
@@ -29,7 +25,7 @@ def personalized(model: Model, concept: Concept | None = None, finetuned: Model 
         return model, None
     if finetuned.unet is model.unet:  # the base with concepts applied: the concepts are the personalization
         return finetuned, None
-    if finetuned.concepts:
+    if finetuned.patches:
         raise InputError("the fine-tuned model has concepts applied on top of another model; connect its base model "
                          "and the concept instead, or a fine-tuned checkpoint without concepts.")
     return finetuned, model
@@ -50,5 +46,4 @@ def personalization_sample(
     """Sample the personalized model with one of GUIDANCE_MODES; omega may go linearly from `omega_start` to
     `omega_end` over the steps. `sample_options` are `sample`'s (negative_prompt, seed, steps, ...)."""
     tuned, pretrained = personalized(model, concept, finetuned)
-    return sample(tuned, prompt, guidance=guidance_for(mode, w, omega_start, omega_end), pretrained=pretrained,
-                  **sample_options)
+    return sample(tuned, prompt, guidance=guidance_for(mode, w, omega_start, omega_end, pretrained), **sample_options)

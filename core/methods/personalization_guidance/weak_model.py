@@ -1,13 +1,13 @@
-"""The weak model of weak-model guidance (METHODS.md §3): theta_w = theta_pre + omega * (theta_ft - theta_pre).
+"""The weak model of personalization guidance (METHODS.md §3): theta_w = theta_pre + omega * (theta_ft - theta_pre).
 
-`WeakModel` switches an applied model between its fine-tuned weights (omega = 1) and the interpolation
+`WeakModel` switches a patched model between its fine-tuned weights (omega = 1) and the interpolation
 toward its pre-trained weights (omega = 0 is the base model), without a copy of the UNet:
-- LoRA concepts: the same adapter at scale omega. The scale may differ per sample of a batch, so the weak
+- LoRA patches: the same hooks at scale omega. The scale may differ per sample of a batch, so the weak
   and the fine-tuned branch of a step share one UNet batch, as CFG's two branches do.
 - Full weight offsets (a full or attention fine-tune, or a fine-tuned checkpoint against its base):
   theta_w is materialized once into one buffer per changed weight (re-filled only when omega changes);
   the parameters point at the buffer or at the fine-tuned tensor, one pass per omega.
-- Token embeddings: the base model has no vector for a trigger, so its pre-trained value is taken to be
+- Token vectors: the base model has no vector for a trigger, so its pre-trained value is taken to be
   the class word's vector (what training starts from). The weak token is the interpolation between the
   class word and the learned vector: "a creature" at omega 0, the learned subject at omega 1. It only
   matters where the weak branch reads the trigger (autoguidance, or a negative prompt naming it).
@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import InputError
-from ..model import Model
+from ...errors import InputError
+from ...model import Model, PatchState
+from ...model.patches import LoraHook, TokenRow
 
 
 @dataclass
@@ -47,20 +48,17 @@ class DenseWeights:
 
 
 @dataclass
-class TokenRow:
-    """One added token's vector: `rows[index]` of a text encoder's extended table."""
-
-    rows: list[torch.Tensor]
-    index: int
-    pre: torch.Tensor
-    tuned: torch.Tensor
-
-
-@dataclass
 class WeakModel:
-    lora_hooks: list = field(default_factory=list)  # LoraHook (concepts.apply)
+    lora_hooks: list[LoraHook] = field(default_factory=list)
     dense: list[DenseWeights] = field(default_factory=list)
     tokens: list[TokenRow] = field(default_factory=list)
+
+    @staticmethod
+    def of(patches: PatchState) -> WeakModel:
+        """The weak model of what the patches in effect changed (an untrained token has nothing to unlearn)."""
+        return WeakModel(list(patches.lora_hooks),
+                         [DenseWeights(w.param, w.pre, w.tuned, w.text) for w in patches.weights],
+                         [row for row in patches.tokens if not torch.equal(row.pre, row.tuned)])
 
     @property
     def empty(self) -> bool:

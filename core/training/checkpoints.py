@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 STATE_FILE = "state.safetensors"
 

@@ -1,4 +1,4 @@
-"""Text conditioning: prompts -> the embeddings the UNet reads."""
+"""Text conditioning: prompts -> the embeddings the UNet reads (what sampling and training both need)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
-from ..model import Model
+from .model import Model
 
 
 @dataclass
@@ -24,6 +24,9 @@ class Conditioning:
     def cat(parts: list[Conditioning]) -> Conditioning:
         pooled = None if parts[0].pooled is None else torch.cat([p.pooled for p in parts])
         return Conditioning(torch.cat([p.hidden for p in parts]), pooled)
+
+    def select(self, index: torch.Tensor) -> Conditioning:
+        return Conditioning(self.hidden[index], None if self.pooled is None else self.pooled[index])
 
     def zeros_like(self) -> Conditioning:
         return Conditioning(

@@ -1,0 +1,26 @@
+"""What a training node shows while it trains: a few cheap renders of the concept so far."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from ..model import Model
+from ..sampling import CFG, sample
+
+PREVIEW_STEPS, PREVIEW_CFG = 12, 5.0
+
+
+@dataclass(frozen=True)
+class TrainingPreview:
+    """Renders `prompt` with `seed` on the model as it trains (a few sampling steps)."""
+
+    prompt: str
+    seed: int = 0
+    steps: int = PREVIEW_STEPS
+
+    def __call__(self, model: Model) -> Image.Image:
+        image = sample(model, self.prompt, seed=self.seed, steps=self.steps, guidance=CFG(PREVIEW_CFG)).images[0]
+        return Image.fromarray((image.numpy() * 255).round().astype(np.uint8))

@@ -1,0 +1,139 @@
+"""The training engine: what every training loop of ConceptKit shares, so a loop holds only its math.
+
+One engine owns a run: it resumes from the newest checkpoint of the run's folder (the settings must
+match), steps the optimizer through HF accelerate (modules and optimizer go through
+`accelerator.prepare`, so under `accelerate launch` gradients are averaged across processes), clips
+gradients, refuses a loss that is not finite, checkpoints every N steps and whenever the run stops
+early (Cancel, an interrupt from a progress display, an error, a time limit), reports progress with
+lazy previews, and honours Cancel within one step. Every random draw of our loops is a pure function
+of (seed, step, process), so trained tensors + optimizer moments + the step are an exact resume.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from PIL import Image
+
+from ..errors import Cancelled, InputError
+from .checkpoints import latest_checkpoint, load_training_state, prune_checkpoints, save_training_state
+
+log = logging.getLogger("conceptkit.training")
+
+ProgressFn = Callable[[int, int, Callable[[], Image.Image | None]], None]
+
+
+def step_generator(seed: int, step: int, rank: int, stream: int = 0) -> torch.Generator:
+    """A generator that is a stable function of (seed, step, process, stream) (never Python's hash())."""
+    state = np.random.SeedSequence([seed, step, rank, stream]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+@dataclass
+class RunSettings:
+    steps: int
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 0  # 0: only when the run stops early
+    keep_checkpoints: int = 2
+    checkpoint_at_end: bool = False  # keep the last step's checkpoint (a trainer that exports from it)
+    signature: str | None = None  # what a checkpoint must agree on to be resumed (None: not checked)
+    grad_clip: float | None = None
+    name: str = "training"
+
+
+@dataclass
+class RunOutcome:
+    losses: list[float]  # one per step, from step 0 (a resumed run's earlier losses come from its checkpoint)
+    resumed_from: int
+    finished: bool  # False when `stop` ended the run early
+
+
+class TrainingEngine:
+    def __init__(self, settings: RunSettings, accelerator: Accelerator, *, progress: ProgressFn | None = None,
+                 cancel: Callable[[], bool] | None = None, stop: Callable[[], bool] | None = None):
+        if settings.steps < 1:
+            raise InputError(f"steps must be at least 1 (got {settings.steps}).")
+        self.settings, self.accelerator = settings, accelerator
+        self.progress, self.cancel, self.stop = progress, cancel, stop
+
+    def prepare(self, *objects):
+        """Modules and optimizers through accelerate (DDP wrapping under `accelerate launch`)."""
+        return self.accelerator.prepare(*objects)
+
+    def _save(self, state: dict, optimizer, step: int, losses: list[float]) -> None:
+        folder = self.settings.checkpoint_dir
+        if folder is not None and self.accelerator.is_main_process:
+            save_training_state(Path(folder) / f"step_{step}", state, optimizer, step,
+                                extra={"signature": self.settings.signature, "losses": losses})
+            prune_checkpoints(Path(folder), self.settings.keep_checkpoints)
+
+    def _resume(self, state: dict, optimizer) -> tuple[int, list[float]]:
+        folder = self.settings.checkpoint_dir
+        if folder is None or (last := latest_checkpoint(folder)) is None:
+            return 0, []
+        step, extra = load_training_state(last, state, optimizer)
+        if self.settings.signature is not None and extra.get("signature") != self.settings.signature:
+            raise InputError(f"the checkpoints in {folder} were made with other settings; choose another "
+                             "checkpoint folder, or delete it to start over.")
+        log.info("%s: resumed at step %d of %d", self.settings.name, step, self.settings.steps)
+        return step, list(extra.get("losses", []))
+
+    def run(
+        self,
+        loss_at: Callable[[int], torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        state: dict[str, torch.nn.Module],
+        *,
+        params: Sequence[torch.nn.Parameter] = (),
+        before_step: Callable[[int], None] | None = None,
+        after_step: Callable[[int, float], None] | None = None,
+        preview_at: Callable[[int], Callable[[], Image.Image | None]] | None = None,
+    ) -> RunOutcome:
+        """Train from the newest checkpoint (or step 0) to `settings.steps`: `loss_at(step)` is the step's loss;
+        `state` names what a checkpoint holds (modules, or anything with state_dict/load_state_dict)."""
+        s = self.settings
+        step, losses = self._resume(state, optimizer)
+        start = step
+        try:  # on Cancel (ours, or ComfyUI's interrupt from cancel() or its progress bar) and on errors,
+            # checkpoint the last finished step so that the run resumes there
+            while step < s.steps:
+                if self.cancel is not None and self.cancel():
+                    raise Cancelled(f"{s.name} was cancelled at step {step} of {s.steps}" + (
+                        f"; run it again to resume from {s.checkpoint_dir}." if s.checkpoint_dir else "."))
+                if before_step is not None:
+                    before_step(step)
+                loss = loss_at(step)
+                if not torch.isfinite(loss):
+                    raise InputError(f"the loss became {loss.item()} at step {step}; lower the learning rate.")
+                optimizer.zero_grad(set_to_none=True)
+                self.accelerator.backward(loss)
+                if s.grad_clip is not None:
+                    self.accelerator.clip_grad_norm_(params, s.grad_clip)
+                optimizer.step()
+                step += 1
+                losses.append(float(loss.item()))
+                if after_step is not None:
+                    after_step(step, losses[-1])
+                if s.checkpoint_every and step % s.checkpoint_every == 0 and (step < s.steps or s.checkpoint_at_end):
+                    self._save(state, optimizer, step, losses)
+                elif step == s.steps and s.checkpoint_at_end:
+                    self._save(state, optimizer, step, losses)
+                if self.progress is not None:
+                    self.progress(step, s.steps, preview_at(step) if preview_at else _no_preview)
+                if self.stop is not None and self.stop() and step < s.steps:  # stop() sees every step
+                    self._save(state, optimizer, step, losses)
+                    break
+        except BaseException:
+            self._save(state, optimizer, step, losses)
+            raise
+        return RunOutcome(losses, start, step >= s.steps)
+
+
+def _no_preview() -> None:
+    return None
