@@ -91,13 +91,14 @@ def test_an_objective_that_conditions_on_x_t_trains_from_a_stream_and_resumes_ex
     head = whole.concept.group("xt_head")
     assert not torch.equal(head["weight"], XtHead(world, [torch.zeros(1)]).head.weight)  # it trained
     assert whole.concept.parameters["trainable"] == HEAD and len(whole.losses) == 6
+    (tmp_path / "notes.txt").write_text("mine")  # a user's file in the checkpoint folder
     stop_at = iter(range(100))
     with pytest.raises(Cancelled):
         train_concept(world, None, config(), checkpoint_dir=tmp_path, cancel=lambda: next(stop_at) == 3, **run)
     resumed = train_concept(world, None, config(), checkpoint_dir=tmp_path, **run)
     assert resumed.resumed_from == 3 and resumed.losses == whole.losses
     assert all(torch.equal(whole.concept.tensors[k], resumed.concept.tensors[k]) for k in whole.concept.tensors)
-    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # a finished run leaves no checkpoint
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # no checkpoint left; the user's file kept
 
 
 @pytest.mark.parametrize("trainable", ["lora", "full"])

@@ -11,7 +11,9 @@ of (seed, step, process), so trained tensors + optimizer moments + the step are 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +74,16 @@ class TrainingEngine:
             save_training_state(Path(folder) / f"step_{step}", state, optimizer, step,
                                 extra={"signature": self.settings.signature, "losses": losses})
             prune_checkpoints(Path(folder), self.settings.keep_checkpoints)
+
+    def remove_checkpoints(self) -> None:
+        """Remove the run's checkpoints (a finished run has nothing to resume); other files in the folder stay."""
+        folder = self.settings.checkpoint_dir
+        if folder is None or not self.accelerator.is_main_process:
+            return
+        for checkpoint in Path(folder).glob("step_*"):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            Path(folder).rmdir()  # only when nothing else is in it
 
     def _resume(self, state: dict, optimizer) -> tuple[int, list[float]]:
         folder = self.settings.checkpoint_dir

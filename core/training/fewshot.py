@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import shutil
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -293,8 +292,8 @@ def _train(model, images, config, loss_terms, name, objective, data, checkpoint_
                 outcome = engine.run(step_loss, optimizer, {"trainable": _TensorState(trainable.state())},
                                      preview_at=lambda step: _preview_fn(run, preview if preview is not None and (
                                          step % preview_every == 0 or step == config.steps) else None))
-            if checkpoint_dir is not None and outcome.finished:
-                shutil.rmtree(checkpoint_dir, ignore_errors=True)  # a finished run has nothing to resume
+            if outcome.finished:
+                engine.remove_checkpoints()
             concept = Concept(name=name, method=config.method, family=model.family,
                               base_fingerprint=base_fingerprint, triggers=(Trigger(config.trigger, config.class_word),),
                               tensors=trainable.concept_tensors(),
