@@ -25,6 +25,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="models folder with checkpoints/, diffusers/, clip_tokenizer/ (as in ComfyUI's models)")
     run.add_argument("-q", "--quiet", action="store_true", help="print only errors and the saved files")
 
+    checkpoints = commands.add_parser("checkpoints", help="list the checkpoints of unfinished training runs, and "
+                                      "remove old ones")
+    checkpoints.add_argument("--models", type=Path, default=None, help="models folder (as for run; default: "
+                             "CONCEPTKIT_MODELS_DIR, else ./models); inside ComfyUI: ComfyUI's")
+    checkpoints.add_argument("--remove-older-than", type=float, default=None, metavar="DAYS",
+                             help="remove the runs whose newest checkpoint is older than DAYS days")
+    checkpoints.add_argument("--remove", action="append", default=[], metavar="RUN",
+                             help="remove this run's checkpoints (a name from the list; repeatable)")
+    checkpoints.add_argument("-q", "--quiet", action="store_true")
+
     bench = commands.add_parser("bench", help="run a benchmark suite on the world and print its table")
     bench.add_argument("suite", choices=sorted(SUITES), help="which comparison to run")
     bench.add_argument("--quick", action="store_true", help="fewer images: a smoke run, not the reported numbers")
@@ -53,17 +63,51 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from .runner import run_workflow
 
+        if args.out.exists() and not args.out.is_dir():
+            print(f"conceptkit: error: --out {args.out} is a file; give a folder for the images.", file=sys.stderr)
+            return 2
         try:
             results = run_workflow(args.workflow, overrides=args.overrides, output_dir=args.out,
                                    input_dir=args.input_dir, models_dir=args.models)
         except ConceptKitError as e:
             print(f"conceptkit: error: {e}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print("conceptkit: interrupted. Training nodes saved a checkpoint; run the same command again to resume.",
+                  file=sys.stderr)
+            return 130
         for saved in results.values():
             for image in saved.get("images", []):
                 print(image["path"])
+            for path in saved.get("text", []):  # files that Save/Export nodes wrote
+                print(path)
     if args.command == "bench":
         return bench(args)
+    if args.command == "checkpoints":
+        return checkpoints(args)
+    return 0
+
+
+def checkpoints(args) -> int:
+    """Unfinished runs (cancelled or crashed, never queued again) hold checkpoints until removed here."""
+    from .core.training.checkpoints import remove_run, unfinished_runs
+    from .nodes.comfy_adapter import headless_models_dir, writable_folder
+
+    with headless_models_dir(args.models):
+        folder = writable_folder("conceptkit_checkpoints")
+    runs = unfinished_runs(folder)
+    unknown = set(args.remove) - {r.path.name for r in runs}
+    if unknown:
+        print(f"conceptkit: error: no unfinished run named {', '.join(sorted(unknown))} in {folder}", file=sys.stderr)
+        return 2
+    print(f"{len(runs)} unfinished run(s) in {folder}")
+    for run in runs:
+        old = args.remove_older_than is not None and run.age_days() > args.remove_older_than
+        gone = old or run.path.name in args.remove
+        if gone:
+            remove_run(run)
+        print(f"  {run.path.name}  step {run.step}  {run.age_days():.1f} days old  {run.size / 1e6:.1f} MB"
+              + ("  removed" if gone else ""))
     return 0
 
 

@@ -41,7 +41,7 @@ def image_grid(images: np.ndarray, columns: int = 8) -> Image.Image:
 def write_json(path: Path, suite: str, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = json.dumps({"suite": suite, "rows": rows}, indent=2).encode() + b"\n"
-    atomic_write(path, lambda f: f.write(data), overwrite=True)
+    atomic_write(path, lambda f: f.write(data), if_exists="overwrite")
 
 
 def write_report(folder: Path, suite: str, rows: list[dict], grids: dict[str, tuple[np.ndarray, list[str]]],
@@ -58,5 +58,5 @@ def write_report(folder: Path, suite: str, rows: list[dict], grids: dict[str, tu
         lines += [f"{i + 1}. {c}" for i, c in enumerate(captions)] + [""]
     path = folder / "report.md"
     text = "\n".join(lines).encode()
-    atomic_write(path, lambda f: f.write(text), overwrite=True)
+    atomic_write(path, lambda f: f.write(text), if_exists="overwrite")
     return path

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -10,20 +12,102 @@ from typing import BinaryIO
 
 from .errors import ConceptKitError, InputError
 
+IF_EXISTS = ("counter", "error", "overwrite")  # what a write does when its name is taken
+COUNTER_DIGITS, MAX_COUNTER = 5, 99_999  # NAME_00002.safetensors, as ComfyUI's save nodes count
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None], overwrite: bool = False) -> Path:
-    """Write through a temporary file in the same folder and rename it into place, so a crash or a
-    full disk never leaves a half-written file under the real name."""
+
+def _umask_mode(base: int = 0o666) -> int:
+    """`base` as the process's umask allows: files written here get the permissions any other file would."""
+    try:  # Linux says it without changing it (changing it, even for a moment, races other threads)
+        status = Path("/proc/self/status").read_text()
+        current = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        current = os.umask(0)
+        os.umask(current)
+    return base & ~current
+
+
+KEEPS_SUFFIX = (".safetensors", ".png", ".json")
+
+
+def counted(path: Path, number: int) -> Path:
+    """NAME_0000N.ext beside NAME.ext (number 1 is the name itself); folders get the counter at the end."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise InputError(f"{path} already exists; choose another name or allow overwriting.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if number == 1:
+        return path
+    suffix = path.suffix if path.suffix in KEEPS_SUFFIX else ""
+    return path.with_name(f"{path.name[:len(path.name) - len(suffix)]}_{number:0{COUNTER_DIGITS}d}{suffix}")
+
+
+def _check_if_exists(if_exists: str) -> None:
+    if if_exists not in IF_EXISTS:
+        raise InputError(f"if_exists '{if_exists}' is not one of {', '.join(IF_EXISTS)}.")
+
+
+def _claim(source: str, target: Path) -> bool:
+    """Move `source` to `target` unless `target` exists, atomically; False when it exists."""
+    try:
+        if Path(source).is_dir():
+            os.mkdir(target)  # exclusive; an empty folder is then replaced by the finished one
+            os.replace(source, target)
+        else:
+            os.link(source, target)
+            os.unlink(source)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as e:
+        if Path(source).is_dir() or e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+    try:  # a file system without hard links: claim the name exclusively, then move over the claim
+        os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    os.replace(source, target)
+    return True
+
+
+def _place(tmp: str, path: Path, if_exists: str) -> Path:
+    """Move the finished temporary file to `path`. Without overwriting, the move is exclusive at the file-system
+    level (a hard link fails when the name exists): of two writers of one name, exactly one gets it."""
+    if if_exists == "overwrite":
+        if Path(tmp).is_dir() and path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name[:100]}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / "previous")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+        return path
+    for number in range(1, MAX_COUNTER + 1 if if_exists == "counter" else 2):
+        target = counted(path, number)
+        if _claim(tmp, target):
+            return target
+    if if_exists == "counter":
+        raise InputError(f"{path}: every counted name up to {MAX_COUNTER} is taken; choose another name.")
+    raise InputError(f"{path} already exists; choose another name, or let the node add a counter or overwrite.")
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], if_exists: str = "error") -> Path:
+    """Write through a temporary file in the same folder and move it into place, so a crash or a full disk
+    never leaves a half-written file under the real name. `if_exists`: "error" refuses a taken name, "counter"
+    writes NAME_00002 (and on), "overwrite" replaces it. Returns the path written."""
+    path = Path(path)
+    _check_if_exists(if_exists)
+    if if_exists == "error" and path.exists():  # early, friendly; the exclusive move below decides races
+        raise InputError(f"{path} already exists; choose another name, or let the node add a counter or overwrite.")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise ConceptKitError(f"could not write in {path.parent} ({e.strerror or e}); check that the folder exists "
+                              "and that you may write there.") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.chmod(tmp, _umask_mode())
+        return _place(tmp, path, if_exists)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise ConceptKitError(f"could not write {path} ({e.strerror or e}); check free disk space and permissions.") \
@@ -31,7 +115,31 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], overwrite: bool 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_folder(path: Path, fill: Callable[[Path], None], if_exists: str = "error") -> Path:
+    """A folder filled by `fill(temporary folder)` and moved into place whole: never a half-written or empty
+    folder under the real name, whatever fails. `if_exists` as for atomic_write. Returns the path written."""
+    path = Path(path)
+    _check_if_exists(if_exists)
+    if if_exists == "error" and path.exists():
+        raise InputError(f"{path} already exists; choose another name, or let the node add a counter or overwrite.")
+    try:
+        tmp = tempfile.mkdtemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise ConceptKitError(f"could not write in {path.parent} ({e.strerror or e}); check that the folder exists "
+                              "and that you may write there.") from None
+    try:
+        os.chmod(tmp, _umask_mode(0o777))
+        fill(Path(tmp))
+        return _place(tmp, path, if_exists)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConceptKitError(f"could not write {path} ({e.strerror or e}); check free disk space and permissions.") \
+            from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 SAFE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_. ")
@@ -54,8 +162,8 @@ def safe_file_name(name: str, what: str = "name") -> str:
     return stripped
 
 
-def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str], overwrite: bool = False) -> Path:
-    """A safetensors file written atomically (never half-written, never silently replacing a file)."""
+def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str], if_exists: str = "error") -> Path:
+    """A safetensors file written atomically (never half-written; a taken name per `if_exists`). Returns its path."""
     from safetensors.torch import save
 
     plain, storages = {}, set()
@@ -66,4 +174,4 @@ def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str], overw
         storages.add(value.untyped_storage().data_ptr())
         plain[key] = value
     data = save(plain, metadata=metadata)
-    return atomic_write(Path(path), lambda f: f.write(data), overwrite=overwrite)
+    return atomic_write(Path(path), lambda f: f.write(data), if_exists)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from transformers import CLIPTokenizer
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -51,6 +53,8 @@ def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
 
 def write_clip_tokenizer(words: list[str], folder: Path, max_length: int = 77) -> CLIPTokenizer:
     """Write a tokenizer in which every word of `words` is one token; other text falls back to bytes."""
+    from transformers import CLIPTokenizer
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     base = list(_bytes_to_unicode().values())

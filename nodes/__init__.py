@@ -1,5 +1,6 @@
 """ComfyUI nodes: a thin skin over core. One module per capability."""
 
+from .comfy_adapter import warn_missing_dependencies
 from .comfy_bridge_nodes import ConceptKitModelFromComfy
 from .concept_nodes import ConceptKitApplyConcept, ConceptKitExportConcept, ConceptKitLoadConcept, ConceptKitSaveConcept
 from .finetune_nodes import ConceptKitLipschitzFinetune
@@ -26,9 +27,11 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ConceptKitModelFromComfy": "ConceptKit Model From Comfy",
     "ConceptKitLipschitzFinetune": "Lipschitz Finetune",
     "ConceptKitPersonalizationGuidanceSampler": "Personalization Guidance Sampler",
-    "ConceptKitApplyConcept": "Apply Concept",
-    "ConceptKitSaveConcept": "Save Concept",
-    "ConceptKitLoadConcept": "Load Concept",
-    "ConceptKitExportConcept": "Export Concept",
+    "ConceptKitApplyConcept": "ConceptKit Apply Concept",
+    "ConceptKitSaveConcept": "ConceptKit Save Concept",
+    "ConceptKitLoadConcept": "ConceptKit Load Concept",
+    "ConceptKitExportConcept": "ConceptKit Export Concept",
     "ConceptKitWorldSubject": "ConceptKit World Subject",
 }
+
+warn_missing_dependencies()

@@ -9,6 +9,7 @@ one a caller hands over with `headless_models_dir`, else CONCEPTKIT_MODELS_DIR, 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -36,6 +37,20 @@ def _comfy(module: str):
         return None
 
 
+REQUIRED_MODULES = ("torch", "diffusers", "transformers", "safetensors", "numpy", "PIL", "einops", "accelerate",
+                    "peft")  # requirements.txt, by import name
+
+
+def warn_missing_dependencies() -> list[str]:
+    """Heavy libraries load on first use, so the pack loads without them; say at start-up what is missing
+    (looked up, not imported) and how to install it, rather than fail later inside a node."""
+    missing = [m for m in REQUIRED_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        log.warning("ConceptKit: missing %s; install the pack's requirements into this Python: "
+                    "pip install -r %s", ", ".join(missing), Path(__file__).resolve().parents[1] / "requirements.txt")
+    return missing
+
+
 def in_comfyui() -> bool:
     return _comfy("folder_paths") is not None and _comfy("comfy.utils") is not None
 
@@ -52,7 +67,8 @@ class Progress:
     def __call__(self, step: int, total: int, preview: Callable[[], Image.Image] | None = None) -> None:
         if self._bar is not None:
             image = preview() if preview is not None else None
-            self._bar.update_absolute(step, total, ("JPEG", image, PREVIEW_MAX_SIDE) if image else None)
+            shown = ("JPEG", image, min(max(image.size), PREVIEW_MAX_SIDE)) if image else None  # never upscaled
+            self._bar.update_absolute(step, total, shown)
             return
         tenth = step * 10 // max(total, 1)
         if tenth != self._logged:
@@ -112,6 +128,13 @@ def writable_folder(kind: str) -> Path:
         folder = _headless_dir(kind)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def written_file_result(path: Path, what: str) -> dict:
+    """An output node's result for a file it wrote: one log line, and the path shown on the node (the pack's
+    web extension puts the UI's `text` into a read-only box on Save/Export nodes)."""
+    log.info("ConceptKit: wrote %s %s", what, path)
+    return {"ui": {"text": [str(path)]}}
 
 
 def list_model_files(kind: str, suffixes: tuple[str, ...]) -> list[str]:

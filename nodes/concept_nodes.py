@@ -5,8 +5,9 @@ from __future__ import annotations
 from ..core.concepts import apply_concept, concept_path, load_concept, save_concept
 from ..core.concepts.export import EXPORT_FORMATS, export_concept
 from ..core.errors import InputError
+from ..core.files import safe_file_name
 from . import comfy_adapter as comfy
-from .sockets import CATEGORY, CK_CONCEPT, CK_MODEL
+from .sockets import CATEGORY, CK_CONCEPT, CK_MODEL, IF_EXISTS
 
 CONCEPTS = "conceptkit_concepts"
 NO_CONCEPTS = "(no concepts saved yet)"
@@ -50,13 +51,17 @@ class ConceptKitSaveConcept:
             "concept": (CK_CONCEPT, {"tooltip": "The concept to save."}),
             "name": ("STRING", {"default": "my_concept", "tooltip": "File name (letters, digits, - _ .); "
                                 "no folders."}),
-            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace a file of the same name. Off: an "
-                                      "existing file is an error, never silently replaced."}),
+            "if_exists": IF_EXISTS,
         }}
 
-    def save(self, concept, name, overwrite):
-        path = save_concept(concept, concept_path(comfy.writable_folder(CONCEPTS), name), overwrite=overwrite)
-        return {"ui": {"text": [str(path)]}}
+    @classmethod
+    def VALIDATE_INPUTS(cls, name):
+        """Checked before anything in the prompt runs, so a bad name never costs a training run."""
+        return _valid_name(name, "concept name")
+
+    def save(self, concept, name, if_exists):
+        path = save_concept(concept, concept_path(comfy.writable_folder(CONCEPTS), name), if_exists)
+        return comfy.written_file_result(path, "concept")
 
 
 class ConceptKitLoadConcept:
@@ -98,11 +103,24 @@ class ConceptKitExportConcept:
             "format": (list(EXPORT_FORMATS), {"default": "kohya_lora", "tooltip": "kohya_lora: LoRA concepts; "
                        "embedding: the trigger's learned vector; diffusers: a folder for diffusers pipelines."}),
             "name": ("STRING", {"default": "my_concept", "tooltip": "File or folder name (no folders)."}),
-            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file of that name."}),
+            "if_exists": IF_EXISTS,
         }}
 
-    def export(self, model, concept, format, name, overwrite):  # noqa: A002 - ComfyUI input name
+    @classmethod
+    def VALIDATE_INPUTS(cls, name):
+        return _valid_name(name, "export name")
+
+    def export(self, model, concept, format, name, if_exists):  # noqa: A002 - ComfyUI input name
         if format not in EXPORT_FOLDERS:
             raise InputError(f"format '{format}' is not one of {', '.join(EXPORT_FORMATS)}.")
-        path = export_concept(concept, model, format, comfy.writable_folder(EXPORT_FOLDERS[format]), name, overwrite)
-        return {"ui": {"text": [str(path)]}}
+        path = export_concept(concept, model, format, comfy.writable_folder(EXPORT_FOLDERS[format]), name, if_exists)
+        return comfy.written_file_result(path, f"{format} export")
+
+
+def _valid_name(name: str, what: str) -> bool | str:
+    """True, or the message ComfyUI shows on the node before the prompt runs."""
+    try:
+        safe_file_name(name, what)
+    except InputError as e:
+        return str(e)
+    return True

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from ..core.methods.lipschitz_finetune import DEFAULT_LAMBDA, NORMS, TRAINABLES, finetune
 from ..core.recipes import TrainingPreview
-from ..core.training import MIXED_PRECISION, TrainConfig, caption_lines, first_caption, loss_curve, run_identity
+from ..core.training import (
+    DEFAULT_PREVIEW_SHARE,
+    MIXED_PRECISION,
+    TrainConfig,
+    caption_lines,
+    first_caption,
+    loss_curve,
+    run_identity,
+)
 from . import comfy_adapter as comfy
-from .sockets import CATEGORY, CK_CONCEPT, CK_MODEL, MAX_SEED
+from .sockets import CATEGORY, CK_CONCEPT, CK_MODEL, PREVIEW_SHARE, TRAINING_SEED
 
 
 class ConceptKitLipschitzFinetune:
@@ -56,8 +64,7 @@ class ConceptKitLipschitzFinetune:
                                             "embedded model; full/attention: 10-50x lower)."}),
                 "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Images per step (drawn with "
                                        "repetition from your images, each augmented)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "tooltip": "Seed of the whole run: the "
-                                 "same seed and inputs give the same concept."}),
+                "seed": TRAINING_SEED,
             },
             "optional": {
                 "train_text_encoder": ("BOOLEAN", {"default": False, "tooltip": "Also adapt the text encoder's "
@@ -69,12 +76,13 @@ class ConceptKitLipschitzFinetune:
                 "checkpoint_every": ("INT", {"default": 100, "min": 0, "max": 100000, "tooltip": "Write a "
                                      "resumable checkpoint every N steps (0: only on Cancel). Removed when the "
                                      "run finishes."}),
+                "preview_share": PREVIEW_SHARE,
             },
         }
 
     def train(self, model, images, trigger, class_word, captions, trainable, rank, lipschitz_lambda, norm, steps,
               learning_rate, batch_size, seed, train_text_encoder=False, gradient_checkpointing=False,
-              mixed_precision="no", checkpoint_every=100):
+              mixed_precision="no", checkpoint_every=100, preview_share=DEFAULT_PREVIEW_SHARE):
         lines = caption_lines(captions)
         config = TrainConfig(trigger=trigger.strip(), class_word=class_word.strip(), captions=lines or None,
                              trainable=trainable, rank=rank, train_text_encoder=train_text_encoder, steps=steps,
@@ -85,5 +93,5 @@ class ConceptKitLipschitzFinetune:
         result = finetune(model, images, config, lipschitz_lambda=lipschitz_lambda, norm=norm,
                           name=config.trigger.strip("<>") or "concept", checkpoint_dir=folder,
                           progress=comfy.Progress(steps, "Lipschitz Finetune"), cancel=comfy.cancel_requested,
-                          preview=TrainingPreview(first_caption(config), seed))
+                          preview=TrainingPreview(first_caption(config), seed), preview_share=preview_share)
         return (result.concept, loss_curve(result.losses))

@@ -7,7 +7,7 @@ import torch
 from ..core.errors import InputError
 from ..core.world.subjects import training_renders
 from ..core.world.vocabulary import HELDOUT_INSTANCE_SEEDS
-from .sockets import CATEGORY
+from .sockets import CATEGORY, MAX_SEED
 
 
 class ConceptKitWorldSubject:
@@ -26,8 +26,9 @@ class ConceptKitWorldSubject:
             "subject": ("INT", {"default": 0, "min": 0, "max": len(HELDOUT_INSTANCE_SEEDS) - 1,
                                 "tooltip": "Which held-out creature."}),
             "count": ("INT", {"default": 4, "min": 1, "max": 16, "tooltip": "How many images."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
-                             "tooltip": "Varies the backgrounds and places of the renders."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": False,
+                             "tooltip": "Varies the backgrounds and places of the renders (fixed: a training "
+                                        "run downstream resumes only on the same images)."}),
         }}
 
     def render(self, subject, count, seed):

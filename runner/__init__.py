@@ -9,7 +9,7 @@ from ..core.errors import WorkflowError
 from ..nodes import NODE_CLASS_MAPPINGS
 from ..nodes.comfy_adapter import headless_models_dir
 from .execute import run_graph
-from .graph import Link, load_workflow
+from .graph import Link, parse_workflow, read_workflow_json
 from .io_nodes import io_nodes
 
 
@@ -40,15 +40,28 @@ def run_workflow(
 
 
 def _run(path: Path, overrides: list[str], output_dir: Path, input_dir: Path) -> dict[str, dict]:
-    raw = json.loads(Path(path).read_text()) if Path(path).is_file() else None
+    raw = read_workflow_json(Path(path))
     registry = {**NODE_CLASS_MAPPINGS, **io_nodes(input_dir, output_dir, raw)}
-    graph = load_workflow(Path(path), registry)
+    graph = parse_workflow(raw, registry)
     for text in overrides:
         node_id, name, value = parse_override(text)
         if node_id not in graph:
             raise WorkflowError(f"--set {text}: the workflow has no node {node_id} "
                                 f"(its nodes: {', '.join(sorted(graph, key=str))}).")
-        if isinstance(graph[node_id].inputs.get(name), Link):
-            raise WorkflowError(f"--set {text}: input '{name}' of {graph[node_id].label} is linked, not a value.")
-        graph[node_id].inputs[name] = value
+        node = graph[node_id]
+        declared = _input_names(registry.get(node.class_type))
+        if declared is not None and name not in declared:
+            raise WorkflowError(f"--set {text}: {node.label} has no input '{name}' "
+                                f"(its inputs: {', '.join(declared)}).")
+        if isinstance(node.inputs.get(name), Link):
+            raise WorkflowError(f"--set {text}: input '{name}' of {node.label} is linked, not a value.")
+        node.inputs[name] = value
     return run_graph(graph, registry)
+
+
+def _input_names(node_class) -> list[str] | None:
+    """The inputs a node type declares (None for an unknown type: validation reports it)."""
+    if node_class is None:
+        return None
+    spec = node_class.INPUT_TYPES()
+    return [*(spec.get("required") or {}), *(spec.get("optional") or {})]

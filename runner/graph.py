@@ -34,13 +34,32 @@ class Node:
 
 
 def load_workflow(path: Path, registry: dict) -> dict[str, Node]:
+    return parse_workflow(read_workflow_json(path), registry)
+
+
+def read_workflow_json(path: Path) -> object:
+    """The JSON of a workflow file (UTF-8, a byte-order mark allowed), or a WorkflowError saying what is wrong."""
+    path = Path(path)
     try:
-        data = json.loads(Path(path).read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise WorkflowError(f"{path}: no such workflow file.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WorkflowError(f"{path}: not valid JSON ({e}).") from None
-    return parse_workflow(data, registry)
+    except IsADirectoryError:
+        raise WorkflowError(f"{path} is a folder; give the workflow's .json file.") from None
+    except OSError as e:
+        raise WorkflowError(f"{path}: cannot be read ({e.strerror or e}).") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise WorkflowError(f"{path}: not UTF-8 text; ComfyUI saves workflows as UTF-8 JSON.") from None
+    if not text.strip():
+        raise WorkflowError(f"{path} is empty; save the workflow again from ComfyUI.")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise WorkflowError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}).") from None
+    except RecursionError:
+        raise WorkflowError(f"{path}: the JSON is nested too deeply to be a workflow.") from None
 
 
 def parse_workflow(data: object, registry: dict) -> dict[str, Node]:
@@ -54,6 +73,11 @@ def parse_workflow(data: object, registry: dict) -> dict[str, Node]:
 def _from_api(data: dict) -> dict[str, Node]:
     graph = {}
     for node_id, spec in data.items():
+        if not isinstance(spec.get("class_type"), str):
+            raise WorkflowError(f"node {node_id}: its class_type is not a node type name.")
+        if not isinstance(spec.get("inputs", {}), dict):
+            raise WorkflowError(f"node {node_id} ({spec['class_type']}): its inputs are not an object of "
+                                "name: value pairs.")
         inputs = {}
         for name, value in (spec.get("inputs") or {}).items():
             is_link = isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
@@ -72,20 +96,52 @@ def widget_names(node_class) -> list[tuple[str, bool]]:
             kind = declared[0]
             options = declared[1] if len(declared) > 1 else {}
             if isinstance(kind, list) or kind in WIDGET_TYPES:
-                control = kind == "INT" and (options.get("control_after_generate") or name in ("seed", "noise_seed"))
+                # as ComfyUI's frontend: declared, else any INT named seed or noise_seed has the control
+                control = kind == "INT" and options.get("control_after_generate", name in ("seed", "noise_seed"))
                 names.append((name, bool(control)))
     return names
 
 
-def _from_ui(data: dict, registry: dict) -> dict[str, Node]:
-    raw_nodes = {str(n["id"]): n for n in data["nodes"]}
+LINK_KEYS = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
+
+
+def _ui_nodes(data: dict) -> dict[str, dict]:
+    raw_nodes: dict[str, dict] = {}
+    for position, raw in enumerate(data["nodes"]):
+        if not isinstance(raw, dict):
+            raise WorkflowError(f"entry {position} of 'nodes' is not a node (an object with id and type).")
+        if not isinstance(raw.get("id"), (int, str)) or isinstance(raw.get("id"), bool):
+            raise WorkflowError(f"entry {position} of 'nodes' has no id; save the workflow again from ComfyUI.")
+        if not isinstance(raw.get("type"), str):
+            raise WorkflowError(f"node {raw['id']} has no type (the node's class name).")
+        if str(raw["id"]) in raw_nodes:
+            raise WorkflowError(f"two nodes have the id {raw['id']}; each node needs its own id.")
+        slots = raw.get("inputs") or []
+        if not isinstance(slots, list) or not all(isinstance(i, dict) for i in slots):
+            raise WorkflowError(f"node {raw['id']} ({raw['type']}): its inputs are not a list of input slots.")
+        raw_nodes[str(raw["id"])] = raw
+    return raw_nodes
+
+
+def _ui_links(data: dict) -> dict:
     links = {}
-    for entry in data.get("links") or []:
+    if not isinstance(data.get("links") or [], list):
+        raise WorkflowError("'links' is not a list of links.")
+    for position, entry in enumerate(data.get("links") or []):
         if isinstance(entry, dict):
-            entry = [entry["id"], entry["origin_id"], entry["origin_slot"], entry["target_id"], entry["target_slot"],
-                     entry.get("type")]
+            entry = [entry.get(k) for k in LINK_KEYS]
+        if not isinstance(entry, list) or len(entry) < len(LINK_KEYS):
+            raise WorkflowError(f"link entry {position} is not [id, origin, origin slot, target, target slot, type].")
         link_id, origin, origin_slot, _target, _slot, link_type = entry[:6]
-        links[link_id] = Link(str(origin), int(origin_slot), link_type)
+        if not isinstance(origin_slot, int) or isinstance(origin_slot, bool) or origin_slot < 0:
+            raise WorkflowError(f"link {link_id}: its origin slot {origin_slot!r} is not a slot number.")
+        links[link_id] = Link(str(origin), origin_slot, link_type)
+    return links
+
+
+def _from_ui(data: dict, registry: dict) -> dict[str, Node]:
+    raw_nodes = _ui_nodes(data)
+    links = _ui_links(data)
 
     def resolve(link: Link) -> Link | None:
         """Follow Reroutes and bypassed nodes back to the node that really produces the value."""
@@ -125,6 +181,8 @@ def _from_ui(data: dict, registry: dict) -> dict[str, Node]:
         for slot in raw.get("inputs") or []:
             if slot.get("link") is None:
                 continue
+            if not isinstance(slot.get("name"), str):
+                raise WorkflowError(f"{node.label}: a linked input slot has no name.")
             if slot["link"] not in links:
                 raise WorkflowError(f"{node.label}: input '{slot['name']}' refers to link {slot['link']}, "
                                     "which the file does not define.")

@@ -1,8 +1,11 @@
 """Validate a graph the way ComfyUI does before anything runs: node types exist, required inputs
-are given, links carry the declared types, numbers are in range, combo values are listed."""
+are given, links carry the declared types, numbers are in range, combo values are listed, and each
+node's own VALIDATE_INPUTS (given the widget values it names) answers True."""
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import dataclass
 
 from .graph import Link, Node
@@ -40,6 +43,8 @@ def _coerce(value, kind, options: dict):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{value!r} is not a number")
         value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{value} is not a finite number")
     elif kind == "BOOLEAN":
         if not isinstance(value, bool):
             raise ValueError(f"{value!r} is not true or false")
@@ -80,12 +85,27 @@ def validate(graph: dict[str, Node], registry: dict) -> tuple[list[str], list[Pr
         node_class = registry.get(node.class_type)
         if node_class is not None:
             _check_inputs(node, node_class, graph, registry, problems, visit)
+            _node_validation(node, node_class, problems)
         state[node.id] = "done"
         order.append(node.id)
 
     for node in outputs:
         visit(node)
     return order, problems
+
+
+def _node_validation(node: Node, node_class, problems: list[Problem]) -> None:
+    """ComfyUI's VALIDATE_INPUTS: called with the values (not links) it names; anything but True is a problem."""
+    check = getattr(node_class, "VALIDATE_INPUTS", None)
+    if check is None:
+        return
+    wanted = inspect.signature(check).parameters
+    values = {k: v for k, v in node.inputs.items() if k in wanted and not isinstance(v, Link)}
+    if set(wanted) - set(values):
+        return  # a named input is linked: ComfyUI checks it when its value exists
+    answer = check(**values)
+    if answer is not True:
+        problems.append(Problem(node, None, str(answer)))
 
 
 def _check_inputs(node, node_class, graph, registry, problems, visit) -> None:

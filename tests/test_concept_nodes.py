@@ -42,12 +42,13 @@ def test_finetune_node_gives_a_concept_a_loss_curve_and_cleans_its_checkpoints(t
 
 def test_save_load_and_apply_through_the_nodes(trained, world, models):
     concept, _ = trained
-    N["ConceptKitSaveConcept"]().save(concept, "pet", False)
-    assert (models / "conceptkit" / "concepts" / "pet.safetensors").is_file()
+    shown = N["ConceptKitSaveConcept"]().save(concept, "pet", "error")
+    written = models / "conceptkit" / "concepts" / "pet.safetensors"
+    assert written.is_file() and shown == {"ui": {"text": [str(written)]}}
     with pytest.raises(ConceptKitError, match="already exists"):
-        N["ConceptKitSaveConcept"]().save(concept, "pet", False)
+        N["ConceptKitSaveConcept"]().save(concept, "pet", "error")
     with pytest.raises(ConceptKitError, match="folder separator"):
-        N["ConceptKitSaveConcept"]().save(concept, "../pet", False)
+        N["ConceptKitSaveConcept"]().save(concept, "../pet", "counter")
     assert "pet.safetensors" in N["ConceptKitLoadConcept"].INPUT_TYPES()["required"]["concept_name"][0]
     (loaded,) = N["ConceptKitLoadConcept"]().load("pet.safetensors")
     (tuned,) = N["ConceptKitApplyConcept"]().apply(world, loaded, 1.0)
@@ -58,13 +59,40 @@ def test_save_load_and_apply_through_the_nodes(trained, world, models):
 
 def test_export_writes_where_comfyui_looks(trained, world, models):
     concept, _ = trained
-    N["ConceptKitExportConcept"]().export(world, concept, "kohya_lora", "pet", False)
-    N["ConceptKitExportConcept"]().export(world, concept, "embedding", "pet", False)
-    N["ConceptKitExportConcept"]().export(world, concept, "diffusers", "pet", False)
+    for fmt in ("kohya_lora", "embedding", "diffusers"):
+        N["ConceptKitExportConcept"]().export(world, concept, fmt, "pet", "error")
     lora = load_file(str(models / "loras" / "pet.safetensors"))
     assert any(k.startswith("lora_unet_down_blocks_0_attentions_0_") for k in lora)
     assert set(load_file(str(models / "embeddings" / "pet.safetensors"))) == {"emb_params"}
     assert (models / "conceptkit" / "exports" / "pet" / "pytorch_lora_weights.safetensors").is_file()
+
+
+@pytest.mark.parametrize("fmt,first,second", [
+    ("kohya_lora", "loras/pet.safetensors", "loras/pet_00002.safetensors"),
+    ("embedding", "embeddings/pet.safetensors", "embeddings/pet_00002.safetensors"),
+    ("diffusers", "conceptkit/exports/pet", "conceptkit/exports/pet_00002"),
+    ("save", "conceptkit/concepts/pet.safetensors", "conceptkit/concepts/pet_00002.safetensors"),
+])
+def test_a_taken_name_gets_a_counter_as_in_comfyuis_save_nodes_and_the_first_file_stays(
+        trained, world, models, fmt, first, second):
+    concept, _ = trained
+
+    def write():
+        if fmt == "save":
+            return N["ConceptKitSaveConcept"]().save(concept, "pet", "counter")
+        return N["ConceptKitExportConcept"]().export(world, concept, fmt, "pet", "counter")
+
+    assert write()["ui"]["text"] == [str(models / first)]
+    before = {p: p.read_bytes() for p in [models / first, *(models / first).rglob("*")] if p.is_file()}
+    assert write()["ui"]["text"] == [str(models / second)]
+    assert {p: p.read_bytes() for p in before} == before
+    assert not [p for p in (models / first).parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_a_name_that_cannot_be_written_is_refused_before_anything_runs():
+    for node in ("ConceptKitSaveConcept", "ConceptKitExportConcept"):
+        assert N[node].VALIDATE_INPUTS(name="my_dog") is True
+        assert "folder separator" in N[node].VALIDATE_INPUTS(name="../my_dog")
 
 
 def test_load_concept_with_nothing_saved_says_what_to_do(models):

@@ -100,3 +100,56 @@ def test_pyproject_lists_every_package_so_a_plain_install_has_them():
              for p in ROOT.rglob("__init__.py")
              if not (set(p.relative_to(ROOT).parts) & skip) and ".venv" not in p.parts}
     assert found - listed == set()
+
+
+def seed_inputs():
+    for name, node in all_nodes():
+        spec = node.INPUT_TYPES()
+        for section in ("required", "optional"):
+            for input_name, declared in (spec.get(section) or {}).items():
+                if input_name in ("seed", "noise_seed"):
+                    yield name, node, declared[1]
+
+
+def test_training_seeds_never_randomize_after_a_queue_and_every_seed_has_one_range():
+    from conceptkit.nodes.sockets import MAX_SEED
+
+    seeds = list(seed_inputs())
+    assert seeds
+    for name, node, options in seeds:
+        assert options["max"] == MAX_SEED and options["min"] == 0, name
+        assert "control_after_generate" in options, f"{name}: the frontend would add a randomizing control"
+        trains = "checkpoint_every" in {**node.INPUT_TYPES()["required"], **node.INPUT_TYPES().get("optional", {})}
+        if trains or name == "ConceptKitWorldSubject":  # a changed seed would retrain instead of resuming
+            assert options["control_after_generate"] is False, name
+
+
+def test_display_names_follow_one_scheme():
+    names = conceptkit.NODE_DISPLAY_NAME_MAPPINGS
+    method_nodes = {"ConceptKitLipschitzFinetune": "Lipschitz Finetune",
+                    "ConceptKitPersonalizationGuidanceSampler": "Personalization Guidance Sampler"}
+    assert len(set(names.values())) == len(names)
+    for key, shown in names.items():
+        assert shown == method_nodes[key] if key in method_nodes else shown.startswith("ConceptKit "), shown
+
+
+def test_importing_the_pack_loads_no_heavy_library():
+    code = ("import sys, conceptkit; heavy = [m for m in ('diffusers', 'transformers', 'peft', 'accelerate') "
+            "if m in sys.modules]; assert not heavy, heavy; print(len(conceptkit.NODE_CLASS_MAPPINGS))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_requirements_txt_matches_pyproject_for_comfyui_manager():
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    lines = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    assert [line for line in lines if line and not line.startswith("#")] == declared
+    assert not any(line.startswith("torch") and ("==" in line or "<" in line) for line in lines)
+
+
+def test_the_web_extension_ships_for_the_nodes_that_write_files():
+    script = (ROOT / conceptkit.WEB_DIRECTORY / "written_file.js").read_text()
+    for node in ("ConceptKitSaveConcept", "ConceptKitExportConcept"):
+        assert node in conceptkit.NODE_CLASS_MAPPINGS and f'"{node}"' in script
+    assert "web/*.js" in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "conceptkit"]

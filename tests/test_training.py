@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conceptkit.core.concepts import apply_concept, save_concept
 from conceptkit.core.errors import Cancelled, InputError
@@ -200,3 +201,53 @@ def test_a_full_fine_tune_records_the_fingerprint_of_the_untouched_base(subject_
     fresh = load_model(device="cpu")  # no fingerprint computed before training changes its weights
     concept = train_concept(fresh, subject_images, config(trainable="full", steps=2)).concept
     assert concept.base_fingerprint == load_model(device="cpu").fingerprint()
+
+
+class PassCounter:
+    """Denoiser passes over one sample, split by whether a preview was rendering (a backward pass counts as two
+    forward passes, as the preview budget assumes)."""
+
+    def __init__(self, model):
+        self.previewing, self.preview, self.training, self.shown = False, 0, 0, []
+        self.handle = model.unet.register_forward_hook(self.count)
+
+    def count(self, module, args, output):
+        samples = args[0].shape[0]
+        if self.previewing:
+            self.preview += samples
+        else:
+            self.training += samples * (3 if torch.is_grad_enabled() else 1)
+
+    def progress(self, step, total, preview):
+        self.previewing = True
+        try:
+            if preview() is not None:
+                self.shown.append(step)
+        finally:
+            self.previewing = False
+
+
+@pytest.mark.parametrize("share", [0.1, 0.0])
+def test_previews_cost_at_most_their_share_of_the_training(world, subject_images, share):
+    from conceptkit.core.recipes import TrainingPreview
+
+    counter = PassCounter(world)
+    try:
+        finetune(world, subject_images, config(steps=20), preview=TrainingPreview("a <c1> creature", 0, steps=2),
+                 preview_share=share, progress=counter.progress)
+    finally:
+        counter.handle.remove()
+    assert counter.preview <= share * counter.training
+    assert len(counter.shown) == (3 if share else 0)  # after steps 7, 14 and 20
+
+
+def test_a_diverged_run_is_never_checkpointed_and_says_how_to_start_over(world, subject_images, tmp_path):
+    from conceptkit.core.training.engine import Diverged
+
+    wild = config(learning_rate=1e9, steps=30, checkpoint_every=1)
+    with pytest.raises(Diverged, match="diverged at step") as failed:
+        train_concept(world, subject_images, wild, checkpoint_dir=tmp_path)
+    assert "Lower the learning rate" in str(failed.value)
+    for checkpoint in tmp_path.glob("step_*"):
+        state = load_file(str(checkpoint / "state.safetensors"))
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), checkpoint.name

@@ -67,3 +67,23 @@ def test_bridge_workflow_feeds_comfyuis_loader_into_our_nodes(workflow, tmp_path
     registry = {**NODE_CLASS_MAPPINGS, **io_nodes(tmp_path, tmp_path), "CheckpointLoaderSimple": CheckpointLoaderSimple}
     order, problems = validate(parse_workflow(data, registry), registry)
     assert problems == [] and len(order) == len(data["nodes"])
+
+
+def test_cancel_then_queue_again_with_only_the_sampler_prompt_changed_resumes(tmp_path, monkeypatch, caplog):
+    from conceptkit.nodes import comfy_adapter
+
+    workflow = next(w for w in RUNNABLE if w.name == "lipschitz_finetune.json")
+    run = ["run", str(workflow), "--out", str(tmp_path / "out"), "--models", str(tmp_path / "models"), "-q",
+           "--set", "3.steps=6", "--set", "3.checkpoint_every=0", "--set", "5.batch_size=1"]
+    asked = iter(range(1000))
+    monkeypatch.setattr(comfy_adapter, "cancel_requested", lambda: next(asked) >= 3)  # Cancel before step 3
+    assert cli.main(run) == 2
+    checkpoints = tmp_path / "models" / "conceptkit" / "checkpoints"
+    assert [p.name for p in checkpoints.glob("*/step_*")] == ["step_3"]
+
+    monkeypatch.setattr(comfy_adapter, "cancel_requested", lambda: False)
+    with caplog.at_level("INFO", logger="conceptkit"):
+        assert cli.main(run + ["--set", "5.prompt=a <my-creature> creature at the top, green background",
+                               "--set", "3.preview_share=0.5"]) == 0
+    assert "resumed at step 3 of 6" in caplog.text
+    assert not list(checkpoints.glob("*/step_*"))  # the finished run removed its checkpoint

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError, ModelLoadError
-from ..files import safe_file_name, write_safetensors
+from ..files import atomic_folder, safe_file_name, write_safetensors
 from ..model import Model, patches_in_effect
 from ..model.patches import canonical_name, named_part
 from ..safetensors_io import load_safetensors
@@ -94,21 +94,22 @@ def export_metadata(concept: Concept, fmt: str) -> dict[str, str]:
             "conceptkit_method": concept.method, "conceptkit_family": concept.family}
 
 
-def export_kohya(concept: Concept, model: Model, path: Path, overwrite: bool = False) -> Path:
-    return write_safetensors(path, to_kohya_lora(concept, model), export_metadata(concept, "pt"), overwrite)
+def export_kohya(concept: Concept, model: Model, path: Path, if_exists: str = "error") -> Path:
+    return write_safetensors(path, to_kohya_lora(concept, model), export_metadata(concept, "pt"), if_exists)
 
 
-def export_embedding(concept: Concept, model: Model, path: Path, overwrite: bool = False) -> Path:
-    return write_safetensors(path, to_embedding(concept, model), {"conceptkit_trigger": concept.trigger}, overwrite)
+def export_embedding(concept: Concept, model: Model, path: Path, if_exists: str = "error") -> Path:
+    return write_safetensors(path, to_embedding(concept, model), {"conceptkit_trigger": concept.trigger}, if_exists)
 
 
-def export_diffusers(concept: Concept, model: Model, folder: Path, overwrite: bool = False) -> Path:
-    """A folder diffusers pipelines load: LoRA weights, the token embedding, and for offsets the tuned UNet."""
+def export_diffusers(concept: Concept, model: Model, folder: Path, if_exists: str = "error") -> Path:
+    """A folder diffusers pipelines load: LoRA weights, the token embedding, and for offsets the tuned UNet.
+    Written whole or not at all."""
     check_concept_fits(model, concept)
-    folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise InputError(f"{folder} already exists and is not empty; choose another name or allow overwriting.")
-    folder.mkdir(parents=True, exist_ok=True)
+    return atomic_folder(Path(folder), lambda tmp: _fill_diffusers_folder(concept, model, tmp), if_exists)
+
+
+def _fill_diffusers_folder(concept: Concept, model: Model, folder: Path) -> None:
     if concept.kind == "lora":
         names = {"unet": "unet", **{f"te{i}": "text_encoder" + (f"_{i + 1}" if i else "")
                                      for i in range(len(model.text_encoders))}}
@@ -117,7 +118,7 @@ def export_diffusers(concept: Concept, model: Model, folder: Path, overwrite: bo
             root, _, path = name.partition(".")
             peft[f"{names[root]}.{path}.lora_A.weight"] = down
             peft[f"{names[root]}.{path}.lora_B.weight"] = up * concept.lora_scale  # alpha baked in: rank == alpha
-        write_safetensors(folder / "pytorch_lora_weights.safetensors", peft, {"format": "pt"}, overwrite)
+        write_safetensors(folder / "pytorch_lora_weights.safetensors", peft, {"format": "pt"})
     if concept.kind == "delta":
         with patches_in_effect(apply_concept(model, concept)):
             model.unet.save_pretrained(folder / "unet", safe_serialization=True)
@@ -127,8 +128,7 @@ def export_diffusers(concept: Concept, model: Model, folder: Path, overwrite: bo
             continue
         embeds = {trigger.word: vectors[0][0]} if len(vectors) == 1 else {"clip_l": vectors[0], "clip_g": vectors[1]}
         file = "learned_embeds.safetensors" if k == 0 else f"learned_embeds_{k}.safetensors"
-        write_safetensors(folder / file, embeds, {"format": "pt", "trigger": trigger.word}, overwrite)
-    return folder
+        write_safetensors(folder / file, embeds, {"format": "pt", "trigger": trigger.word})
 
 
 def import_kohya_lora(path: Path, model: Model, trigger: str = "", name: str | None = None) -> Concept:
@@ -177,13 +177,15 @@ def import_kohya_lora(path: Path, model: Model, trigger: str = "", name: str | N
 EXPORT_FORMATS = ("kohya_lora", "embedding", "diffusers")
 
 
-def export_concept(concept: Concept, model: Model, fmt: str, folder: Path, name: str, overwrite: bool = False) -> Path:
-    """Write `concept` in one of EXPORT_FORMATS as NAME.safetensors (a folder NAME for diffusers) in `folder`."""
+def export_concept(concept: Concept, model: Model, fmt: str, folder: Path, name: str, if_exists: str = "error"
+                   ) -> Path:
+    """Write `concept` in one of EXPORT_FORMATS as NAME.safetensors (a folder NAME for diffusers) in `folder`;
+    a taken name per `if_exists` (IF_EXISTS). Returns the path written."""
     if fmt not in EXPORT_FORMATS:
         raise InputError(f"format '{fmt}' is not one of {', '.join(EXPORT_FORMATS)}.")
     name = safe_file_name(name, "export name").removesuffix(".safetensors")
     if fmt == "kohya_lora":
-        return export_kohya(concept, model, Path(folder) / f"{name}.safetensors", overwrite)
+        return export_kohya(concept, model, Path(folder) / f"{name}.safetensors", if_exists)
     if fmt == "embedding":
-        return export_embedding(concept, model, Path(folder) / f"{name}.safetensors", overwrite)
-    return export_diffusers(concept, model, Path(folder) / name, overwrite)
+        return export_embedding(concept, model, Path(folder) / f"{name}.safetensors", if_exists)
+    return export_diffusers(concept, model, Path(folder) / name, if_exists)

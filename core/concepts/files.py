@@ -18,8 +18,9 @@ def concept_path(folder: Path, name: str) -> Path:
     return Path(folder) / (name if name.endswith(CONCEPT_SUFFIX) else name + CONCEPT_SUFFIX)
 
 
-def save_concept(concept: Concept, path: Path, overwrite: bool = False) -> Path:
-    return write_safetensors(path, concept.tensors, concept.metadata(), overwrite=overwrite)
+def save_concept(concept: Concept, path: Path, if_exists: str = "error") -> Path:
+    """Write `concept` to `path` (a taken name: see IF_EXISTS). Returns the path written."""
+    return write_safetensors(path, concept.tensors, concept.metadata(), if_exists)
 
 
 def _from_version_1(info: dict, tensors: dict) -> tuple[tuple[Trigger, ...], dict]:

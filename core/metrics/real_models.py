@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, CLIPModel, CLIPTokenizer
 
 from ..errors import ModelLoadError
 
@@ -43,6 +42,8 @@ def _local(cls, folder: Path, what: str):
 
 class ClipScorer:
     def __init__(self, folder: Path):
+        from transformers import CLIPModel, CLIPTokenizer
+
         self.model = _local(CLIPModel, folder, "CLIP")
         self.tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
         self.size = self.model.config.vision_config.image_size
@@ -69,6 +70,8 @@ class ClipScorer:
 
 class DinoScorer:
     def __init__(self, folder: Path):
+        from transformers import AutoModel
+
         self.model = _local(AutoModel, folder, "DINO")
         self.size = getattr(self.model.config, "image_size", 224)
 

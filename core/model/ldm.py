@@ -10,13 +10,6 @@ from __future__ import annotations
 import re
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from diffusers.loaders.single_file_utils import (
-    convert_ldm_unet_checkpoint,
-    convert_ldm_vae_checkpoint,
-    convert_open_clip_checkpoint,
-)
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from ..errors import ModelLoadError
 from .family import UNET_PREFIX, VAE_PREFIX, FamilySpec, TextEncoderSpec
@@ -119,6 +112,9 @@ def vae_config_from_ldm(sd: StateDict, spec: FamilySpec, source: str) -> dict:
 
 
 def _text_encoder_from_ldm(sd: StateDict, te: TextEncoderSpec, source: str):
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
     pre = te.ldm_prefix
     if te.kind == "clip":
         layers_prefix = pre + "text_model.encoder.layers."
@@ -182,6 +178,9 @@ def _load_strict(module: torch.nn.Module, weights: StateDict, what: str) -> None
 
 def modules_from_ldm(sd: StateDict, spec: FamilySpec, source: str):
     """(unet, vae, text_encoders) as diffusers / transformers modules in fp32 on the CPU."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
     unet_config = unet_config_from_ldm(sd, spec, source)
     unet = UNet2DConditionModel(**unet_config)
     _load_strict(unet, convert_ldm_unet_checkpoint(sd, unet_config), f"{source} (UNet)")

@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..errors import InputError, ModelLoadError
 from ..safetensors_io import load_safetensors, read_safetensors_metadata, refuse_pickle
 from .family import detect_ldm_family, family_spec
 from .ldm import modules_from_ldm
 from .model import Model
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,9 @@ def load_diffusers_folder(folder: Path) -> Model:
     for weight in folder.glob("*/*"):
         if weight.suffix in (".bin", ".ckpt", ".pt") and not weight.with_suffix(".safetensors").exists():
             refuse_pickle(weight)
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
     kw = {"local_files_only": True, "use_safetensors": True}
     try:
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kw)
@@ -202,6 +207,8 @@ def model_from_ldm_state_dict(
 
 
 def load_clip_tokenizer(tokenizer_dir: str | Path | None, pad_token: str, source: str) -> CLIPTokenizer:
+    from transformers import CLIPTokenizer
+
     if tokenizer_dir is None or not (Path(tokenizer_dir) / "vocab.json").is_file():
         where = f" ('{tokenizer_dir}' has no vocab.json)" if tokenizer_dir else ""
         raise ModelLoadError(

@@ -63,7 +63,7 @@ def class_images(model: Model, prompts: list[str], seed: int, cache_dir: Path | 
         folder.mkdir(parents=True, exist_ok=True)
         for f, image in zip(files, images, strict=True):
             pixels = (image.numpy() * 255).round().astype(np.uint8)
-            atomic_write(f, lambda out, p=pixels: Image.fromarray(p).save(out, format="PNG"), overwrite=True)
+            atomic_write(f, lambda out, p=pixels: Image.fromarray(p).save(out, format="PNG"), if_exists="overwrite")
     return images
 
 

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from ..errors import Cancelled, InputError
@@ -83,6 +82,8 @@ def sample(
         seeds = [(seed + i) % 2**64 for i in range(len(prompts))]
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         shape = (len(prompts), model.latent_channels, height // model.vae_scale_factor, width // model.vae_scale_factor)
+        from diffusers.utils.torch_utils import randn_tensor
+
         noise = randn_tensor(shape, generator=generators, device=model.device, dtype=model.dtype)
         timesteps = scheduler.timesteps[start_step * scheduler.order:]
         if init_latents is None:

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-)
+import importlib
 
 from ..errors import InputError
 
-SAMPLERS = {
-    "ddim": (DDIMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler_ancestral": (EulerAncestralDiscreteScheduler, {}),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+SAMPLERS = {  # name -> (diffusers scheduler class, overrides); diffusers is imported on first use
+    "ddim": ("DDIMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "dpmpp_2m_karras": (
-        DPMSolverMultistepScheduler,
+        "DPMSolverMultistepScheduler",
         {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
     ),
 }
@@ -28,6 +23,7 @@ def make_scheduler(scheduler_config: dict, sampler: str):
     """A fresh scheduler (schedulers keep per-run state) for the named sampler."""
     if sampler not in SAMPLERS:
         raise InputError(f"sampler '{sampler}' is not one of {', '.join(SAMPLERS)}.")
-    cls, overrides = SAMPLERS[sampler]
+    class_name, overrides = SAMPLERS[sampler]
+    cls = getattr(importlib.import_module("diffusers"), class_name)
     config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
     return cls.from_config({**config, **overrides})

@@ -3,7 +3,7 @@ accelerate), the few-shot loop on it with its objective, data sources, loss term
 
 from .curves import loss_curve
 from .data import DataSource, FewShotImages, Stream
-from .engine import RunOutcome, RunSettings, TrainingEngine, step_generator
+from .engine import DEFAULT_PREVIEW_SHARE, PreviewBudget, RunOutcome, RunSettings, TrainingEngine, step_generator
 from .fewshot import (
     MIXED_PRECISION,
     TrainConfig,
@@ -22,9 +22,8 @@ from .losses import LossTerm, PriorPreservation
 from .objective import Batch, DenoisingObjective, Noised
 from .trainable import TrainableSet, register_trainable, trainable_kinds
 
-__all__ = ["MIXED_PRECISION", "Batch", "DataSource", "DenoisingObjective", "FewShotImages", "LossTerm", "Noised",
-           "PriorPreservation", "RunOutcome", "RunSettings", "Stream", "TrainConfig", "TrainResult", "TrainableSet",
-           "TrainingEngine", "TrainingRun", "caption_lines", "class_captions", "first_caption", "fill_template",
-           "instance_captions", "loss_curve",
-           "prepare_images", "register_trainable", "run_identity", "step_generator", "train_concept",
-           "trainable_kinds"]
+__all__ = ["DEFAULT_PREVIEW_SHARE", "MIXED_PRECISION", "Batch", "DataSource", "DenoisingObjective", "FewShotImages",
+           "LossTerm", "Noised", "PreviewBudget", "PriorPreservation", "RunOutcome", "RunSettings", "Stream",
+           "TrainConfig", "TrainResult", "TrainableSet", "TrainingEngine", "TrainingRun", "caption_lines",
+           "class_captions", "first_caption", "fill_template", "instance_captions", "loss_curve", "prepare_images",
+           "register_trainable", "run_identity", "step_generator", "train_concept", "trainable_kinds"]

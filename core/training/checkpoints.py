@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -72,3 +74,34 @@ def prune_checkpoints(folder: Path, keep: int) -> None:
     candidates = sorted(Path(folder).glob("step_*[0-9]"), key=lambda p: int(p.name.split("_")[1]))
     for old in candidates[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class RunCheckpoints:
+    """The checkpoints one unfinished run left in a folder of runs (a finished run removes its own)."""
+
+    path: Path
+    step: int  # the newest checkpoint's step
+    modified: float  # when it was written (seconds since the epoch)
+    size: int  # bytes, all its checkpoints together
+
+    def age_days(self, now: float | None = None) -> float:
+        return ((time.time() if now is None else now) - self.modified) / 86400
+
+
+def unfinished_runs(folder: Path) -> list[RunCheckpoints]:
+    """Runs in `folder` (one sub-folder per run, as the training nodes keep them) that hold checkpoints, oldest
+    first: runs cancelled or crashed and never queued again."""
+    runs = []
+    for run in sorted(p for p in Path(folder).glob("*") if p.is_dir()) if Path(folder).is_dir() else []:
+        newest = latest_checkpoint(run)
+        if newest is None:
+            continue
+        size = sum(f.stat().st_size for f in run.rglob("*") if f.is_file())
+        runs.append(RunCheckpoints(run, int(newest.name.split("_")[1]), newest.stat().st_mtime, size))
+    return sorted(runs, key=lambda r: r.modified)
+
+
+def remove_run(run: RunCheckpoints) -> None:
+    """Delete one run's checkpoints (its folder); a later queue of that run starts from step 0."""
+    shutil.rmtree(run.path)

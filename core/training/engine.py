@@ -17,14 +17,17 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from PIL import Image
 
 from ..errors import Cancelled, InputError
 from .checkpoints import latest_checkpoint, load_training_state, prune_checkpoints, save_training_state
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 log = logging.getLogger("conceptkit.training")
 
@@ -70,10 +73,21 @@ class TrainingEngine:
 
     def _save(self, state: dict, optimizer, step: int, losses: list[float]) -> None:
         folder = self.settings.checkpoint_dir
+        if folder is not None and not _all_finite(state):
+            log.warning("%s: step %d has weights that are not finite numbers; not checkpointed", self.settings.name,
+                        step)
+            return
         if folder is not None and self.accelerator.is_main_process:
             save_training_state(Path(folder) / f"step_{step}", state, optimizer, step,
                                 extra={"signature": self.settings.signature, "losses": losses})
             prune_checkpoints(Path(folder), self.settings.keep_checkpoints)
+
+    def _diverged_message(self, step: int, loss: float) -> str:
+        folder = self.settings.checkpoint_dir
+        kept = latest_checkpoint(folder) if folder is not None and Path(folder).is_dir() else None
+        where = (f" Its checkpoint {kept} is from before; to start over instead, delete {folder}." if kept else "")
+        return (f"{self.settings.name}: training diverged at step {step} (the loss became {loss}); nothing was "
+                f"checkpointed from it. Lower the learning rate (or use fp32) and run again.{where}")
 
     def remove_checkpoints(self) -> None:
         """Remove the run's checkpoints (a finished run has nothing to resume); other files in the folder stay."""
@@ -122,7 +136,7 @@ class TrainingEngine:
                     before_step(step)
                 loss = loss_at(step)
                 if not torch.isfinite(loss):
-                    raise InputError(f"the loss became {loss.item()} at step {step}; lower the learning rate.")
+                    raise Diverged(self._diverged_message(step, loss.item()))
                 optimizer.zero_grad(set_to_none=True)
                 self.accelerator.backward(loss)
                 if s.grad_clip is not None:
@@ -141,11 +155,55 @@ class TrainingEngine:
                 if self.stop is not None and self.stop() and step < s.steps:  # stop() sees every step
                     self._save(state, optimizer, step, losses)
                     break
+        except Diverged:
+            raise  # a diverged step is never checkpointed: resuming it would diverge again
         except BaseException:
             self._save(state, optimizer, step, losses)
             raise
         return RunOutcome(losses, start, step >= s.steps)
 
 
+class Diverged(InputError):
+    """The loss stopped being a finite number."""
+
+
+def _all_finite(state: dict) -> bool:
+    for module in state.values():
+        for value in module.state_dict().values():
+            if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+                return False
+    return True
+
+
 def _no_preview() -> None:
     return None
+
+
+DEFAULT_PREVIEW_SHARE = 0.1  # at most this share of a run's compute goes to previews
+BACKWARD_PASSES = 2  # a backward pass costs about two forward passes
+
+
+@dataclass(frozen=True)
+class PreviewBudget:
+    """When a training run shows a preview: only while the previews so far, this one included, cost at most
+    `share` of the training done, counted in denoiser passes over one sample (a preview: `preview_passes`; a
+    training step: `step_passes`, forward and backward). Deterministic, so a resumed run previews alike."""
+
+    share: float
+    preview_passes: float
+    step_passes: float
+
+    @classmethod
+    def for_training(cls, share: float, preview_passes: float, batch_size: int) -> PreviewBudget:
+        return cls(share, preview_passes, batch_size * (1 + BACKWARD_PASSES))
+
+    def shown_by(self, step: int) -> int:
+        """How many previews the budget allows once `step` steps are done."""
+        if self.share <= 0:
+            return 0
+        preview_passes = self.preview_passes or self.step_passes  # a preview of unknown cost: one step's
+        return int(self.share * step * self.step_passes // preview_passes)
+
+    def due(self, step: int) -> bool:
+        """Whether a preview is shown after step `step` (steps count from 1)."""
+        return self.shown_by(step) > self.shown_by(step - 1)

@@ -19,11 +19,10 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from diffusers import DDPMScheduler
 from PIL import Image
 
 from ..concepts.concept import Concept, Trigger
@@ -31,11 +30,14 @@ from ..errors import InputError
 from ..model import Model, PatchState, add_patch, patches_in_effect
 from ..model.patches import class_word_vector, trigger_is_new
 from .data import DataSource, FewShotImages
-from .engine import ProgressFn, RunSettings, TrainingEngine, step_generator
+from .engine import DEFAULT_PREVIEW_SHARE, PreviewBudget, ProgressFn, RunSettings, TrainingEngine, step_generator
 from .images import prepare_images
 from .losses import LossTerm
 from .objective import Batch, DenoisingObjective
 from .trainable import TrainableSet, build_trainable, trainable_kinds
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 log = logging.getLogger("conceptkit.training")
 
@@ -182,6 +184,8 @@ class TrainingRun:
 
     def __init__(self, model: Model, config: TrainConfig, accelerator: Accelerator, trainable: TrainableSet,
                  objective=None):
+        from diffusers import DDPMScheduler
+
         self.config, self.accelerator, self.trainable = config, accelerator, trainable
         self.model = model
         self.noise_scheduler = DDPMScheduler.from_config(model.scheduler_config)
@@ -232,18 +236,19 @@ def train_concept(
     progress: ProgressFn | None = None,
     cancel: Callable[[], bool] | None = None,
     preview: Callable[[Model], Image.Image] | None = None,
-    preview_every: int = 0,
+    preview_share: float = DEFAULT_PREVIEW_SHARE,
 ) -> TrainResult:
     """Learn a concept. With `checkpoint_dir`, a run resumes from its newest checkpoint (same settings).
     `progress(step, total, preview)` is called every step; `preview()` renders `preview(model)` of the concept
-    so far every `preview_every` steps (default: a tenth of the run) and gives None in between. `data`
-    replaces the images as the source of batches (a stream); `objective` replaces the denoising loss."""
+    so far when the PreviewBudget allows (previews cost at most `preview_share` of the training; `preview.passes`
+    says what one costs) and gives None in between. `data` replaces the images as the source of batches (a
+    stream); `objective` replaces the denoising loss."""
     # ComfyUI runs nodes under torch.inference_mode(); training needs autograd, and weights created in
     # inference mode cannot take part in it, so they are replaced by ordinary copies (same values) first.
     with torch.inference_mode(False), torch.enable_grad():
         leave_inference_mode(model)
         return _train(model, images, config, list(loss_terms), name, objective, data, checkpoint_dir, progress,
-                      cancel, preview, preview_every)
+                      cancel, preview, preview_share)
 
 
 def leave_inference_mode(model: Model) -> None:
@@ -259,13 +264,15 @@ def leave_inference_mode(model: Model) -> None:
 
 
 def _train(model, images, config, loss_terms, name, objective, data, checkpoint_dir, progress, cancel, preview,
-           preview_every) -> TrainResult:
-    preview_every = preview_every or max(1, config.steps // 10)
+           preview_share) -> TrainResult:
+    budget = PreviewBudget.for_training(preview_share, getattr(preview, "passes", 0), config.batch_size)
     _check_config(model, config)
     base_fingerprint = model.fingerprint()  # of the weights before a full fine-tune changes them in place
     if data is None:
         pixels = prepare_images(images, model.default_size)
         data = FewShotImages(pixels, instance_captions(config, len(pixels)), config.augment_scale, config.flip)
+    from accelerate import Accelerator
+
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=model.device.type == "cpu")
     engine = TrainingEngine(RunSettings(config.steps, checkpoint_dir, config.checkpoint_every,
                                         config.keep_checkpoints, signature=config.signature(), name=name),
@@ -290,8 +297,7 @@ def _train(model, images, config, loss_terms, name, objective, data, checkpoint_
             with patches_in_effect(dataclasses.replace(with_token, patches=with_token.patches[-1:])):
                 model.unet.train(config.trainable != "embedding")
                 outcome = engine.run(step_loss, optimizer, {"trainable": _TensorState(trainable.state())},
-                                     preview_at=lambda step: _preview_fn(run, preview if preview is not None and (
-                                         step % preview_every == 0 or step == config.steps) else None))
+                                     preview_at=lambda step: _preview_fn(run, preview if budget.due(step) else None))
             if outcome.finished:
                 engine.remove_checkpoints()
             concept = Concept(name=name, method=config.method, family=model.family,

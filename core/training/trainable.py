@@ -11,8 +11,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from diffusers.utils import recurse_remove_peft_layers
-from peft import LoraConfig, inject_adapter_in_model
 
 from ..errors import InputError
 from ..model import Model
@@ -127,6 +125,8 @@ class LoraSet(TrainableSet):
     kind = "lora"
 
     def __init__(self, model, token_init, train_token, train_text_encoder, rank: int, alpha: float, seed: int):
+        from peft import LoraConfig, inject_adapter_in_model
+
         super().__init__(model, token_init, train_token, train_text_encoder)
         if rank < 1:
             raise InputError(f"LoRA rank must be at least 1 (got {rank}).")
@@ -177,6 +177,8 @@ class LoraSet(TrainableSet):
                 m._disable_adapters = False
 
     def restore(self):
+        from diffusers.utils import recurse_remove_peft_layers
+
         for _, part in self.parts():
             recurse_remove_peft_layers(part)
             for attribute in ("peft_config", "_hf_peft_config_loaded"):

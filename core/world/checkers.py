@@ -25,6 +25,12 @@ REFERENCES = np.array([COLOURS[c] for c in COLOUR_NAMES] + [np.multiply(COLOURS[
 REFERENCE_NAMES = COLOUR_NAMES + COLOUR_NAMES
 BORDER = 3
 MIN_OBJECT_PIXELS = 40
+PAIR_PLACE_TOLERANCE = 5.5  # pixels; renders stay within 4 of their place, half of a centred creature is 7 off
+BACKGROUND_TOLERANCE = 30.0  # RGB distance beyond which a pixel is not the background (creature reading) ...
+NAMED_BACKGROUND_TOLERANCE = 70.0  # ... unless it is nearest to the background's colour and within this
+MIN_CREATURE_EXTENT = 10  # pixels in both directions
+CLOSING_RADIUS = 2  # pixels
+MAX_CREATURE_SHARE = 0.6  # of the region: a patch larger than this is the background itself
 SIZE_THRESHOLD = (SIZES["small"] + SIZES["large"]) / 2
 ATTRIBUTES = ("background", "colour", "shape", "size", "position")
 HALF = IMAGE_SIZE // 2
@@ -149,6 +155,68 @@ def read_object(labels: np.ndarray, background: str, region: tuple[slice, slice]
     return ObjectReading(True, colour, shape, size, position, (float(centre[0]), float(centre[1])))
 
 
+def _closed(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Morphological closing with a square: spots of a creature that happen to be the background's colour
+    join the rest of it."""
+    def spread(m: np.ndarray, grow: bool) -> np.ndarray:
+        padded = np.pad(m, radius, constant_values=not grow)
+        shifted = [padded[dy:dy + m.shape[0], dx:dx + m.shape[1]]
+                   for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)]
+        return np.any(shifted, axis=0) if grow else np.all(shifted, axis=0)
+
+    return spread(spread(mask, True), False)
+
+
+def _observed_background(image: np.ndarray, background: str) -> tuple[np.ndarray, np.ndarray]:
+    """The background colour and its pattern shade as the image's border shows them (a generated red may be
+    orange-red): the median of the border pixels nearest to each; the vocabulary's where the border has none."""
+    frame = np.ones(image.shape[:2], bool)
+    frame[BORDER:-BORDER, BORDER:-BORDER] = False
+    labels = nearest_reference(image)[frame]
+    pixels = image[frame].astype(np.float32)
+    index = COLOUR_NAMES.index(background)
+    found = []
+    for reference, expected in ((index, COLOURS[background]),
+                                (index + len(COLOUR_NAMES), np.multiply(COLOURS[background], PATTERN_SHADE))):
+        chosen = pixels[labels == reference]
+        found.append(np.median(chosen, axis=0) if len(chosen) >= MIN_OBJECT_PIXELS else np.array(expected, np.float32))
+    return found[0], found[1]
+
+
+def read_creature(image: np.ndarray, background: str, region: tuple[slice, slice] | None) -> ObjectReading:
+    """A creature inside `region`: its bands and spots are any colours, so it is the largest patch (closed over
+    small gaps) of pixels that are not background. Background: within BACKGROUND_TOLERANCE of a tone between the
+    background's colour and its pattern shade as the border shows them (blurred pattern marks), or nearest to
+    that colour and within NAMED_BACKGROUND_TOLERANCE. The patch is at least MIN_CREATURE_EXTENT wide and tall
+    (a pattern's stripe is not) and at most MAX_CREATURE_SHARE of the region."""
+    colour, shade = _observed_background(image, background)
+    pixels = image.astype(np.float32)
+    along = np.clip(((pixels - shade) @ (colour - shade)) / float((colour - shade) @ (colour - shade)), 0, 1)
+    distance = np.linalg.norm(pixels - (shade + along[..., None] * (colour - shade)), axis=-1)
+    named = np.array(REFERENCE_NAMES)[nearest_reference(image)] == background
+    foreground = (distance > BACKGROUND_TOLERANCE) & ~(named & (distance <= NAMED_BACKGROUND_TOLERANCE))
+    if region is not None:
+        inside = np.zeros(foreground.shape, bool)
+        inside[region] = True
+        foreground &= inside
+    mask = largest_component(_closed(foreground, CLOSING_RADIUS))
+    ys, xs = np.nonzero(mask)
+    area = foreground.size if region is None else foreground[region].size
+    if (mask.sum() < MIN_OBJECT_PIXELS or mask.sum() > MAX_CREATURE_SHARE * area
+            or min(np.ptp(xs), np.ptp(ys)) + 1 < MIN_CREATURE_EXTENT):
+        return ObjectReading(found=False)
+    centre = np.array([xs.mean(), ys.mean()])
+    position = min(POSITIONS, key=lambda p: float(((np.array(POSITIONS[p]) - centre) ** 2).sum()))
+    return ObjectReading(True, position=position, centroid=(float(centre[0]), float(centre[1])))
+
+
+def _near_its_place(reading: ObjectReading, position: str) -> bool:
+    """In a two-object scene, a creature's patch inside its half is centred near its place along the split (one
+    creature in the centre, cut in two by the halves, is not two creatures)."""
+    axis = 0 if position in ("left", "right") else 1
+    return abs(reading.centroid[axis] - POSITIONS[position][axis]) <= PAIR_PLACE_TOLERANCE
+
+
 def check_image(image: np.ndarray, scene: Scene) -> dict[str, list[bool]]:
     """For each attribute kind, whether each of the scene's instances of it is found in the image."""
     labels = nearest_reference(image)
@@ -157,15 +225,45 @@ def check_image(image: np.ndarray, scene: Scene) -> dict[str, list[bool]]:
     results["background"].append(background == scene.background)
     two = len(scene.objects) > 1
     for obj in scene.objects:
-        reading = read_object(labels, scene.background, REGIONS.get(obj.position) if two else None)
+        region = REGIONS.get(obj.position) if two else None
         if obj.instance is not None:  # creatures: only their presence where the prompt puts them is checkable
-            results["position"].append(reading.found and reading.position == obj.position)
+            reading = read_creature(image, background, region)
+            results["position"].append(reading.found and reading.position == obj.position
+                                       and (not two or _near_its_place(reading, obj.position)))
             continue
+        reading = read_object(labels, background, region)
         results["colour"].append(reading.found and reading.colour == obj.colour)
         results["shape"].append(reading.found and reading.shape == obj.shape)
         results["size"].append(reading.found and reading.size == obj.size)
         results["position"].append(reading.found and reading.position == obj.position)
     return results
+
+
+PAIR_ROWS = ("both_creatures", "creature", "shape_colour", "shape_shape", "shape_size", "shape_position",
+             "background")
+
+
+def pair_accuracy(images: np.ndarray, scenes: list[Scene]) -> dict[str, tuple[float, int]]:
+    """Scenes with two subjects, per check: (fraction found, how many scored). "both_creatures": in a
+    two-creature scene, a creature at each of its places; "creature" and "shape_*": in a creature-with-shape
+    scene, the creature at its place and each of the shape's attributes; "background": every scene's colour."""
+    totals: dict[str, list[bool]] = {row: [] for row in PAIR_ROWS}
+    for image, scene in zip(images, scenes, strict=True):
+        if len(scene.objects) != 2:
+            raise ValueError(f"pair_accuracy scores scenes with two objects, not '{scene.caption()}'")
+        checks = check_image(image, scene)
+        totals["background"] += checks["background"]
+        shapes = [o for o in scene.objects if o.instance is None]
+        if not shapes:
+            totals["both_creatures"].append(all(checks["position"]))
+            continue
+        creature_first = scene.objects[0].instance is not None
+        creature_ok, shape_position = checks["position"] if creature_first else checks["position"][::-1]
+        totals["creature"].append(creature_ok)
+        totals["shape_position"].append(shape_position)
+        for attribute in ("colour", "shape", "size"):
+            totals[f"shape_{attribute}"] += checks[attribute]
+    return {row: (float(np.mean(v)), len(v)) for row, v in totals.items() if v}
 
 
 def text_fidelity(image: np.ndarray, scene: Scene) -> float:

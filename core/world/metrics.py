@@ -13,6 +13,7 @@ from .checkers import (
     REGIONS,
     attribute_accuracy,
     nearest_reference,
+    pair_accuracy,
     read_background_pattern,
     read_object,
     text_fidelity,
@@ -137,5 +138,5 @@ def forgetting(fidelity_after: list[list[float]]) -> list[float]:
 
 
 __all__ = ["as_uint8", "attribute_accuracy", "domain_fidelity", "domain_hit_rate", "drift", "forgetting",
-           "identity_features", "masked_half", "mean_text_fidelity", "pair_fidelity", "sample_diversity",
-           "scene_features", "subject_fidelity", "text_fidelity"]
+           "identity_features", "masked_half", "mean_text_fidelity", "pair_accuracy", "pair_fidelity",
+           "sample_diversity", "scene_features", "subject_fidelity", "text_fidelity"]
