@@ -142,6 +142,7 @@ def atomic_folder(path: Path, fill: Callable[[Path], None], if_exists: str = "er
         raise
 
 
+MAX_NAME_LENGTH = 200  # room for a counter and a suffix within the usual 255 bytes
 SAFE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_. ")
 
 
@@ -154,6 +155,9 @@ def safe_file_name(name: str, what: str = "name") -> str:
     if "/" in stripped or "\\" in stripped or ":" in stripped:
         raise InputError(f"the {what} '{name}' contains a folder separator; give a plain file name such as "
                          f"'{stripped.replace('/', '_').replace(chr(92), '_').replace(':', '_')}'.")
+    if len(stripped) > MAX_NAME_LENGTH:
+        raise InputError(f"the {what} is {len(stripped)} characters long; file systems allow about 250, so use at "
+                         f"most {MAX_NAME_LENGTH}.")
     bad = sorted(set(stripped) - SAFE_NAME_CHARS)
     if bad or stripped.startswith("."):
         raise InputError(f"the {what} '{name}' has characters that are not safe in file names "

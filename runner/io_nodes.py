@@ -75,13 +75,27 @@ def load_image_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         with Image.open(path) as opened:
             img = ImageOps.exif_transpose(opened)
-            rgba = img.convert("RGBA")
+            array = _rgba_floats(img)
+    except Image.DecompressionBombError:
+        raise InputError(f"{path.name}: the image is too large to open safely (over {Image.MAX_IMAGE_PIXELS} "
+                         "pixels); scale it down first.") from None
     except (OSError, ValueError) as e:
         raise InputError(f"{path.name}: not a readable image ({e}).") from None
-    array = np.asarray(rgba, dtype=np.float32) / 255.0
     image = torch.from_numpy(array[..., :3].copy())[None]
     mask = 1.0 - torch.from_numpy(array[..., 3].copy())[None]
     return image, mask
+
+
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _rgba_floats(img: Image.Image) -> np.ndarray:
+    """[H, W, 4] in 0..1; 16-bit images by their own range (Pillow's RGB conversion would clip them to white)."""
+    if img.mode in SIXTEEN_BIT:
+        grey = np.asarray(img, dtype=np.float32) / 65535.0
+        return np.concatenate([np.repeat(np.clip(grey, 0, 1)[..., None], 3, -1), np.ones((*grey.shape, 1),
+                                                                                         np.float32)], -1)
+    return np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
 
 
 def save_png_batch(images: torch.Tensor, root: Path, subfolder: str, prefix: str, workflow: dict | None) -> list[dict]:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from conceptkit import cli
 
@@ -107,3 +108,153 @@ def test_the_workflow_path_a_folder_or_missing_and_out_a_file(tmp_path, capsys):
     (tmp_path / "taken").write_text("x")
     code, err = run(["run", str(text_to_image(tmp_path)), "--out", str(tmp_path / "taken"), "-q"], capsys)
     assert code == 2 and "is a file" in err and (tmp_path / "taken").read_text() == "x"
+
+
+# --- files, models and values through the library and the nodes ----------------------------------------------
+
+def _write_same_name(folder, barrier, results, index):
+    from conceptkit.core.errors import InputError
+    from conceptkit.core.files import atomic_write
+
+    barrier.wait()
+    try:
+        atomic_write(Path(folder) / "pet.safetensors", lambda f: f.write(f"writer {index}".encode()), "error")
+        results[index] = "ok"
+    except InputError as e:
+        results[index] = "refused" if "already exists" in str(e) else str(e)
+
+
+def test_two_writers_of_one_name_exactly_one_succeeds_in_50_of_50_trials(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for trial in range(50):
+        folder = tmp_path / str(trial)
+        folder.mkdir()
+        barrier, results = context.Barrier(2), context.Manager().dict()
+        writers = [context.Process(target=_write_same_name, args=(folder, barrier, results, i)) for i in range(2)]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join(30)
+        assert sorted(results.values()) == ["ok", "refused"], (trial, dict(results))
+        assert [p.name for p in folder.iterdir()] == ["pet.safetensors"]  # nothing else left behind
+
+
+def test_files_get_the_permissions_of_the_umask(tmp_path):
+    import os
+
+    from conceptkit.core.files import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x"))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_names_that_cannot_be_written_are_refused():
+    from conceptkit.core.errors import InputError
+    from conceptkit.core.files import safe_file_name
+
+    for name, words in [("a" * 300, "characters long"), ("../x", "folder separator"), ("", "empty"),
+                        (".hidden", "leading dot"), ("a*b", "not safe")]:
+        with pytest.raises(InputError, match=words):
+            safe_file_name(name)
+
+
+@pytest.mark.parametrize("damage,words", [
+    ("unet/config.json", "unet/config.json is damaged"),
+    ("text_encoder/config.json", "text_encoder/config.json"),
+    ("model_index.json", "model_index.json is damaged"),
+    ("scheduler/scheduler_config.json", "scheduler/scheduler_config.json is damaged"),
+])
+def test_a_model_folder_with_damaged_json_says_which_file(damage, words, tmp_path):
+    import shutil
+
+    from conceptkit.core.errors import ModelLoadError
+    from conceptkit.core.model import load_model
+    from conceptkit.core.model.loading import EMBEDDED_DIR
+
+    folder = tmp_path / "model"
+    shutil.copytree(EMBEDDED_DIR, folder)
+    (folder / damage).write_text('{"_class_name": ')
+    with pytest.raises(ModelLoadError, match=words):
+        load_model(str(folder), device="cpu")
+    (folder / damage).unlink()
+    with pytest.raises(ModelLoadError, match="missing|not a diffusers model folder"):
+        load_model(str(folder), device="cpu")
+
+
+def test_a_16_bit_png_keeps_its_values_and_a_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from conceptkit.core.errors import InputError
+    from conceptkit.runner.io_nodes import load_image_file
+
+    grey = np.full((8, 8), 16384, np.uint16)  # a quarter of the 16-bit range
+    Image.fromarray(grey).save(tmp_path / "deep.png")
+    image, _ = load_image_file(tmp_path / "deep.png")
+    assert abs(float(image.mean()) - 0.25) < 0.01
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(InputError, match="too large"):
+        load_image_file(tmp_path / "big.png")
+
+
+@pytest.fixture(scope="module")
+def world():
+    from conceptkit.core.model import load_model
+
+    return load_model(device="cpu")
+
+
+def test_a_size_far_beyond_the_model_is_refused_before_sampling(world):
+    from conceptkit.core.errors import InputError
+    from conceptkit.core.sampling import sample
+
+    with pytest.raises(InputError, match="far beyond"):
+        sample(world, "a red star", width=8192, height=64, steps=1)
+
+
+@pytest.mark.parametrize("trigger", ["red,", "my dog", "<a.b>", "!!", ""])
+def test_a_trigger_that_would_take_over_prompts_is_refused(world, trigger):
+    from conceptkit.core.errors import InputError
+    from conceptkit.core.training import TrainConfig, train_concept
+
+    images = torch.zeros(2, 64, 64, 3)
+    with pytest.raises(InputError, match="trigger"):
+        train_concept(world, images, TrainConfig(trigger=trigger, class_word="creature", steps=1))
+
+
+def test_a_lora_of_the_wrong_shape_is_refused_when_applied(world):
+    from conceptkit.core.concepts import apply_concept
+    from conceptkit.core.errors import InputError
+    from conceptkit.core.sampling import sample
+
+    from helpers.concepts import lora_concept
+
+    concept = lora_concept(world)
+    name = next(k for k in concept.tensors if k.endswith(".down"))
+    concept.tensors[name] = torch.zeros(concept.tensors[name].shape[0], 7)
+    with pytest.raises(InputError, match="do not fit the model's layer"):
+        sample(apply_concept(world, concept), "a <c> creature", steps=1)
+
+
+def test_a_full_disk_during_a_training_checkpoint_leaves_nothing_half_written(world, tmp_path, monkeypatch):
+    import errno
+
+    from conceptkit.core.errors import ConceptKitError
+    from conceptkit.core.training import TrainConfig, checkpoints, train_concept
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoints, "save_file", full_disk)
+    images = torch.rand(2, 64, 64, 3)
+    with pytest.raises(ConceptKitError, match="free some disk space"):
+        train_concept(world, images, TrainConfig(trigger="<c>", class_word="creature", steps=2, rank=1,
+                                                 checkpoint_every=1), checkpoint_dir=tmp_path / "run")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == []

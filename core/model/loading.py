@@ -110,13 +110,28 @@ def load_embedded() -> Model:
     return model
 
 
+def _read_json(path: Path, folder: Path) -> dict:
+    """A JSON file of a model folder, or a ModelLoadError naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError(f"{folder}: {path.relative_to(folder)} is missing; the model folder is incomplete "
+                             "(copy or export it again).") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{folder}: {path.relative_to(folder)} is damaged ({e}); copy or export the model "
+                             "again.") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{folder}: {path.relative_to(folder)} is not a JSON object; the file is damaged.")
+    return data
+
+
 def _diffusers_family(folder: Path) -> str:
     marker = folder / "conceptkit.json"
     if marker.is_file():
-        return json.loads(marker.read_text()).get("family", "world")
+        return _read_json(marker, folder).get("family", "world")
     if (folder / "text_encoder_2").is_dir():
         return "sdxl"
-    te_config = json.loads((folder / "text_encoder" / "config.json").read_text())
+    te_config = _read_json(folder / "text_encoder" / "config.json", folder)
     return "sd2" if te_config.get("hidden_act") == "gelu" else "sd1"
 
 
@@ -127,6 +142,9 @@ def load_diffusers_folder(folder: Path) -> Model:
             f"{folder}: not a diffusers model folder (no model_index.json). "
             "Point at the folder that holds model_index.json, or at a single .safetensors checkpoint."
         )
+    index = _read_json(folder / "model_index.json", folder)
+    for part in ("unet", "vae", "text_encoder", "scheduler"):
+        _read_json(folder / part / ("scheduler_config.json" if part == "scheduler" else "config.json"), folder)
     family = _diffusers_family(folder)
     for weight in folder.glob("*/*"):
         if weight.suffix in (".bin", ".ckpt", ".pt") and not weight.with_suffix(".safetensors").exists():
@@ -146,7 +164,6 @@ def load_diffusers_folder(folder: Path) -> Model:
         scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     except (OSError, ValueError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"{folder}: could not load the diffusers model ({str(e).splitlines()[0]}).") from None
-    index = json.loads((folder / "model_index.json").read_text())
     return Model(
         family=family,
         unet=unet,

@@ -73,6 +73,21 @@ def find_parameter(model: Model, name: str) -> torch.nn.Parameter:
 
 # --- trigger tokens --------------------------------------------------------------------------------------------
 
+TRIGGER_PUNCTUATION = set("<>-_")
+
+
+def trigger_problem(trigger: str) -> str | None:
+    """Why `trigger` cannot be a trigger word (None when it can): one word of letters and digits, optionally
+    wrapped or joined with < > - _ (a comma or a space would take over parts of ordinary prompts)."""
+    if not trigger or not any(c.isalnum() for c in trigger):
+        return f"the trigger '{trigger}' has no letters; use a new word such as '<my-dog>'."
+    odd = sorted({c for c in trigger if not (c.isalnum() or c in TRIGGER_PUNCTUATION)})
+    if odd:
+        return (f"the trigger '{trigger}' contains {' '.join(repr(c) for c in odd)}; use one new word of letters, "
+                "digits and < > - _, such as '<my-dog>'.")
+    return None
+
+
 def trigger_is_new(tokenizer, trigger: str) -> bool:
     """True when `trigger` is not already one token of the vocabulary (or an added token)."""
     vocab = tokenizer.get_vocab()
@@ -197,7 +212,14 @@ class PatchState:
             self._vectors[i][token_id] = (vector, vector if pre[i] is None else pre[i])
 
     def add_lora(self, name: str, down: torch.Tensor, up: torch.Tensor, factor: float) -> None:
-        hook = LoraHook(find_module(self.model, name), down, up, factor, text=not name.startswith("unet."))
+        module = find_module(self.model, name)
+        out_features, in_features = module.weight.shape[:2]
+        if down.dim() != 2 or up.dim() != 2 or down.shape[1] != in_features or up.shape[0] != out_features \
+                or up.shape[1] != down.shape[0]:
+            raise InputError(f"the concept's LoRA for '{name}' has shapes {tuple(down.shape)} and {tuple(up.shape)}, "
+                             f"which do not fit the model's layer ({out_features}x{in_features}); it was made for "
+                             "another model, or the file is damaged.")
+        hook = LoraHook(module, down, up, factor, text=not name.startswith("unet."))
         self._stack.callback(hook.handle.remove)
         self.lora_hooks.append(hook)
 
@@ -248,6 +270,8 @@ def add_patch(model: Model, patch: Patch) -> Model:
     """The model with `patch` (a new Model sharing every module with `model`); its trigger words become tokens."""
     taken = {t for p in model.patches for t in p.triggers}
     for trigger in patch.triggers:
+        if problem := trigger_problem(trigger):
+            raise InputError(problem)
         if trigger in taken:
             raise InputError(f"the trigger '{trigger}' is already applied to this model; give each concept its own "
                              "trigger word.")

@@ -162,9 +162,16 @@ def _broadcast(value: str | list[str], n: int, name: str) -> list[str]:
     return values
 
 
+MAX_SIDE_FACTOR = 4  # a side at most 4x the model's own size (16x its pixels)
+
+
 def _check_size(model: Model, width: int, height: int) -> None:
     multiple = model.vae_scale_factor * 2 ** (len(model.unet.config.block_out_channels) - 1)
+    largest = MAX_SIDE_FACTOR * model.default_size
     for name, value in (("width", width), ("height", height)):
+        if value > largest:
+            raise InputError(f"{name} {value} is far beyond this model's size ({model.default_size}); use at most "
+                             f"{largest} (0 gives the model's own size).")
         if value < multiple or value % multiple:
             raise InputError(
                 f"{name} {value} does not fit this model: use a multiple of {multiple} "

@@ -24,6 +24,18 @@ def save_training_state(folder: Path, modules: dict[str, torch.nn.Module], optim
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_state(tmp, modules, optimizer, step, extra)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half-written checkpoint behind
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def _write_state(tmp: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None,
+                 step: int, extra: dict | None) -> None:
     tmp.mkdir(parents=True)
     tensors = {f"module.{name}.{k}": v.detach().cpu().contiguous()
                for name, module in modules.items() for k, v in module.state_dict().items()}
@@ -35,9 +47,6 @@ def save_training_state(folder: Path, modules: dict[str, torch.nn.Module], optim
                     tensors[f"optim.{gi}.{pi}.{key}"] = tensor.detach().cpu().contiguous()
     metadata = {"step": str(step), "extra": json.dumps(extra or {})}
     save_file(tensors, str(tmp / STATE_FILE), metadata=metadata)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder
 
 
 def load_training_state(folder: Path, modules: dict[str, torch.nn.Module],

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import Cancelled, InputError
+from ..errors import Cancelled, ConceptKitError, InputError
 from .checkpoints import latest_checkpoint, load_training_state, prune_checkpoints, save_training_state
 
 if TYPE_CHECKING:
@@ -78,8 +78,14 @@ class TrainingEngine:
                         step)
             return
         if folder is not None and self.accelerator.is_main_process:
-            save_training_state(Path(folder) / f"step_{step}", state, optimizer, step,
-                                extra={"signature": self.settings.signature, "losses": losses})
+            try:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+                save_training_state(Path(folder) / f"step_{step}", state, optimizer, step,
+                                    extra={"signature": self.settings.signature, "losses": losses})
+            except OSError as e:
+                raise ConceptKitError(f"{self.settings.name}: could not write the checkpoint of step {step} in "
+                                      f"{folder} ({e.strerror or e}); free some disk space, or check that you may "
+                                      "write there.") from None
             prune_checkpoints(Path(folder), self.settings.keep_checkpoints)
 
     def _diverged_message(self, step: int, loss: float) -> str:
@@ -158,7 +164,10 @@ class TrainingEngine:
         except Diverged:
             raise  # a diverged step is never checkpointed: resuming it would diverge again
         except BaseException:
-            self._save(state, optimizer, step, losses)
+            try:
+                self._save(state, optimizer, step, losses)
+            except ConceptKitError as e:  # the error that stopped the run is the one to report
+                log.warning("%s", e)
             raise
         return RunOutcome(losses, start, step >= s.steps)
 
