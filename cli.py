@@ -25,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="models folder with checkpoints/, diffusers/, clip_tokenizer/ (as in ComfyUI's models)")
     run.add_argument("-q", "--quiet", action="store_true", help="print only errors and the saved files")
 
-    checkpoints = commands.add_parser("checkpoints", help="list the checkpoints of unfinished training runs, and "
-                                      "remove old ones")
+    checkpoints = commands.add_parser("checkpoints", help="list what training runs keep (an unfinished run's "
+                                      "checkpoints, a finished run's result), and remove old ones")
     checkpoints.add_argument("--models", type=Path, default=None, help="models folder (as for run; default: "
                              "CONCEPTKIT_MODELS_DIR, else ./models); inside ComfyUI: ComfyUI's")
     checkpoints.add_argument("--remove-older-than", type=float, default=None, metavar="DAYS",
@@ -89,24 +89,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def checkpoints(args) -> int:
-    """Unfinished runs (cancelled or crashed, never queued again) hold checkpoints until removed here."""
-    from .core.training.checkpoints import remove_run, unfinished_runs
+    """Unfinished runs (cancelled or crashed, never queued again) hold checkpoints, finished ones their result,
+    until removed here."""
+    from .core.training.checkpoints import remove_run, stored_runs
     from .nodes.comfy_adapter import headless_models_dir, writable_folder
 
     with headless_models_dir(args.models):
         folder = writable_folder("conceptkit_checkpoints")
-    runs = unfinished_runs(folder)
+    runs = stored_runs(folder)
     unknown = set(args.remove) - {r.path.name for r in runs}
     if unknown:
-        print(f"conceptkit: error: no unfinished run named {', '.join(sorted(unknown))} in {folder}", file=sys.stderr)
+        print(f"conceptkit: error: no stored run named {', '.join(sorted(unknown))} in {folder}", file=sys.stderr)
         return 2
-    print(f"{len(runs)} unfinished run(s) in {folder}")
+    print(f"{len(runs)} stored run(s) in {folder}")
     for run in runs:
         old = args.remove_older_than is not None and run.age_days() > args.remove_older_than
         gone = old or run.path.name in args.remove
         if gone:
             remove_run(run)
-        print(f"  {run.path.name}  step {run.step}  {run.age_days():.1f} days old  {run.size / 1e6:.1f} MB"
+        state = "finished, result kept" if run.step is None else f"unfinished at step {run.step}"
+        print(f"  {run.path.name}  {state}  {run.age_days():.1f} days old  {run.size / 1e6:.1f} MB"
               + ("  removed" if gone else ""))
     return 0
 

@@ -161,7 +161,9 @@ def list_model_folders(kind: str, marker: str) -> list[str]:
 
 
 def model_path(kind: str, name: str) -> Path:
-    """Full path of a file or folder listed by list_model_files / list_model_folders."""
+    """Full path of a file or folder listed by list_model_files / list_model_folders; never outside them."""
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise InputError(f"'{name}' points outside the {kind} folder; choose a file from the list.")
     folder_paths = _comfy("folder_paths")
     if folder_paths is not None:
         _registered(folder_paths, kind)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..core.errors import InputError
 from ..core.model import DEVICES, DTYPES, EMBEDDED, PREDICTION_TYPES, load_model
 from . import comfy_adapter as comfy
 from .sockets import CATEGORY, CK_MODEL
@@ -21,10 +22,14 @@ def model_choices() -> list[str]:
 
 
 def resolve_model_choice(choice: str) -> str:
+    """A choice of the model list -> what load_model reads; never a path outside the models folders."""
     if choice.startswith(CHECKPOINT_PREFIX):
         return str(comfy.model_path("checkpoints", choice[len(CHECKPOINT_PREFIX):]))
     if choice.startswith(DIFFUSERS_PREFIX):
         return str(comfy.model_path("diffusers", choice[len(DIFFUSERS_PREFIX):]))
+    if choice != EMBEDDED:
+        raise InputError(f"model '{choice}' is not one of the choices: 'embedded', {CHECKPOINT_PREFIX}NAME from the "
+                         f"checkpoints folder, or {DIFFUSERS_PREFIX}NAME from the diffusers folder.")
     return choice
 
 

@@ -258,3 +258,27 @@ def test_a_full_disk_during_a_training_checkpoint_leaves_nothing_half_written(wo
         train_concept(world, images, TrainConfig(trigger="<c>", class_word="creature", steps=2, rank=1,
                                                  checkpoint_every=1), checkpoint_dir=tmp_path / "run")
     assert [p.name for p in (tmp_path / "run").iterdir()] == []
+
+
+def test_a_concept_with_nan_weights_is_refused_not_drawn_black(world):
+    from conceptkit.core.concepts import apply_concept
+    from conceptkit.core.errors import InputError
+
+    from helpers.concepts import lora_concept
+
+    concept = lora_concept(world)
+    name = next(k for k in concept.tensors if k.endswith(".up"))
+    concept.tensors[name] = torch.full_like(concept.tensors[name], float("nan"))
+    with pytest.raises(InputError, match="not numbers"):
+        apply_concept(world, concept)
+
+
+@pytest.mark.parametrize("choice", ["/etc", "../models", "checkpoints/../../secret.safetensors",
+                                    "diffusers/../../x", "checkpoints//etc/passwd"])
+def test_load_model_called_directly_reads_nothing_outside_the_models_folders(choice, tmp_path, monkeypatch):
+    from conceptkit import NODE_CLASS_MAPPINGS
+    from conceptkit.core.errors import InputError
+
+    monkeypatch.setenv("CONCEPTKIT_MODELS_DIR", str(tmp_path))
+    with pytest.raises(InputError, match="not one of the choices|outside the"):
+        NODE_CLASS_MAPPINGS["ConceptKitLoadModel"]().load(choice, "cpu", "fp32", "auto")

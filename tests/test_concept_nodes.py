@@ -32,12 +32,28 @@ def trained(world, models):
     return concept, curve
 
 
-def test_finetune_node_gives_a_concept_a_loss_curve_and_cleans_its_checkpoints(trained, models):
+def test_finetune_node_gives_a_concept_a_loss_curve_and_keeps_only_its_result(trained, models):
     concept, curve = trained
     assert concept.method == "lipschitz" and concept.trigger == "<pet>" and concept.kind == "lora"
     assert curve.shape[0] == 1 and curve.shape[-1] == 3 and curve.min() >= 0 and curve.max() <= 1
     checkpoints = models / "conceptkit" / "checkpoints"
-    assert not any(checkpoints.iterdir())  # a finished run leaves no checkpoint behind
+    assert [p.name for p in checkpoints.glob("*/*")] == ["result.safetensors"]  # no step_* checkpoint left
+
+
+def test_a_save_that_fails_after_training_loses_nothing(trained, world, models, monkeypatch):
+    from conceptkit.nodes import finetune_nodes
+
+    concept, curve = trained
+    with pytest.raises(ConceptKitError, match="folder separator"):
+        N["ConceptKitSaveConcept"]().save(concept, "a/b", "counter")
+    monkeypatch.setattr(finetune_nodes, "finetune", lambda *a, **k: pytest.fail("trained again"))
+    images, captions = N["ConceptKitWorldSubject"]().render(subject=3, count=3, seed=0)
+    again, again_curve = N["ConceptKitLipschitzFinetune"]().train(
+        world, images, "<pet>", "creature", captions, "lora", 2, 0.01, "frobenius", steps=3, learning_rate=5e-3,
+        batch_size=2, seed=0)
+    assert set(again.tensors) == set(concept.tensors)
+    assert all(torch.equal(again.tensors[k], concept.tensors[k]) for k in concept.tensors)
+    assert torch.equal(again_curve, curve)
 
 
 def test_save_load_and_apply_through_the_nodes(trained, world, models):

@@ -61,6 +61,11 @@ def check_concept_fits(model: Model, concept: Concept) -> None:
         if got and got != dims:
             raise InputError(f"{concept.describe()} has token vectors of size {got}, this model's text encoders "
                              f"take {dims}; it was made for a different model.")
+    broken = sorted(k for k, v in concept.tensors.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if broken:
+        raise InputError(f"{concept.describe()} holds values that are not numbers (NaN or infinity) in {broken[0]}"
+                         f"{f' and {len(broken) - 1} more' if len(broken) > 1 else ''}: it would draw black images. "
+                         "It comes from a run that diverged, or the file is damaged; train it again.")
     if concept.base_fingerprint != model.fingerprint():
         log.warning("%s was trained on another %s model (fingerprint %s, this one %s); applying it anyway.",
                     concept.describe(), model.family, concept.base_fingerprint, model.fingerprint())

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import ModelLoadError
 
 STATE_FILE = "state.safetensors"
+RESULT_FILE = "result.safetensors"  # a finished run's result, kept where a caller asks for it
 
 
 def save_training_state(folder: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None,
@@ -87,10 +88,11 @@ def prune_checkpoints(folder: Path, keep: int) -> None:
 
 @dataclass(frozen=True)
 class RunCheckpoints:
-    """The checkpoints one unfinished run left in a folder of runs (a finished run removes its own)."""
+    """What one run left in a folder of runs: the checkpoints of an unfinished run, or a finished run's kept
+    result."""
 
     path: Path
-    step: int  # the newest checkpoint's step
+    step: int | None  # the newest checkpoint's step; None: finished, its result kept
     modified: float  # when it was written (seconds since the epoch)
     size: int  # bytes, all its checkpoints together
 
@@ -98,16 +100,18 @@ class RunCheckpoints:
         return ((time.time() if now is None else now) - self.modified) / 86400
 
 
-def unfinished_runs(folder: Path) -> list[RunCheckpoints]:
-    """Runs in `folder` (one sub-folder per run, as the training nodes keep them) that hold checkpoints, oldest
-    first: runs cancelled or crashed and never queued again."""
+def stored_runs(folder: Path) -> list[RunCheckpoints]:
+    """Runs in `folder` (one sub-folder per run, as the training nodes keep them), oldest first: runs cancelled
+    or crashed and never queued again (their checkpoints), and finished runs (their kept result)."""
     runs = []
     for run in sorted(p for p in Path(folder).glob("*") if p.is_dir()) if Path(folder).is_dir() else []:
         newest = latest_checkpoint(run)
-        if newest is None:
+        marker = newest if newest is not None else run / RESULT_FILE
+        if not marker.exists():
             continue
         size = sum(f.stat().st_size for f in run.rglob("*") if f.is_file())
-        runs.append(RunCheckpoints(run, int(newest.name.split("_")[1]), newest.stat().st_mtime, size))
+        step = int(newest.name.split("_")[1]) if newest is not None else None
+        runs.append(RunCheckpoints(run, step, marker.stat().st_mtime, size))
     return sorted(runs, key=lambda r: r.modified)
 
 

@@ -85,12 +85,14 @@ class TrainResult:
     resumed_from: int
 
 
-def run_identity(images, config: TrainConfig) -> str:
-    """A name for a run's checkpoint folder that is the same for the same images and settings (so a crashed
-    or cancelled run resumes when started again) and different otherwise."""
+def run_identity(images, config: TrainConfig, base: str = "") -> str:
+    """A name for a run's checkpoint folder that is the same for the same images, settings and base model
+    (`base`: its fingerprint), so a crashed or cancelled run resumes when started again, and different
+    otherwise."""
     pixels = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
     digest = hashlib.sha256(pixels.detach().float().cpu().numpy().tobytes())
     digest.update(config.signature().encode())
+    digest.update(base.encode())
     return digest.hexdigest()[:20]
 
 
@@ -237,18 +239,20 @@ def train_concept(
     cancel: Callable[[], bool] | None = None,
     preview: Callable[[Model], Image.Image] | None = None,
     preview_share: float = DEFAULT_PREVIEW_SHARE,
+    on_finished: Callable[[TrainResult], None] | None = None,
 ) -> TrainResult:
     """Learn a concept. With `checkpoint_dir`, a run resumes from its newest checkpoint (same settings).
     `progress(step, total, preview)` is called every step; `preview()` renders `preview(model)` of the concept
     so far when the PreviewBudget allows (previews cost at most `preview_share` of the training; `preview.passes`
     says what one costs) and gives None in between. `data` replaces the images as the source of batches (a
-    stream); `objective` replaces the denoising loss."""
+    stream); `objective` replaces the denoising loss. A finished run calls `on_finished(result)` before it
+    removes its checkpoints (a caller that keeps the result on disk loses nothing if that fails)."""
     # ComfyUI runs nodes under torch.inference_mode(); training needs autograd, and weights created in
     # inference mode cannot take part in it, so they are replaced by ordinary copies (same values) first.
     with torch.inference_mode(False), torch.enable_grad():
         leave_inference_mode(model)
         return _train(model, images, config, list(loss_terms), name, objective, data, checkpoint_dir, progress,
-                      cancel, preview, preview_share)
+                      cancel, preview, preview_share, on_finished)
 
 
 def leave_inference_mode(model: Model) -> None:
@@ -264,7 +268,7 @@ def leave_inference_mode(model: Model) -> None:
 
 
 def _train(model, images, config, loss_terms, name, objective, data, checkpoint_dir, progress, cancel, preview,
-           preview_share) -> TrainResult:
+           preview_share, on_finished) -> TrainResult:
     budget = PreviewBudget.for_training(preview_share, getattr(preview, "passes", 0), config.batch_size)
     _check_config(model, config)
     base_fingerprint = model.fingerprint()  # of the weights before a full fine-tune changes them in place
@@ -298,8 +302,6 @@ def _train(model, images, config, loss_terms, name, objective, data, checkpoint_
                 model.unet.train(config.trainable != "embedding")
                 outcome = engine.run(step_loss, optimizer, {"trainable": _TensorState(trainable.state())},
                                      preview_at=lambda step: _preview_fn(run, preview if budget.due(step) else None))
-            if outcome.finished:
-                engine.remove_checkpoints()
             concept = Concept(name=name, method=config.method, family=model.family,
                               base_fingerprint=base_fingerprint, triggers=(Trigger(config.trigger, config.class_word),),
                               tensors=trainable.concept_tensors(),
@@ -309,6 +311,10 @@ def _train(model, images, config, loss_terms, name, objective, data, checkpoint_
                                           "trainable": config.trainable, "batch_size": config.batch_size,
                                           "seed": config.seed, "images": len(getattr(data, "pixels", ())),
                                           **config.parameters})
+            if outcome.finished:
+                if on_finished is not None:  # e.g. keep the result on disk before the checkpoints go
+                    on_finished(TrainResult(concept, outcome.losses, outcome.resumed_from))
+                engine.remove_checkpoints()
         finally:
             trainable.restore()
             model.unet.train(unet_mode)
