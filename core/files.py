@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import glob
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -88,6 +91,21 @@ def _place(tmp: str, path: Path, if_exists: str) -> Path:
     raise InputError(f"{path} already exists; choose another name, or let the node add a counter or overwrite.")
 
 
+STALE_TEMPORARY_SECONDS = 3600  # a temporary file of a write this old was left by a killed process
+
+
+def _sweep_stale_temporaries(path: Path) -> None:
+    """Remove what a killed earlier write of the same name left (its temporary file, an hour old or more)."""
+    now = time.time()
+    for leftover in path.parent.glob(f".{glob.escape(path.name[:100])}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if now - leftover.stat().st_mtime > STALE_TEMPORARY_SECONDS:
+                if leftover.is_dir():
+                    shutil.rmtree(leftover)
+                else:
+                    leftover.unlink()
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], None], if_exists: str = "error") -> Path:
     """Write through a temporary file in the same folder and move it into place, so a crash or a full disk
     never leaves a half-written file under the real name. `if_exists`: "error" refuses a taken name, "counter"
@@ -96,6 +114,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], if_exists: str =
     _check_if_exists(if_exists)
     if if_exists == "error" and path.exists():  # early, friendly; the exclusive move below decides races
         raise InputError(f"{path} already exists; choose another name, or let the node add a counter or overwrite.")
+    _sweep_stale_temporaries(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
@@ -124,6 +143,7 @@ def atomic_folder(path: Path, fill: Callable[[Path], None], if_exists: str = "er
     _check_if_exists(if_exists)
     if if_exists == "error" and path.exists():
         raise InputError(f"{path} already exists; choose another name, or let the node add a counter or overwrite.")
+    _sweep_stale_temporaries(path)
     try:
         tmp = tempfile.mkdtemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
     except OSError as e:

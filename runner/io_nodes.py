@@ -107,14 +107,21 @@ def save_png_batch(images: torch.Tensor, root: Path, subfolder: str, prefix: str
     counter = len(taken) + 1
     saved = []
     for image in images:
-        while f"{prefix}_{counter:05d}_.png" in taken:
-            counter += 1
-        name = f"{prefix}_{counter:05d}_.png"
-        counter += 1
         info = PngInfo()
         if workflow is not None:
             info.add_text("workflow", json.dumps(workflow))
         pixels = (image.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-        atomic_write(folder / name, lambda f, p=pixels, i=info: Image.fromarray(p).save(f, format="PNG", pnginfo=i))
+        while True:  # ComfyUI's names; a name another process took meanwhile is skipped, never overwritten
+            name = f"{prefix}_{counter:05d}_.png"
+            counter += 1
+            if name in taken:
+                continue
+            try:
+                atomic_write(folder / name, lambda f, p=pixels, i=info: Image.fromarray(p).save(f, format="PNG",
+                                                                                                  pnginfo=i))
+                break
+            except InputError:
+                if not (folder / name).exists():
+                    raise
         saved.append({"filename": name, "subfolder": subfolder, "type": "output", "path": str(folder / name)})
     return saved

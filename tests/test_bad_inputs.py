@@ -282,3 +282,38 @@ def test_load_model_called_directly_reads_nothing_outside_the_models_folders(cho
     monkeypatch.setenv("CONCEPTKIT_MODELS_DIR", str(tmp_path))
     with pytest.raises(InputError, match="not one of the choices|outside the"):
         NODE_CLASS_MAPPINGS["ConceptKitLoadModel"]().load(choice, "cpu", "fp32", "auto")
+
+
+def test_a_temporary_file_left_by_a_killed_write_is_swept_by_the_next_write(tmp_path):
+    import os
+    import time
+
+    from conceptkit.core.files import atomic_write
+
+    stale, fresh = tmp_path / ".pet.safetensors.abc.tmp", tmp_path / ".pet.safetensors.def.tmp"
+    for leftover in (stale, fresh):
+        leftover.write_bytes(b"half")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    atomic_write(tmp_path / "pet.safetensors", lambda f: f.write(b"whole"))
+    assert not stale.exists() and fresh.exists()  # a recent one may belong to a write still running
+
+
+def test_saved_images_skip_a_name_another_process_took(tmp_path, monkeypatch):
+    import importlib
+
+    from conceptkit.core import files
+
+    io_nodes = importlib.import_module("conceptkit.runner.io_nodes")  # the module, not its io_nodes() function
+    real = files.atomic_write
+    taken_meanwhile = tmp_path / "output" / "x_00001_.png"
+
+    def racing(path, write, if_exists="error"):
+        if path == taken_meanwhile and not path.exists():
+            path.write_bytes(b"the other process's image")
+        return real(path, write, if_exists)
+
+    monkeypatch.setattr(io_nodes, "atomic_write", racing)
+    saved = io_nodes.save_png_batch(torch.zeros(2, 8, 8, 3), tmp_path, "output", "x", None)
+    assert [s["filename"] for s in saved] == ["x_00002_.png", "x_00003_.png"]
+    assert taken_meanwhile.read_bytes() == b"the other process's image"
