@@ -87,7 +87,8 @@ def test_pyproject_has_no_pins_and_registry_metadata():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     for dependency in project["project"]["dependencies"]:
         assert "==" not in dependency and "<" not in dependency, dependency
-    assert project["project"]["scripts"]["conceptkit"] == "conceptkit.cli:main"
+    assert project["project"]["scripts"] == {"conceptkit": "conceptkit.cli:main"}
+    assert all(isinstance(c, str) for c in project["project"]["classifiers"])
     comfy = project["tool"]["comfy"]
     assert {"PublisherId", "DisplayName"} <= set(comfy)
     assert (ROOT / "LICENSE").is_file()
