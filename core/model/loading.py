@@ -125,13 +125,12 @@ def _read_json(path: Path, folder: Path) -> dict:
     return data
 
 
-def _diffusers_family(folder: Path) -> str:
+def _diffusers_family(folder: Path, te_config: dict) -> str:
     marker = folder / "conceptkit.json"
     if marker.is_file():
         return _read_json(marker, folder).get("family", "world")
     if (folder / "text_encoder_2").is_dir():
         return "sdxl"
-    te_config = _read_json(folder / "text_encoder" / "config.json", folder)
     return "sd2" if te_config.get("hidden_act") == "gelu" else "sd1"
 
 
@@ -143,9 +142,9 @@ def load_diffusers_folder(folder: Path) -> Model:
             "Point at the folder that holds model_index.json, or at a single .safetensors checkpoint."
         )
     index = _read_json(folder / "model_index.json", folder)
-    for part in ("unet", "vae", "text_encoder", "scheduler"):
-        _read_json(folder / part / ("scheduler_config.json" if part == "scheduler" else "config.json"), folder)
-    family = _diffusers_family(folder)
+    configs = {part: _read_json(folder / part / ("scheduler_config.json" if part == "scheduler" else "config.json"),
+                                folder) for part in ("unet", "vae", "text_encoder", "scheduler")}
+    family = _diffusers_family(folder, configs["text_encoder"])
     for weight in folder.glob("*/*"):
         if weight.suffix in (".bin", ".ckpt", ".pt") and not weight.with_suffix(".safetensors").exists():
             refuse_pickle(weight)
@@ -161,8 +160,7 @@ def load_diffusers_folder(folder: Path) -> Model:
         if family == "sdxl":
             text_encoders.append(CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2", **kw))
             tokenizers.append(CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2", local_files_only=True))
-        scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    except (OSError, ValueError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:
         raise ModelLoadError(f"{folder}: could not load the diffusers model ({str(e).splitlines()[0]}).") from None
     return Model(
         family=family,
@@ -170,7 +168,7 @@ def load_diffusers_folder(folder: Path) -> Model:
         vae=vae,
         text_encoders=text_encoders,
         tokenizers=tokenizers,
-        scheduler_config=scheduler_config,
+        scheduler_config=configs["scheduler"],
         text_hidden_states=("penultimate", "penultimate") if family == "sdxl" else ("last",),
         default_size=unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1),
         source=str(folder),

@@ -83,8 +83,8 @@ def trigger_problem(trigger: str) -> str | None:
         return f"the trigger '{trigger}' has no letters; use a new word such as '<my-dog>'."
     odd = sorted({c for c in trigger if not (c.isalnum() or c in TRIGGER_PUNCTUATION)})
     if odd:
-        return (f"the trigger '{trigger}' contains {' '.join(repr(c) for c in odd)}; use one new word of letters, "
-                "digits and < > - _, such as '<my-dog>'.")
+        return (f"the trigger '{trigger}' contains {' '.join(repr(c) for c in odd)}; use one word of letters, digits "
+                "and < > - _ that is new to the model, such as '<my-dog>'.")
     return None
 
 

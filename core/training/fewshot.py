@@ -28,7 +28,7 @@ from PIL import Image
 from ..concepts.concept import Concept, Trigger
 from ..errors import InputError
 from ..model import Model, PatchState, add_patch, patches_in_effect
-from ..model.patches import class_word_vector, trigger_is_new
+from ..model.patches import class_word_vector, trigger_is_new, trigger_problem
 from .data import DataSource, FewShotImages
 from .engine import DEFAULT_PREVIEW_SHARE, PreviewBudget, ProgressFn, RunSettings, TrainingEngine, step_generator
 from .images import prepare_images
@@ -106,8 +106,8 @@ def _check_config(model: Model, config: TrainConfig) -> None:
     if config.steps < 1 or config.batch_size < 1:
         raise InputError(f"steps and batch_size must be at least 1 (got {config.steps}, {config.batch_size}).")
     trigger = config.trigger.strip()
-    if not trigger or any(c.isspace() for c in trigger):
-        raise InputError(f"the trigger '{config.trigger}' must be one word without spaces, e.g. '<my-dog>'.")
+    if problem := trigger_problem(trigger):
+        raise InputError(problem)
     for tokenizer in model.tokenizers:
         if not trigger_is_new(tokenizer, trigger):
             raise InputError(f"the trigger '{trigger}' is already a word of this model's vocabulary, so training "

@@ -132,11 +132,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 def read_object(labels: np.ndarray, background: str, region: tuple[slice, slice] | None) -> ObjectReading:
     """The dominant non-background object inside `region` (the whole image when None)."""
     names = np.array(REFERENCE_NAMES)[labels]
-    foreground = names != background
-    if region is not None:
-        inside = np.zeros(labels.shape, bool)
-        inside[region] = True
-        foreground &= inside
+    foreground = _within(names != background, region)
     if foreground.sum() < MIN_OBJECT_PIXELS:
         return ObjectReading(found=False)
     values, counts = np.unique(names[foreground], return_counts=True)
@@ -147,7 +143,7 @@ def read_object(labels: np.ndarray, background: str, region: tuple[slice, slice]
     ys, xs = np.nonzero(mask)
     extent = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
     centre = np.array([xs.mean(), ys.mean()])
-    position = min(POSITIONS, key=lambda p: float(((np.array(POSITIONS[p]) - centre) ** 2).sum()))
+    position = _nearest_position(centre)
     with torch.no_grad():
         logits = load_shape_classifier()(torch.from_numpy(crop_mask(mask))[None, None])
     size = "large" if extent >= SIZE_THRESHOLD else "small"
@@ -167,12 +163,25 @@ def _closed(mask: np.ndarray, radius: int) -> np.ndarray:
     return spread(spread(mask, True), False)
 
 
-def _observed_background(image: np.ndarray, background: str) -> tuple[np.ndarray, np.ndarray]:
+def _within(mask: np.ndarray, region: tuple[slice, slice] | None) -> np.ndarray:
+    """`mask` kept inside `region` only (the whole image when None)."""
+    if region is None:
+        return mask
+    inside = np.zeros(mask.shape, bool)
+    inside[region] = True
+    return mask & inside
+
+
+def _nearest_position(centre: np.ndarray) -> str:
+    return min(POSITIONS, key=lambda p: float(((np.array(POSITIONS[p]) - centre) ** 2).sum()))
+
+
+def _observed_background(image: np.ndarray, labels: np.ndarray, background: str) -> tuple[np.ndarray, np.ndarray]:
     """The background colour and its pattern shade as the image's border shows them (a generated red may be
     orange-red): the median of the border pixels nearest to each; the vocabulary's where the border has none."""
     frame = np.ones(image.shape[:2], bool)
     frame[BORDER:-BORDER, BORDER:-BORDER] = False
-    labels = nearest_reference(image)[frame]
+    labels = labels[frame]
     pixels = image[frame].astype(np.float32)
     index = COLOUR_NAMES.index(background)
     found = []
@@ -183,22 +192,20 @@ def _observed_background(image: np.ndarray, background: str) -> tuple[np.ndarray
     return found[0], found[1]
 
 
-def read_creature(image: np.ndarray, background: str, region: tuple[slice, slice] | None) -> ObjectReading:
+def read_creature(image: np.ndarray, labels: np.ndarray, background: str, region: tuple[slice, slice] | None
+                  ) -> ObjectReading:
     """A creature inside `region`: its bands and spots are any colours, so it is the largest patch (closed over
     small gaps) of pixels that are not background. Background: within BACKGROUND_TOLERANCE of a tone between the
     background's colour and its pattern shade as the border shows them (blurred pattern marks), or nearest to
     that colour and within NAMED_BACKGROUND_TOLERANCE. The patch is at least MIN_CREATURE_EXTENT wide and tall
     (a pattern's stripe is not) and at most MAX_CREATURE_SHARE of the region."""
-    colour, shade = _observed_background(image, background)
+    colour, shade = _observed_background(image, labels, background)
     pixels = image.astype(np.float32)
     along = np.clip(((pixels - shade) @ (colour - shade)) / float((colour - shade) @ (colour - shade)), 0, 1)
     distance = np.linalg.norm(pixels - (shade + along[..., None] * (colour - shade)), axis=-1)
-    named = np.array(REFERENCE_NAMES)[nearest_reference(image)] == background
-    foreground = (distance > BACKGROUND_TOLERANCE) & ~(named & (distance <= NAMED_BACKGROUND_TOLERANCE))
-    if region is not None:
-        inside = np.zeros(foreground.shape, bool)
-        inside[region] = True
-        foreground &= inside
+    named = np.array(REFERENCE_NAMES)[labels] == background
+    foreground = _within((distance > BACKGROUND_TOLERANCE) & ~(named & (distance <= NAMED_BACKGROUND_TOLERANCE)),
+                         region)
     mask = largest_component(_closed(foreground, CLOSING_RADIUS))
     ys, xs = np.nonzero(mask)
     area = foreground.size if region is None else foreground[region].size
@@ -206,8 +213,7 @@ def read_creature(image: np.ndarray, background: str, region: tuple[slice, slice
             or min(np.ptp(xs), np.ptp(ys)) + 1 < MIN_CREATURE_EXTENT):
         return ObjectReading(found=False)
     centre = np.array([xs.mean(), ys.mean()])
-    position = min(POSITIONS, key=lambda p: float(((np.array(POSITIONS[p]) - centre) ** 2).sum()))
-    return ObjectReading(True, position=position, centroid=(float(centre[0]), float(centre[1])))
+    return ObjectReading(True, position=_nearest_position(centre), centroid=(float(centre[0]), float(centre[1])))
 
 
 def _near_its_place(reading: ObjectReading, position: str) -> bool:
@@ -227,7 +233,7 @@ def check_image(image: np.ndarray, scene: Scene) -> dict[str, list[bool]]:
     for obj in scene.objects:
         region = REGIONS.get(obj.position) if two else None
         if obj.instance is not None:  # creatures: only their presence where the prompt puts them is checkable
-            reading = read_creature(image, background, region)
+            reading = read_creature(image, labels, background, region)
             results["position"].append(reading.found and reading.position == obj.position
                                        and (not two or _near_its_place(reading, obj.position)))
             continue
