@@ -4,11 +4,15 @@
 as a patch (the model service's `add_patch`): its triggers become tokens, and while a sampler or trainer
 has the patches in effect its token vectors, LoRA hooks and weight offsets change the model. So the same
 base model can be used by other nodes at the same time it is used with a concept.
+A method whose concepts hold tensors of their own (`group.{name}.*`) registers what applying them does with
+`register_concept_group` (e.g. a step hook that computes a token's vector from the current latents).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +23,25 @@ from ..model.patches import class_word_vector
 from .concept import Concept
 
 log = logging.getLogger("conceptkit.concepts")
+
+GroupEnter = Callable[["Concept", Model, PatchState, float], None]  # (concept, model, state, strength)
+_GROUPS: dict[str, GroupEnter] = {}
+
+
+def register_concept_group(name: str, enter: GroupEnter) -> None:
+    """What applying a concept's `group.{name}.*` tensors does, as a method defines it."""
+    if name in _GROUPS and _GROUPS[name] is not enter:
+        raise ValueError(f"a concept group '{name}' is already registered")
+    _GROUPS[name] = enter
+
+
+def group_enter(concept: Concept, name: str) -> GroupEnter:
+    if name not in _GROUPS:
+        importlib.import_module("..methods", __package__)  # the methods register their groups on import
+    if name not in _GROUPS:
+        raise InputError(f"{concept.describe()} holds '{name}' data that no installed method reads; update "
+                         "ConceptKit.")
+    return _GROUPS[name]
 
 
 @dataclass(frozen=True)
@@ -44,6 +67,8 @@ class AppliedConcept:
             state.add_lora(name, down, up, concept.lora_scale * self.strength)
         for name, delta in concept.deltas().items():
             state.add_offset(name, delta, self.strength)
+        for name in concept.groups():
+            group_enter(concept, name)(concept, model, state, self.strength)
 
 
 def applied_concepts(model: Model) -> list[AppliedConcept]:
@@ -74,6 +99,8 @@ def check_concept_fits(model: Model, concept: Concept) -> None:
 def apply_concept(model: Model, concept: Concept, strength: float = 1.0) -> Model:
     """The model with `concept` applied at `strength` (1.0 = as trained, 0 = off). The base is untouched."""
     check_concept_fits(model, concept)
+    for name in concept.groups():
+        group_enter(concept, name)
     if not torch.isfinite(torch.tensor(strength)):
         raise InputError(f"strength must be a number (got {strength}).")
     return add_patch(model, AppliedConcept(concept, float(strength)))

@@ -1,13 +1,12 @@
 """E4T's encoder (METHODS.md §1): features of the concept image from a frozen backbone, and pooled UNet
 features of the current noisy latent (run with the empty prompt), to a word-embedding offset E per text
-encoder; the placeholder's vector is e* = e_class + s * E.
-
-WIP (issue 14): building blocks only, not wired into training, sampling or the nodes yet.
+encoder; the placeholder's vector is e* = e_class + s * E. Weight offsets W * (1 + u v^T) on every attention
+q/k/v projection train with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -46,6 +45,7 @@ class ConceptEncoder(nn.Module):
         else:
             self.image_head = nn.Sequential(nn.Linear(spec.image_channels, 256), nn.SiLU())
             image_out = 256
+        self.unet_norm = nn.LayerNorm(spec.unet_features)
         self.mlp = nn.Sequential(nn.Linear(image_out + spec.unet_features, spec.hidden), nn.SiLU(),
                                  nn.Linear(spec.hidden, spec.hidden), nn.SiLU())
         self.heads = nn.ModuleList(nn.Linear(spec.hidden, d) for d in spec.token_dims)
@@ -54,7 +54,7 @@ class ConceptEncoder(nn.Module):
         image = self.image_head(image_features)
         if self.spec.spatial:
             image = torch.cat([image.mean(dim=(2, 3)), image.amax(dim=(2, 3))], dim=1)
-        hidden = self.mlp(torch.cat([image, unet_features.to(image)], dim=1))
+        hidden = self.mlp(torch.cat([image, self.unet_norm(unet_features.to(image))], dim=1))
         return [head(hidden) for head in self.heads]
 
 
@@ -69,19 +69,6 @@ def encoder_penalty(offsets: list[torch.Tensor]) -> torch.Tensor:
     return sum(o.pow(2).sum(-1).mean() for o in offsets)
 
 
-# --- the frozen image backbone of the world: its VAE encoder ------------------------------------------------
-
-def world_vae_features(model: Model, images: torch.Tensor) -> torch.Tensor:
-    """The VAE encoder's mid-block features of images [B, 3, H, W] in -1..1 (frozen): [B, C, H/f, W/f]. Not the
-    identity network: that one is the metric."""
-    encoder = model.vae.encoder
-    with torch.no_grad():
-        x = encoder.conv_in(images.to(model.vae.device, model.vae.dtype))
-        for block in encoder.down_blocks:
-            x = block(x)
-        return encoder.mid_block(x)
-
-
 # --- pooled UNet features of the current latent ------------------------------------------------------------
 
 def unet_feature_size(model: Model) -> int:
@@ -89,33 +76,50 @@ def unet_feature_size(model: Model) -> int:
     return sum(channels) + channels[-1]
 
 
-@contextmanager
-def pooled_unet_features(model: Model) -> Iterator[list[torch.Tensor]]:
-    """While the block lasts, every UNet call appends its pooled down-block and mid-block outputs ([B, F]) to
-    the yielded list: the features E4T's encoder reads, from a pass that runs anyway (CFG's unconditional)."""
-    found: list[torch.Tensor] = []
-    parts: list[torch.Tensor] = []
+class UnetFeatureTap:
+    """Forward hooks that pool each UNet call's down-block and mid-block outputs ([N, F]: the features E4T's
+    encoder reads) and hand them, with the call's text conditioning [N, tokens, dim], to `found(features,
+    context)`. Attached, it costs nothing but the pooling: the features come from passes that run anyway."""
 
-    def grab(module, inputs, output):
+    def __init__(self, model: Model, found: Callable[[torch.Tensor, torch.Tensor | None], None]):
+        self.model, self.found = model, found
+        self._parts: list[torch.Tensor] = []
+        self._context: torch.Tensor | None = None
+
+    def attach(self) -> list:
+        unet = self.model.unet
+        handles = [unet.register_forward_pre_hook(self._start, with_kwargs=True)]
+        handles += [block.register_forward_hook(self._grab) for block in [*unet.down_blocks, unet.mid_block]]
+        return handles
+
+    def _start(self, module, args, kwargs):
+        self._parts.clear()
+        context = kwargs.get("encoder_hidden_states")
+        self._context = context if context is not None else (args[2] if len(args) > 2 else None)
+
+    def _grab(self, module, inputs, output):
         hidden = output[0] if isinstance(output, tuple) else output
-        parts.append(hidden.mean(dim=(2, 3)))
-        if module is model.unet.mid_block:
-            found.append(torch.cat(parts, dim=1))
-            parts.clear()
+        self._parts.append(hidden.detach().float().mean(dim=(2, 3)))
+        if module is self.model.unet.mid_block:
+            self.found(torch.cat(self._parts, dim=1), self._context)
+            self._parts.clear()
 
-    handles = [b.register_forward_hook(grab) for b in [*model.unet.down_blocks, model.unet.mid_block]]
-    try:
-        yield found
-    finally:
-        for handle in handles:
-            handle.remove()
+    @contextmanager
+    def attached(self) -> Iterator[None]:
+        handles = self.attach()
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def empty_prompt_features(model: Model, noisy: torch.Tensor, timesteps: torch.Tensor, empty: Conditioning
                           ) -> torch.Tensor:
     """Pooled UNet features of x_t with the empty prompt, no gradients (pre-training and tuning)."""
     size = noisy.shape[-1] * model.vae_scale_factor
-    with torch.no_grad(), pooled_unet_features(model) as found:
+    found: list[torch.Tensor] = []
+    with torch.no_grad(), UnetFeatureTap(model, lambda features, context: found.append(features)).attached():
         unet_denoiser(model, size, size)(noisy, timesteps, empty)
     return found[-1]
 
@@ -134,6 +138,7 @@ class AttentionOffsets(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         self.names = [n for n, m in model.unet.named_modules()
                       if isinstance(m, nn.Linear) and n.endswith(ATTENTION_PROJECTIONS)]
+        self.enabled = True
         self.u = nn.ParameterList()
         self.v = nn.ParameterList()
         for name in self.names:
@@ -145,22 +150,20 @@ class AttentionOffsets(nn.Module):
         """W * (u v^T): what the offset adds to the weight."""
         return weight * (self.u[index] @ self.v[index].T).to(weight)
 
-    @contextmanager
-    def in_effect(self, model: Model) -> Iterator[None]:
-        """The offsets act through forward hooks (gradients reach u and v; the base weights stay untouched)."""
+    def attach(self, model: Model) -> list:
+        """Forward hooks through which the offsets act while `enabled` (gradients reach u and v; the base weights
+        stay untouched). Returns the hooks' handles."""
         handles = []
         for index, name in enumerate(self.names):
             module = model.unet.get_submodule(name)
 
             def hook(module, inputs, output, index=index):
+                if not self.enabled:
+                    return output
                 return output + F.linear(inputs[0], self.delta(index, module.weight))
 
             handles.append(module.register_forward_hook(hook))
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
+        return handles
 
     def dense(self, model: Model) -> dict[str, torch.Tensor]:
         """'unet.<name>.weight' -> the weight offset, for a concept file (applied in place at sampling: no cost)."""
