@@ -18,7 +18,7 @@ from ..core.methods.concept_encoder.backbones import CLIP_BACKBONE
 from ..core.methods.concept_encoder.training import DEFAULT_TUNING_STEPS
 from ..core.recipes import TrainingPreview
 from . import comfy_adapter as comfy
-from .sockets import CATEGORY, CK_CONCEPT, CK_ENCODER, CK_MODEL, TRAINING_SEED
+from .sockets import CATEGORY, CK_CONCEPT, CK_ENCODER, CK_MODEL, MAX_SEED
 
 EMBEDDED_CHOICE = "world creatures (embedded)"
 ENCODERS = "conceptkit_encoders"
@@ -81,7 +81,9 @@ class ConceptKitConceptEncoder:
                 "tuning_steps": ("INT", {"default": DEFAULT_TUNING_STEPS, "min": 0, "max": 200, "tooltip":
                                  "Steps of tuning the encoder and offsets on augmentations of the image (0: the "
                                  "encoder as pre-trained, instant). The paper uses 5-15."}),
-                "seed": TRAINING_SEED,
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": False,
+                                 "tooltip": "Seed of the tuning's augmentations: the same image, steps and seed give "
+                                            "the same concept."}),
             },
             "optional": {
                 "clip_vision": ("CLIP_VISION", {"tooltip": "For SD models: the CLIP vision model the encoder was "

@@ -283,3 +283,20 @@ def test_a_damaged_encoder_file_is_refused(world, tmp_path):
 
     with pytest.raises(ModelLoadError, match="broken.safetensors"):
         load_encoder(path, world)
+
+
+# --- nodes --------------------------------------------------------------------------------------------------------
+
+def test_encoder_nodes_personalize_from_one_image_under_comfyuis_inference_mode():
+    from conceptkit import NODE_CLASS_MAPPINGS as N
+
+    with torch.inference_mode():  # ComfyUI executes every node inside inference mode, loaders included
+        model = N["ConceptKitLoadModel"]().load("embedded", "cpu", "fp32", "auto")[0]
+        image, _ = N["ConceptKitWorldSubject"]().render(subject=2, count=1, seed=0)
+        (encoder,) = N["ConceptKitLoadConceptEncoder"]().load("world creatures (embedded)")
+        (concept,) = N["ConceptKitConceptEncoder"]().encode(model, encoder, image, "<pet3>", tuning_steps=2, seed=0)
+        (tuned,) = N["ConceptKitApplyConcept"]().apply(model, concept, 1.0)
+        images = N["ConceptKitSample"]().generate(tuned, "a <pet3> creature", "", 0, 3, 5.0, "ddim", 0, 0, 2)[0]
+    assert concept.method == "e4t" and concept.parameters["tuning_steps"] == 2 and torch.isfinite(images).all()
+    with pytest.raises(InputError, match="ONE image"):
+        N["ConceptKitConceptEncoder"]().encode(model, encoder, torch.cat([image, image]), "<pet3>", 0, 0)

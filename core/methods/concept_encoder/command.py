@@ -35,8 +35,13 @@ def pretrain_command(out: Path, *, model_path: str | None = None, workdir: Path,
         start = Pretrained.fresh(model, backbone, class_word or "creature", seed=seed)
     settings = PretrainSettings(steps=steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed)
     began = time.monotonic()
+    from accelerate import PartialState
+
+    main_process = PartialState(cpu=model.device.type == "cpu").is_main_process  # under accelerate launch: one writer
 
     def snapshot(step: int, so_far: Pretrained) -> None:
+        if not main_process:
+            return
         save_encoder(so_far, out, if_exists="overwrite")
         log.info("step %d: encoder written to %s (%.0f s)", step, out, time.monotonic() - began)
 
@@ -46,6 +51,8 @@ def pretrain_command(out: Path, *, model_path: str | None = None, workdir: Path,
 
     trained, result = pretrain_encoder(model, backbone, start, settings, data, checkpoint_dir=Path(workdir),
                                        progress=progress, snapshot=snapshot, snapshot_every=export_every)
+    if not main_process:
+        return Path(out)
     written = save_encoder(trained, out, if_exists="overwrite")
     log.info("pre-training done: %d steps, last loss %.4f; encoder written to %s", trained.steps, result.losses[-1],
              written)

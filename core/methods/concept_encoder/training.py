@@ -146,7 +146,8 @@ def pretrain_encoder(model: Model, backbone: ImageBackbone, pretrained: Pretrain
     the world's creature domain). `snapshot(step, encoder so far)` is called every `snapshot_every` steps.
     Returns the trained encoder and the run's result (losses)."""
     data = data or Stream(world_domain(PRETRAIN_TRIGGER))
-    encoder, offsets = copy.deepcopy(pretrained.encoder), copy.deepcopy(pretrained.offsets)
+    with torch.inference_mode(False):  # ordinary tensors, also when called from a ComfyUI node
+        encoder, offsets = copy.deepcopy(pretrained.encoder), copy.deepcopy(pretrained.offsets)
 
     def so_far(step: int) -> Pretrained:
         return Pretrained(encoder, offsets, pretrained.class_word, pretrained.backbone, model.family,
@@ -190,8 +191,9 @@ def tune_concept(model: Model, pretrained: Pretrained, backbone: ImageBackbone, 
     """A concept from ONE image [1, 3, H, W] in -1..1 (the model's size): the pre-trained encoder and offsets
     tuned for `settings.steps` steps on augmentations of it (0 steps: the encoder as pre-trained)."""
     pretrained.check_fits(model, backbone)
-    features = backbone.features(image.to(model.device))
-    encoder, offsets = copy.deepcopy(pretrained.encoder), copy.deepcopy(pretrained.offsets)
+    with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; what trains must be ordinary tensors
+        features = backbone.features(image.to(model.device)).clone()
+        encoder, offsets = copy.deepcopy(pretrained.encoder), copy.deepcopy(pretrained.offsets)
     class_word = pretrained.class_word
     vectors = class_vectors(model, class_word)
     if settings.steps > 0:
