@@ -50,12 +50,19 @@ class ConceptEncoder(nn.Module):
                                  nn.Linear(spec.hidden, spec.hidden), nn.SiLU())
         self.heads = nn.ModuleList(nn.Linear(spec.hidden, d) for d in spec.token_dims)
 
-    def forward(self, image_features: torch.Tensor, unet_features: torch.Tensor) -> list[torch.Tensor]:
+    def image_code(self, image_features: torch.Tensor) -> torch.Tensor:
+        """The image's half of the encoder ([B, 256]): the same at every step of a sampling run."""
         image = self.image_head(image_features)
         if self.spec.spatial:
             image = torch.cat([image.mean(dim=(2, 3)), image.amax(dim=(2, 3))], dim=1)
-        hidden = self.mlp(torch.cat([image, self.unet_norm(unet_features.to(image))], dim=1))
+        return image
+
+    def from_code(self, image_code: torch.Tensor, unet_features: torch.Tensor) -> list[torch.Tensor]:
+        hidden = self.mlp(torch.cat([image_code, self.unet_norm(unet_features.to(image_code))], dim=1))
         return [head(hidden) for head in self.heads]
+
+    def forward(self, image_features: torch.Tensor, unet_features: torch.Tensor) -> list[torch.Tensor]:
+        return self.from_code(self.image_code(image_features), unet_features)
 
 
 def placeholder_vectors(offsets: list[torch.Tensor], class_vectors: list[torch.Tensor], scale: float

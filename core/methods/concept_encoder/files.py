@@ -110,8 +110,14 @@ def _spec(info: dict) -> EncoderSpec:
 
 
 def encoder_from(info: dict, tensors: dict[str, torch.Tensor], prefix: str = "encoder.") -> ConceptEncoder:
-    encoder = ConceptEncoder(_spec(info))
-    encoder.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    with torch.device("meta"):  # no random initialization: every weight comes from the file
+        encoder = ConceptEncoder(_spec(info))
+    try:
+        encoder.load_state_dict({k[len(prefix):]: v.clone() for k, v in tensors.items() if k.startswith(prefix)},
+                                assign=True)
+    except RuntimeError as e:
+        raise ModelLoadError(f"the encoder's weights do not match its description ({str(e).splitlines()[0]}); the "
+                             "file is damaged.") from None
     return encoder.eval().requires_grad_(False)
 
 

@@ -27,7 +27,8 @@ class EncoderSteps:
                  image_features: torch.Tensor, class_vectors: list[torch.Tensor], scale: float):
         self.model, self.state, self.trigger = model, state, trigger
         self.encoder, self.scale = encoder.to(model.device), scale
-        self.image_features = image_features.to(model.device)
+        with torch.no_grad():
+            self.image_code = self.encoder.image_code(image_features.to(model.device))
         self.class_vectors = [v.to(model.device) for v in class_vectors]
         self._uncond: torch.Tensor | None = None
         self._features: torch.Tensor | None = None
@@ -54,7 +55,7 @@ class EncoderSteps:
             features = self._features
         self._features = None
         with torch.no_grad():
-            offsets = self.encoder(self.image_features.expand(n, *self.image_features.shape[1:]), features)
+            offsets = self.encoder.from_code(self.image_code.expand(n, -1), features)
             vectors = placeholder_vectors(offsets, self.class_vectors, self.scale)
         self.state.set_token(self.trigger, [v.to(self.model.dtype) for v in vectors])
 
