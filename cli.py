@@ -84,16 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.out.exists() and not args.out.is_dir():
             print(f"conceptkit: error: --out {args.out} is a file; give a folder for the images.", file=sys.stderr)
             return 2
-        try:
-            results = run_workflow(args.workflow, overrides=args.overrides, output_dir=args.out,
-                                   input_dir=args.input_dir, models_dir=args.models)
-        except ConceptKitError as e:
-            print(f"conceptkit: error: {e}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("conceptkit: interrupted. Training nodes saved a checkpoint; run the same command again to resume.",
-                  file=sys.stderr)
-            return 130
+        results, code = answered(lambda: run_workflow(args.workflow, overrides=args.overrides, output_dir=args.out,
+                                                      input_dir=args.input_dir, models_dir=args.models),
+                                 "Training nodes saved a checkpoint")
+        if code:
+            return code
         for saved in results.values():
             for image in saved.get("images", []):
                 print(image["path"])
@@ -111,19 +106,23 @@ def main(argv: list[str] | None = None) -> int:
 def pretrain_encoder(args) -> int:
     from .core.methods.concept_encoder.command import pretrain_command
 
+    return answered(lambda: pretrain_command(
+        args.out, model_path=args.model, workdir=args.workdir, steps=args.steps, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, seed=args.seed, export_every=args.export_every,
+        clip_vision=args.clip_vision, images=args.images, class_word=args.class_word, init=args.init),
+        "The pre-training saved a checkpoint")[1]
+
+
+def answered(work, saved: str):
+    """(work(), 0), or (None, exit status) after one line: 2 for an error of ours, 130 for Ctrl-C."""
     try:
-        pretrain_command(args.out, model_path=args.model, workdir=args.workdir, steps=args.steps,
-                         batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
-                         export_every=args.export_every, clip_vision=args.clip_vision, images=args.images,
-                         class_word=args.class_word, init=args.init)
+        return work(), 0
     except ConceptKitError as e:
         print(f"conceptkit: error: {e}", file=sys.stderr)
-        return 2
+        return None, 2
     except KeyboardInterrupt:
-        print("conceptkit: interrupted; a checkpoint was saved. Run the same command again to resume.",
-              file=sys.stderr)
-        return 130
-    return 0
+        print(f"conceptkit: interrupted. {saved}; run the same command again to resume.", file=sys.stderr)
+        return None, 130
 
 
 def checkpoints(args) -> int:

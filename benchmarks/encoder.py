@@ -29,11 +29,8 @@ COST_ROUNDS = {False: 6, True: 1}
 COST_BATCH = 4
 
 
-def run_one(method: str, images_count: int, steps: int | None, model_source, quick: bool, seed: int,
-            subjects: tuple[int, ...]) -> tuple[dict, np.ndarray]:
-    import torch
-
-    from ..core.concepts import apply_concept
+def encoder_concept(model, image, token: str, steps: int, seed: int):
+    """An E4T concept of one render (uint8 [H, W, 3]) with the shipped creature encoder."""
     from ..core.methods.concept_encoder import (
         EMBEDDED_ENCODER,
         TuneSettings,
@@ -42,6 +39,16 @@ def run_one(method: str, images_count: int, steps: int | None, model_source, qui
         tune_concept,
         world_backbone,
     )
+
+    return tune_concept(model, load_encoder(EMBEDDED_ENCODER, model), world_backbone(model),
+                        one_rgb_image(image, model.default_size), token, TuneSettings(steps=steps, seed=seed))
+
+
+def run_one(method: str, images_count: int, steps: int | None, model_source, quick: bool, seed: int,
+            subjects: tuple[int, ...]) -> tuple[dict, np.ndarray]:
+    import torch
+
+    from ..core.concepts import apply_concept
     from ..core.methods.concept_encoder.training import DEFAULT_TUNING_STEPS
     from ..core.metrics.cost import measure_cost
     from ..core.model import load_model
@@ -51,7 +58,6 @@ def run_one(method: str, images_count: int, steps: int | None, model_source, qui
 
     torch.manual_seed(seed)
     model = load_model(model_source)
-    encoder = load_encoder(EMBEDDED_ENCODER, model) if method == "e4t" else None
     if method == "e4t" and steps is None:
         steps = DEFAULT_TUNING_STEPS
     if method != "e4t" and quick:
@@ -62,9 +68,7 @@ def run_one(method: str, images_count: int, steps: int | None, model_source, qui
         token = f"<s{subject}>"
         with measure_cost(model.device) as cost:
             if method == "e4t":
-                pixels = one_rgb_image(renders[0], model.default_size)
-                concept = tune_concept(model, encoder, world_backbone(model), pixels, token,
-                                       TuneSettings(steps=steps, seed=seed))
+                concept = encoder_concept(model, renders[0], token, steps, seed)
             else:
                 config = TrainConfig(trigger=token, class_word="creature", captions=captions, steps=steps,
                                      batch_size=4, seed=seed, **SETTINGS[method])
@@ -89,22 +93,12 @@ def sampling_cost(model_source, quick: bool, seed: int) -> dict:
     import torch
 
     from ..core.concepts import apply_concept
-    from ..core.methods.concept_encoder import (
-        EMBEDDED_ENCODER,
-        TuneSettings,
-        load_encoder,
-        one_rgb_image,
-        tune_concept,
-        world_backbone,
-    )
     from ..core.model import load_model
     from ..core.sampling import CFG, sample
     from ..core.world.subjects import training_renders
 
     model = load_model(model_source)
-    pixels = one_rgb_image(training_renders(0, 1)[0][0], model.default_size)
-    concept = tune_concept(model, load_encoder(EMBEDDED_ENCODER, model), world_backbone(model), pixels, "<s0>",
-                           TuneSettings(steps=0))
+    concept = encoder_concept(model, training_renders(0, 1)[0][0], "<s0>", 0, seed)
     runs = {"e4t": (apply_concept(model, concept), "a <s0> creature on the left, red background"),
             "cfg": (model, "a creature on the left, red background")}
     times = dict.fromkeys(runs, 0.0)
