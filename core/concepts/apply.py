@@ -4,8 +4,9 @@
 as a patch (the model service's `add_patch`): its triggers become tokens, and while a sampler or trainer
 has the patches in effect its token vectors, LoRA hooks and weight offsets change the model. So the same
 base model can be used by other nodes at the same time it is used with a concept.
-A method whose concepts hold tensors of their own (`group.{name}.*`) registers what applying them does with
-`register_concept_group` (e.g. a step hook that computes a token's vector from the current latents).
+A method whose concepts hold tensors of their own (`group.{name}.*`) that change the model registers what
+applying them does with `register_concept_group` (e.g. a step hook that computes a token's vector from the current
+latents); other groups are data the method keeps (a memory's bank) and are carried along.
 """
 
 from __future__ import annotations
@@ -35,13 +36,11 @@ def register_concept_group(name: str, enter: GroupEnter) -> None:
     _GROUPS[name] = enter
 
 
-def group_enter(concept: Concept, name: str) -> GroupEnter:
+def group_enter(name: str) -> GroupEnter | None:
+    """What applying group `name` does; None for a group that is data only (a memory's bank)."""
     if name not in _GROUPS:
         importlib.import_module("..methods", __package__)  # the methods register their groups on import
-    if name not in _GROUPS:
-        raise InputError(f"{concept.describe()} holds '{name}' data that no installed method reads; update "
-                         "ConceptKit.")
-    return _GROUPS[name]
+    return _GROUPS.get(name)
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,8 @@ class AppliedConcept:
         for name, delta in concept.deltas().items():
             state.add_offset(name, delta, self.strength)
         for name in concept.groups():
-            group_enter(concept, name)(concept, model, state, self.strength)
+            if (enter := group_enter(name)) is not None:
+                enter(concept, model, state, self.strength)
 
 
 def applied_concepts(model: Model) -> list[AppliedConcept]:
@@ -99,8 +99,6 @@ def check_concept_fits(model: Model, concept: Concept) -> None:
 def apply_concept(model: Model, concept: Concept, strength: float = 1.0) -> Model:
     """The model with `concept` applied at `strength` (1.0 = as trained, 0 = off). The base is untouched."""
     check_concept_fits(model, concept)
-    for name in concept.groups():
-        group_enter(concept, name)
     if not torch.isfinite(torch.tensor(strength)):
         raise InputError(f"strength must be a number (got {strength}).")
     return add_patch(model, AppliedConcept(concept, float(strength)))
