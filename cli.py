@@ -35,6 +35,24 @@ def build_parser() -> argparse.ArgumentParser:
                              help="remove this run's checkpoints (a name from the list; repeatable)")
     checkpoints.add_argument("-q", "--quiet", action="store_true")
 
+    encoder = commands.add_parser("pretrain-encoder", help="pre-train a Concept Encoder (E4T) on a domain: the "
+                                  "world's creatures by default, or a folder of images of one class; resumable")
+    encoder.add_argument("--out", type=Path, required=True, help="the encoder file to write (.safetensors)")
+    encoder.add_argument("--workdir", type=Path, required=True,
+                         help="folder for the run's checkpoints (the same command resumes from them)")
+    encoder.add_argument("--model", default=None, help="base model (default: the embedded world model)")
+    encoder.add_argument("--steps", type=int, default=6000)
+    encoder.add_argument("--batch-size", type=int, default=16)
+    encoder.add_argument("--learning-rate", type=float, default=2e-4)
+    encoder.add_argument("--seed", type=int, default=0)
+    encoder.add_argument("--export-every", type=int, default=500, help="rewrite --out every N steps")
+    encoder.add_argument("--clip-vision", type=Path, default=None,
+                         help="a local CLIP vision model folder (transformers), needed for real models")
+    encoder.add_argument("--images", type=Path, default=None, help="a folder of images of one class (real models)")
+    encoder.add_argument("--class-word", default=None, help="the class the images show (with --images)")
+    encoder.add_argument("--init", type=Path, default=None, help="an encoder file to go on from")
+    encoder.add_argument("-q", "--quiet", action="store_true")
+
     bench = commands.add_parser("bench", help="run a benchmark suite on the world and print its table")
     bench.add_argument("suite", choices=sorted(SUITES), help="which comparison to run")
     bench.add_argument("--quick", action="store_true", help="fewer images: a smoke run, not the reported numbers")
@@ -66,16 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.out.exists() and not args.out.is_dir():
             print(f"conceptkit: error: --out {args.out} is a file; give a folder for the images.", file=sys.stderr)
             return 2
-        try:
-            results = run_workflow(args.workflow, overrides=args.overrides, output_dir=args.out,
-                                   input_dir=args.input_dir, models_dir=args.models)
-        except ConceptKitError as e:
-            print(f"conceptkit: error: {e}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("conceptkit: interrupted. Training nodes saved a checkpoint; run the same command again to resume.",
-                  file=sys.stderr)
-            return 130
+        results, code = answered(lambda: run_workflow(args.workflow, overrides=args.overrides, output_dir=args.out,
+                                                      input_dir=args.input_dir, models_dir=args.models),
+                                 "Training nodes saved a checkpoint")
+        if code:
+            return code
         for saved in results.values():
             for image in saved.get("images", []):
                 print(image["path"])
@@ -85,7 +98,31 @@ def main(argv: list[str] | None = None) -> int:
         return bench(args)
     if args.command == "checkpoints":
         return checkpoints(args)
+    if args.command == "pretrain-encoder":
+        return pretrain_encoder(args)
     return 0
+
+
+def pretrain_encoder(args) -> int:
+    from .core.methods.concept_encoder.command import pretrain_command
+
+    return answered(lambda: pretrain_command(
+        args.out, model_path=args.model, workdir=args.workdir, steps=args.steps, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, seed=args.seed, export_every=args.export_every,
+        clip_vision=args.clip_vision, images=args.images, class_word=args.class_word, init=args.init),
+        "The pre-training saved a checkpoint")[1]
+
+
+def answered(work, saved: str):
+    """(work(), 0), or (None, exit status) after one line: 2 for an error of ours, 130 for Ctrl-C."""
+    try:
+        return work(), 0
+    except ConceptKitError as e:
+        print(f"conceptkit: error: {e}", file=sys.stderr)
+        return None, 2
+    except KeyboardInterrupt:
+        print(f"conceptkit: interrupted. {saved}; run the same command again to resume.", file=sys.stderr)
+        return None, 130
 
 
 def checkpoints(args) -> int:

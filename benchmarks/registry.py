@@ -10,6 +10,7 @@ SUITES = {
     "base": ("base", "base_suite"),
     "finetune": ("finetune", "finetune_suite"),
     "finetune_lambda": ("finetune", "lambda_suite"),
+    "encoder": ("encoder", "encoder_suite"),
     "guidance": ("guidance", "guidance_suite"),
     "sampling": ("sampling", "sampling_suite"),
 }

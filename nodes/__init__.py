@@ -3,6 +3,7 @@
 from .comfy_adapter import warn_missing_dependencies
 from .comfy_bridge_nodes import ConceptKitModelFromComfy
 from .concept_nodes import ConceptKitApplyConcept, ConceptKitExportConcept, ConceptKitLoadConcept, ConceptKitSaveConcept
+from .encoder_nodes import ConceptKitConceptEncoder, ConceptKitLoadConceptEncoder
 from .finetune_nodes import ConceptKitLipschitzFinetune
 from .guidance_nodes import ConceptKitPersonalizationGuidanceSampler
 from .model_nodes import ConceptKitLoadModel
@@ -20,6 +21,8 @@ NODE_CLASS_MAPPINGS = {
     "ConceptKitLoadConcept": ConceptKitLoadConcept,
     "ConceptKitExportConcept": ConceptKitExportConcept,
     "ConceptKitWorldSubject": ConceptKitWorldSubject,
+    "ConceptKitLoadConceptEncoder": ConceptKitLoadConceptEncoder,
+    "ConceptKitConceptEncoder": ConceptKitConceptEncoder,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "ConceptKitLoadModel": "ConceptKit Load Model",
@@ -32,6 +35,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ConceptKitLoadConcept": "ConceptKit Load Concept",
     "ConceptKitExportConcept": "ConceptKit Export Concept",
     "ConceptKitWorldSubject": "ConceptKit World Subject",
+    "ConceptKitLoadConceptEncoder": "ConceptKit Load Concept Encoder",
+    "ConceptKitConceptEncoder": "Concept Encoder",
 }
 
 warn_missing_dependencies()

@@ -88,7 +88,8 @@ def cancel_requested() -> bool:
 # Our own folders inside ComfyUI's models folder (registered with ComfyUI on first use), with their extensions.
 OWN_FOLDERS = {"conceptkit_concepts": ("conceptkit/concepts", {".safetensors"}),
                "conceptkit_exports": ("conceptkit/exports", {""}),
-               "conceptkit_checkpoints": ("conceptkit/checkpoints", {""})}
+               "conceptkit_checkpoints": ("conceptkit/checkpoints", {""}),
+               "conceptkit_encoders": ("conceptkit/encoders", {".safetensors"})}
 
 
 _MODELS_DIR: ContextVar[Path | None] = ContextVar("conceptkit_models_dir", default=None)
@@ -220,3 +221,12 @@ def comfy_model_identity(model, clip, vae) -> tuple:
     _require_comfy_parts(model, clip, vae)
     return (model.model, getattr(model, "patches_uuid", None), clip.cond_stage_model,
             getattr(clip.patcher, "patches_uuid", None), vae.first_stage_model)
+
+
+def comfy_clip_vision_features(clip_vision, images):
+    """ComfyUI's CLIP_VISION (Load CLIP Vision) on images [B, 3, H, W] in -1..1: its image embeddings [B, C]
+    (ComfyUI resizes, crops and normalizes as CLIP does)."""
+    if not hasattr(clip_vision, "encode_image"):
+        raise InputError("clip_vision must be ComfyUI's CLIP_VISION (from a Load CLIP Vision node).")
+    pixels = ((images.float() + 1) / 2).permute(0, 2, 3, 1).cpu()
+    return clip_vision.encode_image(pixels).image_embeds

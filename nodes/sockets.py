@@ -7,6 +7,7 @@ CK_MODEL = "CK_MODEL"
 CATEGORY = "ConceptKit"
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 CK_CONCEPT = "CK_CONCEPT"
+CK_ENCODER = "CK_ENCODER"  # a Concept Encoder (E4T), read for the model it is used with
 
 # A seed that identifies a training run never changes by itself after a queue (the frontend's
 # "control after generate" would retrain from scratch instead of resuming).

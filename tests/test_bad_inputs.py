@@ -1,5 +1,6 @@
-"""Bad input through `conceptkit run`: a clear message naming the problem, exit status 2, no traceback,
-and no file written. (Issue 13's catalog, in progress: workflow files, values, overrides, outputs.)"""
+"""Bad input through `conceptkit run` and the nodes, by class: workflow files, values and overrides, outputs and
+files, models, images, concepts and encoders, interruption. Each: a clear message naming the problem (exit status
+2 through the runner, no traceback) and no file written or left behind."""
 
 from __future__ import annotations
 
@@ -91,6 +92,10 @@ def text_to_image(tmp_path: Path) -> Path:
     ("2.sampler=nope", "not one of the choices"),
     ("9.seed=1", "has no node 9"),
     ("2seed=1", "expected NODE_ID.INPUT=VALUE"),
+    ("1.model=checkpoints/../../secret.safetensors", "not one of the choices"),
+    ("1.device=tpu", "not one of the choices"),
+    ("2.width=8192", "far beyond this model's size"),
+    ("2.batch_size=100000", "bigger than the maximum"),
     ("2.seed", "expected NODE_ID.INPUT=VALUE"),
 ])
 def test_a_bad_override_is_refused_before_the_model_loads(override, words, tmp_path, capsys):
@@ -317,3 +322,169 @@ def test_saved_images_skip_a_name_another_process_took(tmp_path, monkeypatch):
     saved = io_nodes.save_png_batch(torch.zeros(2, 8, 8, 3), tmp_path, "output", "x", None)
     assert [s["filename"] for s in saved] == ["x_00002_.png", "x_00003_.png"]
     assert taken_meanwhile.read_bytes() == b"the other process's image"
+
+
+# --- the Concept Encoder's workflow through `conceptkit run` ------------------------------------------------------
+
+CONCEPT_ENCODER = WORKFLOWS / "concept_encoder.json"
+
+
+@pytest.fixture(scope="module")
+def encoder_models(tmp_path_factory):
+    """A models folder whose conceptkit/encoders holds: an encoder made for sd1, a damaged file, a concept file."""
+    import json as json_module
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from conceptkit.core.methods.concept_encoder import EMBEDDED_ENCODER
+
+    root = tmp_path_factory.mktemp("models")
+    folder = root / "conceptkit" / "encoders"
+    folder.mkdir(parents=True)
+    with safe_open(str(EMBEDDED_ENCODER), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        info = json_module.loads(f.metadata()["conceptkit_encoder"])
+    save_file(tensors, str(folder / "sd1_cats.safetensors"),
+              {"conceptkit_encoder": json_module.dumps({**info, "family": "sd1"})})
+    (folder / "damaged.safetensors").write_bytes(EMBEDDED_ENCODER.read_bytes()[:5000])
+    save_file({"x": torch.zeros(1)}, str(folder / "a_concept.safetensors"), {"conceptkit": "{}"})
+    return root
+
+
+@pytest.mark.parametrize("override,words", [
+    ("2.count=2", "takes ONE image; this batch has 2"),
+    ("4.tuning_steps=-1", "smaller than the minimum"),
+    ("4.seed=-1", "smaller than the minimum"),
+    ("4.trigger=red,", "the trigger 'red,' contains ','"),
+    ("4.trigger=creature", "already a word of this model's vocabulary"),
+    ("3.encoder=nope.safetensors", "not one of the choices"),
+    ("3.encoder=sd1_cats.safetensors", "Concept Encoder for sd1 models; the model is world"),
+    ("3.encoder=damaged.safetensors", "damaged.safetensors: not a readable .safetensors file"),
+    ("3.encoder=a_concept.safetensors", "not a ConceptKit Concept Encoder file"),
+])
+def test_the_concept_encoder_workflow_refuses_bad_input_with_one_line(override, words, encoder_models, tmp_path,
+                                                                       capsys):
+    code, err = run(["run", str(CONCEPT_ENCODER), "--out", str(tmp_path / "out"), "--models", str(encoder_models),
+                     "-q", "--set", override], capsys)
+    assert code == 2 and "Traceback" not in err and err.startswith("conceptkit: error:"), err
+    assert err.count("error:") == 1, err
+    assert words in err, err
+    assert written(tmp_path / "out") == []
+
+
+def test_ctrl_c_during_training_says_how_to_resume_and_the_rerun_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    workflow = WORKFLOWS / "lipschitz_finetune.json"
+    command = [sys.executable, "-m", "conceptkit", "run", str(workflow), "--out", str(tmp_path / "out"),
+               "--models", str(tmp_path / "models"), "--set", "3.steps=400", "--set", "3.checkpoint_every=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in process.stderr:  # progress lines come every tenth of the run
+        lines.append(line)
+        if "Lipschitz Finetune: step" in line and not line.rstrip().endswith("step 0/400"):
+            break
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=120)
+    assert process.returncode == 130, "".join(lines) + rest
+    assert "Traceback" not in rest and "run the same command again to resume" in rest, rest
+    stored = list((tmp_path / "models" / "conceptkit" / "checkpoints").glob("*/step_*"))
+    assert len(stored) == 1
+    step = int(stored[0].name.removeprefix("step_"))
+    again = subprocess.run([*command, "--set", "3.steps=" + str(step + 1)], capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resumed at step {step} of {step + 1}" in again.stderr
+
+
+# --- images the training nodes refuse, before anything trains ------------------------------------------------------
+
+BAD_IMAGES = {  # name -> (ComfyUI IMAGE, words)
+    "empty batch": (torch.zeros(0, 64, 64, 3), "no images were given"),
+    "NaN pixels": (torch.full((1, 64, 64, 3), float("nan")), "NaN or infinite"),
+    "tiny": (torch.zeros(1, 8, 8, 3), "at least 16x16"),
+    "no channel axis": (torch.zeros(64, 64), "shape"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_IMAGES))
+def test_lipschitz_finetune_refuses_bad_images_with_the_fix(case, world, tmp_path, monkeypatch):
+    from conceptkit import NODE_CLASS_MAPPINGS as N
+    from conceptkit.core.errors import InputError
+
+    monkeypatch.setenv("CONCEPTKIT_MODELS_DIR", str(tmp_path))
+    image, words = BAD_IMAGES[case]
+    with pytest.raises(InputError, match=words):
+        N["ConceptKitLipschitzFinetune"]().train(world, image, "<pet>", "creature", "", "lora", 2, 0.0, "frobenius",
+                                                 steps=1, learning_rate=1e-3, batch_size=1, seed=0)
+    assert not list((tmp_path / "conceptkit" / "checkpoints").rglob("*.safetensors"))  # nothing trained or kept
+
+
+@pytest.mark.parametrize("image,words", [
+    (torch.zeros(0, 64, 64, 3), "ONE image; this batch has 0"),
+    (torch.full((1, 64, 64, 3), float("nan")), "NaN or infinite"),
+    (torch.zeros(1, 8, 8, 3), "at least 16x16"),
+    (torch.zeros(1, 64, 64, 4), "RGBA"),
+    (torch.zeros(1, 64, 64, 1), "grayscale"),
+])
+def test_the_concept_encoder_node_refuses_bad_images_with_the_fix(image, words, world):
+    from conceptkit import NODE_CLASS_MAPPINGS as N
+    from conceptkit.core.errors import InputError
+
+    (encoder,) = N["ConceptKitLoadConceptEncoder"]().load("world creatures (embedded)")
+    with pytest.raises(InputError, match=words):
+        N["ConceptKitConceptEncoder"]().encode(world, encoder, image, "<pet>", tuning_steps=1, seed=0)
+
+
+def test_an_encoder_concept_exported_as_a_kohya_lora_is_refused_with_the_formats_that_fit(world, tmp_path):
+    from conceptkit.core.concepts.export import export_concept
+    from conceptkit.core.errors import InputError
+    from conceptkit.core.methods.concept_encoder import (
+        EMBEDDED_ENCODER,
+        TuneSettings,
+        load_encoder,
+        tune_concept,
+        world_backbone,
+    )
+
+    concept = tune_concept(world, load_encoder(EMBEDDED_ENCODER, world), world_backbone(world),
+                           torch.zeros(1, 3, 64, 64), "<pet>", TuneSettings(steps=0))
+    with pytest.raises(InputError, match="export it as an embedding or in diffusers format"):
+        export_concept(concept, world, "kohya_lora", tmp_path, "pet")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pickled_encoder_file_is_never_opened(world, tmp_path):
+    from conceptkit.core.errors import UnsafeFileError
+    from conceptkit.core.methods.concept_encoder import load_encoder
+
+    path = tmp_path / "encoder.pt"
+    path.write_bytes(b"\x80\x04not really")
+    with pytest.raises(UnsafeFileError, match="pickles"):
+        load_encoder(path, world)
+
+
+@pytest.mark.parametrize("content,words", [
+    (b"this is not a picture", "not a readable image"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "not a readable image"),
+    (None, "not one of the choices"),
+])
+def test_load_image_of_a_broken_or_missing_file_gets_one_line(content, words, tmp_path, capsys):
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    if content is not None:
+        (inputs / "photo.png").write_bytes(content)
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(api(**{"1": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+                                          "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0],
+                                                                                      "filename_prefix": "x"}}})))
+    code, err = run(["run", str(workflow), "--out", str(tmp_path / "out"), "--input-dir", str(inputs), "-q"], capsys)
+    assert code == 2 and "Traceback" not in err and words in err, err
+    assert written(tmp_path / "out") == []

@@ -43,7 +43,7 @@ def test_node_contract_and_tooltips(name, node):
             if isinstance(kind, list):
                 assert kind, f"{name}.{input_name} offers no choices"
             if isinstance(kind, str) and kind.startswith("CK_"):
-                assert kind in {"CK_MODEL", "CK_CONCEPT"}
+                assert kind in {"CK_MODEL", "CK_CONCEPT", "CK_ENCODER"}  # the pack's own sockets (nodes/sockets.py)
     for t in node.RETURN_TYPES:
         assert isinstance(t, str) and t.isupper()
     if hasattr(node, "OUTPUT_TOOLTIPS"):
@@ -128,7 +128,8 @@ def test_training_seeds_never_randomize_after_a_queue_and_every_seed_has_one_ran
 def test_display_names_follow_one_scheme():
     names = conceptkit.NODE_DISPLAY_NAME_MAPPINGS
     method_nodes = {"ConceptKitLipschitzFinetune": "Lipschitz Finetune",
-                    "ConceptKitPersonalizationGuidanceSampler": "Personalization Guidance Sampler"}
+                    "ConceptKitPersonalizationGuidanceSampler": "Personalization Guidance Sampler",
+                    "ConceptKitConceptEncoder": "Concept Encoder"}
     assert len(set(names.values())) == len(names)
     for key, shown in names.items():
         assert shown == method_nodes[key] if key in method_nodes else shown.startswith("ConceptKit "), shown

@@ -73,6 +73,10 @@ class Concept:
     def deltas(self) -> dict[str, torch.Tensor]:
         return {k[len("delta."):]: v for k, v in self.tensors.items() if k.startswith("delta.")}
 
+    def groups(self) -> list[str]:
+        """The names of the method groups the concept holds."""
+        return sorted({k.split(".")[1] for k in self.tensors if k.startswith("group.")})
+
     def group(self, name: str) -> dict[str, torch.Tensor]:
         """A method's own tensors (`group.{name}.{key}`), by key."""
         prefix = f"group.{name}."

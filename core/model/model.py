@@ -31,11 +31,11 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self.unet.conv_in.weight.device  # diffusers' unet.device walks every module: too slow per step
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return self.unet.conv_in.weight.dtype
 
     @property
     def prediction_type(self) -> str:

@@ -9,6 +9,8 @@ a sampler or trainer enters `patches_in_effect(model)`, which, for the duration 
   (one number, or one per sample);
 - adds full weight offsets in place and restores the exact original weights afterwards;
 and yields the `PatchState`: what the patches changed, for extensions that need it (weak-model guidance).
+A patch whose token vectors depend on the current latents (an image encoder's) adds a `StepHook`: the
+sampling loop calls it before each step and encodes the prompt again with the vectors it served.
 """
 
 from __future__ import annotations
@@ -189,6 +191,15 @@ class TokenRow:
     index: int
     pre: torch.Tensor
     tuned: torch.Tensor
+    trigger: str = ""
+
+
+class StepHook(Protocol):
+    """Changes a patch's token vectors before each sampling step, from the current latents."""
+
+    def before_step(self, step, latents: torch.Tensor, uncond, denoise) -> None:
+        """`step`: the sampling Step; `latents`: the scaled model input of the step; `uncond`: the step's
+        unconditional Conditioning; `denoise(x, t, cond)`: one UNet evaluation, if the hook needs its own."""
 
 
 @dataclass
@@ -199,7 +210,8 @@ class PatchState:
     lora_hooks: list[LoraHook] = field(default_factory=list)
     weights: list[ChangedWeight] = field(default_factory=list)
     tokens: list[TokenRow] = field(default_factory=list)
-    _vectors: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=list)
+    step_hooks: list[StepHook] = field(default_factory=list)
+    _vectors: list[dict[int, tuple[torch.Tensor, torch.Tensor, str]]] = field(default_factory=list)
     _stack: ExitStack = field(default_factory=ExitStack)
 
     def add_token(self, trigger: str, vectors: Sequence[torch.Tensor], pre: Sequence[torch.Tensor | None]) -> None:
@@ -209,7 +221,40 @@ class PatchState:
             self._vectors = [{} for _ in self.model.text_encoders]
         for i, (tokenizer, vector) in enumerate(zip(self.model.tokenizers, vectors, strict=False)):
             token_id = tokenizer.convert_tokens_to_ids(trigger)
-            self._vectors[i][token_id] = (vector, vector if pre[i] is None else pre[i])
+            self._vectors[i][token_id] = (vector, vector if pre[i] is None else pre[i], trigger)
+
+    def add_step_hook(self, hook: StepHook) -> None:
+        self.step_hooks.append(hook)
+
+    def on_exit(self, callback, *args) -> None:
+        """Run `callback(*args)` when the patches stop being in effect (remove a hook, restore a value)."""
+        self._stack.callback(callback, *args)
+
+    def token_rows(self, trigger: str) -> list[TokenRow]:
+        """`trigger`'s rows, one per text encoder."""
+        rows = [row for row in self.tokens if row.trigger == trigger]
+        if not rows:
+            raise InputError(f"the trigger '{trigger}' is not a token of the patches in effect.")
+        return rows
+
+    def set_token(self, trigger: str, vectors: Sequence[torch.Tensor]) -> None:
+        """Serve `vectors[i]` ([dim], or [B, dim]: one per prompt of the batch) for `trigger` in text encoder i
+        from now on (its new tuned value)."""
+        for row, vector in zip(self.token_rows(trigger), vectors, strict=True):
+            row.rows[row.index] = row.tuned = vector
+
+    @contextmanager
+    def serving(self, trigger: str, vectors: Sequence[torch.Tensor]) -> Iterator[None]:
+        """Serve `vectors` for `trigger` for the block only (an encoder's per-sample vectors while training)."""
+        rows = self.token_rows(trigger)
+        before = [row.rows[row.index] for row in rows]
+        try:
+            for row, vector in zip(rows, vectors, strict=True):
+                row.rows[row.index] = vector
+            yield
+        finally:
+            for row, vector in zip(rows, before, strict=True):
+                row.rows[row.index] = vector
 
     def add_lora(self, name: str, down: torch.Tensor, up: torch.Tensor, factor: float) -> None:
         module = find_module(self.model, name)
@@ -247,8 +292,9 @@ class PatchState:
             encoder.set_input_embeddings(extended)
             self._stack.callback(encoder.set_input_embeddings, base)
             for index, token_id in enumerate(sorted(table)):
-                pre = table[token_id][1]
-                self.tokens.append(TokenRow(extended.rows, index, pre.to(extended.rows[index]), extended.rows[index]))
+                _, pre, trigger = table[token_id]
+                self.tokens.append(TokenRow(extended.rows, index, pre.to(extended.rows[index]), extended.rows[index],
+                                            trigger))
 
 
 def _restore(changed: ChangedWeight) -> None:

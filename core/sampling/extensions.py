@@ -1,7 +1,8 @@
 """The other extension points of the sampling loop, with their do-nothing defaults.
 
-- A conditioning provider gives each step's (cond, uncond): the same every step by default; the
-  Concept Encoder re-encodes at every step from the current latents.
+- A conditioning provider gives each step's (cond, uncond): the same every step by default; when the
+  model's patches have step hooks (token vectors computed from the current latents, as an image
+  encoder's), `StepConditioning` runs the hooks and encodes the prompt again at every step.
 - An attention controller is attached to the UNet for the run and may adjust the latents before a
   step (Attend-and-Excite style updates of the Concept Memory's artist). `AttentionStore` is one that
   records the cross-attention maps of chosen tokens: the default attention processor never forms them.
@@ -30,6 +31,27 @@ class StaticConditioning:
 
     def __call__(self, step: Step, latents: torch.Tensor) -> tuple[Conditioning, Conditioning]:
         return self.cond, self.uncond
+
+
+@dataclass
+class StepConditioning:
+    """Runs the patches' step hooks on each step's model input, then encodes the prompt (and the negative
+    prompt, where it names a changed trigger) with the vectors they served."""
+
+    static: StaticConditioning
+    patches: object  # PatchState
+    scheduler: object
+    denoise: Denoise
+    encode: object  # encode("prompt" | "negative") -> Conditioning
+    negative_changes: bool
+
+    def __call__(self, step: Step, latents: torch.Tensor) -> tuple[Conditioning, Conditioning]:
+        with torch.no_grad():
+            model_input = self.scheduler.scale_model_input(latents, step.timestep)
+            for hook in self.patches.step_hooks:
+                hook.before_step(step, model_input, self.static.uncond, self.denoise)
+            uncond = self.encode("negative") if self.negative_changes else self.static.uncond
+            return self.encode("prompt"), uncond
 
 
 class AttentionController:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..errors import Cancelled, InputError
 from ..model import Conditioning, Model, encode_negative, encode_prompts, patches_in_effect, unet_denoiser
-from .extensions import AttentionController, ConditioningProvider, StaticConditioning
+from .extensions import AttentionController, ConditioningProvider, StaticConditioning, StepConditioning
 from .guidance import CFG, Guidance, SamplingContext, Step
 from .preview import decode_latents, preview_image
 from .schedulers import make_scheduler
@@ -70,15 +70,18 @@ def sample(
             raise InputError(f"start_step must be between 0 and {steps - 1} (got {start_step}).")
         guidance = guidance or CFG()
         attention = attention or AttentionController()
+        scheduler = make_scheduler(model.scheduler_config, sampler)
+        scheduler.set_timesteps(steps, device=model.device)
+        denoise = unet_denoiser(model, width, height)
         encode = None
         if conditioning is None:
             def encode(reads: str) -> Conditioning:
                 return encode_prompts(model, prompts) if reads == "prompt" else encode_negative(model, negatives)
 
             conditioning = StaticConditioning(encode("prompt"), encode("negative"))
-
-        scheduler = make_scheduler(model.scheduler_config, sampler)
-        scheduler.set_timesteps(steps, device=model.device)
+            if patches.step_hooks:
+                conditioning = StepConditioning(conditioning, patches, scheduler, denoise, encode,
+                                                _names_any(negatives, patches))
         seeds = [(seed + i) % 2**64 for i in range(len(prompts))]
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         shape = (len(prompts), model.latent_channels, height // model.vae_scale_factor, width // model.vae_scale_factor)
@@ -91,7 +94,6 @@ def sample(
         else:
             latents = _noised(scheduler, init_latents, noise, timesteps, start_step)
         step_guidance = guidance.setup(SamplingContext(model, patches, scheduler, generators, encode))
-        denoise = unet_denoiser(model, width, height)
         step_kwargs = _step_kwargs(scheduler, eta, generators)
 
         attention.attach(model.unet)
@@ -115,6 +117,12 @@ def sample(
             attention.detach(model.unet)
         images = decode_latents(model, latents) if decode else None
         return SampleResult(images=images, latents=latents, seeds=seeds)
+
+
+def _names_any(prompts: list[str], patches) -> bool:
+    """Whether any prompt names a trigger whose vector a step hook changes (it must be encoded every step)."""
+    words = {w for p in prompts for w in p.replace(",", " ").split()}
+    return any(row.trigger in words for row in patches.tokens)
 
 
 def _noised(scheduler, init_latents: torch.Tensor, noise: torch.Tensor, timesteps, start_step: int) -> torch.Tensor:

@@ -96,8 +96,8 @@ def run_identity(images, config: TrainConfig, base: str = "") -> str:
     return digest.hexdigest()[:20]
 
 
-def _check_config(model: Model, config: TrainConfig) -> None:
-    if config.trainable not in trainable_kinds():
+def _check_config(model: Model, config: TrainConfig, own_trainable: bool = False) -> None:
+    if not own_trainable and config.trainable not in trainable_kinds():
         raise InputError(f"trainable '{config.trainable}' is not one of {', '.join(trainable_kinds())}.")
     if config.mixed_precision not in MIXED_PRECISION:
         raise InputError(f"mixed_precision '{config.mixed_precision}' is not one of {', '.join(MIXED_PRECISION)}.")
@@ -192,6 +192,12 @@ class TrainingRun:
         self.model = model
         self.noise_scheduler = DDPMScheduler.from_config(model.scheduler_config)
         self.objective = objective or DenoisingObjective()
+        self.token_state: PatchState | None = None  # the run's trigger token while the run lasts
+
+    def serving_token(self, vectors: list[torch.Tensor]):
+        """Serve `vectors` ([B, dim] each: one per prompt) for the run's trigger for the block (an objective whose
+        token vector is computed per sample, as an image encoder's)."""
+        return self.token_state.serving(self.config.trigger, vectors)
 
     def denoising_loss(self, images: torch.Tensor, captions: list[str], generator: torch.Generator) -> torch.Tensor:
         """The plain diffusion loss on images [B, 3, H, W] in -1..1 with their captions (prior preservation)."""
@@ -214,6 +220,7 @@ class StepLoss(torch.nn.Module):
         self.unet = run.model.unet
         self.text_encoders = torch.nn.ModuleList(run.model.text_encoders)
         self.token = torch.nn.ParameterList(run.trainable.token_parameters())
+        self.trained = torch.nn.ModuleList(run.trainable.modules())
 
     def forward(self, step: int) -> torch.Tensor:
         run = self.run
@@ -240,19 +247,22 @@ def train_concept(
     preview: Callable[[Model], Image.Image] | None = None,
     preview_share: float = DEFAULT_PREVIEW_SHARE,
     on_finished: Callable[[TrainResult], None] | None = None,
+    trainable: Callable[[Model, list[torch.Tensor]], TrainableSet] | None = None,
 ) -> TrainResult:
     """Learn a concept. With `checkpoint_dir`, a run resumes from its newest checkpoint (same settings).
     `progress(step, total, preview)` is called every step; `preview()` renders `preview(model)` of the concept
     so far when the PreviewBudget allows (previews cost at most `preview_share` of the training; `preview.passes`
     says what one costs) and gives None in between. `data` replaces the images as the source of batches (a
-    stream); `objective` replaces the denoising loss. A finished run calls `on_finished(result)` before it
-    removes its checkpoints (a caller that keeps the result on disk loses nothing if that fails)."""
+    stream); `objective` replaces the denoising loss; `trainable(model, token_init)` builds a method's own
+    trainable set in place of `config.trainable`'s (which then only names it). A finished run calls
+    `on_finished(result)` before it removes its checkpoints (a caller that keeps the result on disk loses nothing
+    if that fails)."""
     # ComfyUI runs nodes under torch.inference_mode(); training needs autograd, and weights created in
     # inference mode cannot take part in it, so they are replaced by ordinary copies (same values) first.
     with torch.inference_mode(False), torch.enable_grad():
         leave_inference_mode(model)
         return _train(model, images, config, list(loss_terms), name, objective, data, checkpoint_dir, progress,
-                      cancel, preview, preview_share, on_finished)
+                      cancel, preview, preview_share, on_finished, trainable)
 
 
 def leave_inference_mode(model: Model) -> None:
@@ -268,9 +278,9 @@ def leave_inference_mode(model: Model) -> None:
 
 
 def _train(model, images, config, loss_terms, name, objective, data, checkpoint_dir, progress, cancel, preview,
-           preview_share, on_finished) -> TrainResult:
+           preview_share, on_finished, own_trainable) -> TrainResult:
     budget = PreviewBudget.for_training(preview_share, getattr(preview, "passes", 0), config.batch_size)
-    _check_config(model, config)
+    _check_config(model, config, own_trainable is not None)
     base_fingerprint = model.fingerprint()  # of the weights before a full fine-tune changes them in place
     if data is None:
         pixels = prepare_images(images, model.default_size)
@@ -284,10 +294,13 @@ def _train(model, images, config, loss_terms, name, objective, data, checkpoint_
     alpha = float(config.lora_alpha or config.rank)
     token_init = _token_init(model, config)
     with patches_in_effect(model):  # concepts the model carries are in effect, and frozen
-        trainable = build_trainable(model, config.trainable, token_init,
-                                    train_token=config.trainable == "embedding" or config.train_text_encoder,
-                                    train_text_encoder=config.train_text_encoder, rank=config.rank, alpha=alpha,
-                                    seed=config.seed)
+        if own_trainable is not None:
+            trainable = own_trainable(model, token_init)
+        else:
+            trainable = build_trainable(model, config.trainable, token_init,
+                                        train_token=config.trainable == "embedding" or config.train_text_encoder,
+                                        train_text_encoder=config.train_text_encoder, rank=config.rank, alpha=alpha,
+                                        seed=config.seed)
         unet_mode, checkpointing = model.unet.training, model.unet.is_gradient_checkpointing
         try:
             with_token = add_patch(model, TrainedToken(config.trigger, tuple(trainable.token)))
@@ -298,7 +311,8 @@ def _train(model, images, config, loss_terms, name, objective, data, checkpoint_
             if config.gradient_checkpointing:
                 model.unet.enable_gradient_checkpointing()
             step_loss, optimizer = engine.prepare(StepLoss(run, data, loss_terms), optimizer)
-            with patches_in_effect(dataclasses.replace(with_token, patches=with_token.patches[-1:])):
+            with patches_in_effect(dataclasses.replace(with_token, patches=with_token.patches[-1:])) as token_state:
+                run.token_state = token_state
                 model.unet.train(config.trainable != "embedding")
                 outcome = engine.run(step_loss, optimizer, {"trainable": _TensorState(trainable.state())},
                                      preview_at=lambda step: _preview_fn(run, preview if budget.due(step) else None))

@@ -96,6 +96,10 @@ class TrainableSet:
     def weight_parameters(self) -> list[torch.nn.Parameter]:
         return []
 
+    def modules(self) -> list[torch.nn.Module]:
+        """Modules the set owns beside the model's (an encoder): trained, and wrapped for DDP with the step."""
+        return []
+
     def token_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.token if p.requires_grad]
 

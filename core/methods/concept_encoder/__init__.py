@@ -1,1 +1,14 @@
-"""Concept Encoder (E4T, METHODS.md §1): personalize from one image with a domain encoder. Not built yet."""
+"""Concept Encoder (E4T, METHODS.md §1): personalize from ONE image in seconds with a domain encoder.
+
+Domain pre-training (`pretrain_encoder`, `conceptkit pretrain-encoder`) once per domain; per concept a few
+tuning steps on the one image (`tune_concept`); at sampling the encoder recomputes the trigger's vector at
+every step (`sampling`, registered as the concept group 'e4t')."""
+
+from . import sampling  # noqa: F401  (registers the 'e4t' concept group)
+from .backbones import ImageBackbone, backbone_for, clip_backbone, load_clip_vision, one_rgb_image, world_backbone
+from .files import EMBEDDED_ENCODER, Pretrained, load_encoder, save_encoder
+from .training import PretrainSettings, TuneSettings, pretrain_encoder, tune_concept
+
+__all__ = ["EMBEDDED_ENCODER", "ImageBackbone", "PretrainSettings", "Pretrained", "TuneSettings", "backbone_for",
+           "clip_backbone", "load_clip_vision", "load_encoder", "one_rgb_image", "pretrain_encoder", "save_encoder",
+           "tune_concept", "world_backbone"]

@@ -1,0 +1,59 @@
+"""`conceptkit pretrain-encoder`: a domain encoder, pre-trained in the background, resumable."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from ...model import EMBEDDED, load_model
+from .backbones import backbone_for, load_clip_vision
+from .domain import folder_domain
+from .files import Pretrained, load_encoder, save_encoder
+from .training import PRETRAIN_TRIGGER, PretrainSettings, pretrain_encoder
+
+log = logging.getLogger("conceptkit.concept_encoder")
+
+
+def pretrain_command(out: Path, *, model_path: str | None = None, workdir: Path, steps: int, batch_size: int,
+                     learning_rate: float, seed: int = 0, export_every: int = 500, clip_vision: Path | None = None,
+                     images: Path | None = None, class_word: str | None = None, init: Path | None = None) -> Path:
+    """Pre-train (or go on pre-training `init`) and write the encoder to `out`; the run's checkpoints live in
+    `workdir` (the same command resumes), and `out` is rewritten every `export_every` steps."""
+    model = load_model(model_path or EMBEDDED)
+    backbone = backbone_for(model, load_clip_vision(clip_vision) if clip_vision else None)
+    data = None
+    if images is not None:
+        if not class_word:
+            from ...errors import InputError
+
+            raise InputError("--images needs --class-word: the kind of thing all the images show (e.g. 'cat').")
+        data = folder_domain(images, model.default_size, PRETRAIN_TRIGGER, class_word)
+    if init is not None:
+        start = load_encoder(init, model)
+    else:
+        start = Pretrained.fresh(model, backbone, class_word or "creature", seed=seed)
+    settings = PretrainSettings(steps=steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed)
+    began = time.monotonic()
+    from accelerate import PartialState
+
+    main_process = PartialState(cpu=model.device.type == "cpu").is_main_process  # under accelerate launch: one writer
+
+    def snapshot(step: int, so_far: Pretrained) -> None:
+        if not main_process:
+            return
+        save_encoder(so_far, out, if_exists="overwrite")
+        log.info("step %d: encoder written to %s (%.0f s)", step, out, time.monotonic() - began)
+
+    def progress(step, total, preview):
+        if step % 50 == 0:
+            log.info("pre-training step %d of %d (%.0f s)", step, total, time.monotonic() - began)
+
+    trained, result = pretrain_encoder(model, backbone, start, settings, data, checkpoint_dir=Path(workdir),
+                                       progress=progress, snapshot=snapshot, snapshot_every=export_every)
+    if not main_process:
+        return Path(out)
+    written = save_encoder(trained, out, if_exists="overwrite")
+    log.info("pre-training done: %d steps, last loss %.4f; encoder written to %s", trained.steps, result.losses[-1],
+             written)
+    return written

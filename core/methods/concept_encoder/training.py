@@ -1,0 +1,216 @@
+"""E4T's two training phases on the training service's few-shot loop (METHODS.md §1):
+
+- domain pre-training (`pretrain_encoder`): a stream of domain batches; the encoder reads a condition image
+  and the current noisy latent, its e* is served as each prompt's own trigger vector, and the loss
+  ||eps - eps(x_t, c(e*); theta + dW)||^2 + lambda_e ||E||^2 trains the encoder and the attention offsets;
+- per-concept tuning (`tune_concept`): the same loss for a few steps on augmentations of ONE image, from
+  the pre-trained encoder and offsets; the result is a concept.
+Both get the engine's resume, Cancel, progress and accelerate for free.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ...concepts import Concept, Trigger
+from ...errors import InputError
+from ...model import Conditioning, Model, encode_prompts
+from ...model.patches import class_word_vector
+from ...training import Batch, DenoisingObjective, Stream, TrainableSet, TrainConfig, TrainResult, train_concept
+from .backbones import ImageBackbone
+from .domain import world_domain
+from .encoder import (
+    DEFAULT_ENCODER_WEIGHT,
+    AttentionOffsets,
+    ConceptEncoder,
+    empty_prompt_features,
+    encoder_penalty,
+    placeholder_vectors,
+)
+from .files import GROUP, Pretrained, concept_group_tensors, step_averaged_vectors
+
+log = logging.getLogger("conceptkit.concept_encoder")
+
+PRETRAIN_TRIGGER = "<e4t-domain>"
+
+
+class EncoderSet(TrainableSet):
+    """What E4T trains: the encoder and the attention offsets (the trigger's vector is computed, not learned)."""
+
+    kind = "e4t"
+
+    def __init__(self, model: Model, token_init: list[torch.Tensor], encoder: ConceptEncoder,
+                 offsets: AttentionOffsets):
+        super().__init__(model, token_init, train_token=False, train_text_encoder=False)
+        self.encoder, self.attention = encoder.train(), offsets
+        for p in [*encoder.parameters(), *offsets.parameters()]:
+            p.requires_grad_(True)
+        self._handles = offsets.attach(model)
+
+    def weight_parameters(self):
+        return [*self.encoder.parameters(), *self.attention.parameters()]
+
+    def modules(self):
+        return [self.encoder, self.attention]
+
+    def state(self):
+        named = {f"encoder.{n}": p for n, p in self.encoder.named_parameters()}
+        named |= {f"offsets.{n}": p for n, p in self.attention.named_parameters()}
+        return {**super().state(), **named}
+
+    def concept_tensors(self):
+        return {}  # the caller builds the concept (it needs the image's features), see tune_concept
+
+    @contextmanager
+    def disabled(self):
+        self.attention.enabled = False
+        try:
+            yield
+        finally:
+            self.attention.enabled = True
+
+    def restore(self):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+@dataclass
+class EncoderObjective(DenoisingObjective):
+    """The denoising loss with the trigger's vector e* = e_class + s E(image, x_t) per sample, plus lambda_e ||E||^2.
+    The image features are fixed (`image_features`, tuning on one image) or read from each batch's
+    `extra["condition"]` images (pre-training)."""
+
+    encoder: ConceptEncoder = None
+    backbone: ImageBackbone = None
+    class_vectors: list[torch.Tensor] = field(default_factory=list)
+    image_features: torch.Tensor | None = None
+    weight: float = DEFAULT_ENCODER_WEIGHT
+    _empty: Conditioning | None = None
+
+    def __call__(self, run, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+        model = run.model
+        noised = self.noising(run, batch.images, generator)
+        n = len(batch.captions)
+        if self.image_features is not None:
+            features = self.image_features.expand(n, *self.image_features.shape[1:])
+        else:
+            features = self.backbone.features(batch.extra["condition"])
+        if self._empty is None:
+            self._empty = encode_prompts(model, [""])
+        empty = Conditioning(self._empty.hidden.expand(n, -1, -1),
+                             None if self._empty.pooled is None else self._empty.pooled.expand(n, -1))
+        unet_features = empty_prompt_features(model, noised.noisy, noised.timesteps, empty)
+        offsets = self.encoder(features.to(model.device), unet_features)
+        vectors = placeholder_vectors(offsets, self.class_vectors, self.encoder.spec.scale)
+        with run.serving_token(vectors):
+            prediction = self.prediction(run, noised, batch.captions, batch)
+        return F.mse_loss(prediction.float(), noised.target.float()) + self.weight * encoder_penalty(offsets)
+
+
+def class_vectors(model: Model, class_word: str) -> list[torch.Tensor]:
+    vectors = [class_word_vector(model, i, class_word) for i in range(len(model.text_encoders))]
+    if any(v is None for v in vectors):
+        raise InputError(f"the class word '{class_word}' gives no tokens; give the domain's class word, e.g. 'cat'.")
+    return [v.to(model.device) for v in vectors]
+
+
+WORLD_ENCODER_WEIGHT = 1e-3  # lambda_e on the world: at the paper's 0.01 the penalty outweighs the world's
+# denoising loss (about 0.02) ten times over for any offset that moves a token (token norms 0.1-0.8)
+
+
+@dataclass
+class PretrainSettings:
+    steps: int = 6000
+    batch_size: int = 16
+    learning_rate: float = 2e-4
+    seed: int = 0
+    checkpoint_every: int = 200
+    encoder_weight: float = WORLD_ENCODER_WEIGHT
+
+
+def pretrain_encoder(model: Model, backbone: ImageBackbone, pretrained: Pretrained, settings: PretrainSettings,
+                     data: Stream | None = None, *, checkpoint_dir: Path | None = None, progress=None, cancel=None,
+                     snapshot: Callable[[int, Pretrained], None] | None = None, snapshot_every: int = 0
+                     ) -> tuple[Pretrained, TrainResult]:
+    """Train `pretrained` (a fresh or partly trained encoder + offsets) on a domain: `data` gives batches whose
+    captions name PRETRAIN_TRIGGER and whose `extra["condition"]` holds the image the encoder reads (default:
+    the world's creature domain). `snapshot(step, encoder so far)` is called every `snapshot_every` steps.
+    Returns the trained encoder and the run's result (losses)."""
+    data = data or Stream(world_domain(PRETRAIN_TRIGGER))
+    with torch.inference_mode(False):  # ordinary tensors, also when called from a ComfyUI node
+        encoder, offsets = copy.deepcopy(pretrained.encoder), copy.deepcopy(pretrained.offsets)
+
+    def so_far(step: int) -> Pretrained:
+        return Pretrained(encoder, offsets, pretrained.class_word, pretrained.backbone, model.family,
+                          model.fingerprint(), pretrained.steps + step, pretrained.offset_rank)
+
+    def report(step, total, preview):
+        if snapshot is not None and snapshot_every and step % snapshot_every == 0 and step < total:
+            snapshot(step, so_far(step))
+        if progress is not None:
+            progress(step, total, preview)
+    config = TrainConfig(trigger=PRETRAIN_TRIGGER, class_word=pretrained.class_word, trainable="e4t",
+                         steps=settings.steps, learning_rate=settings.learning_rate, batch_size=settings.batch_size,
+                         seed=settings.seed, checkpoint_every=settings.checkpoint_every, method="e4t_pretraining",
+                         parameters={"encoder_weight": settings.encoder_weight, "start_steps": pretrained.steps})
+    objective = EncoderObjective(encoder=encoder, backbone=backbone,
+                                 class_vectors=class_vectors(model, pretrained.class_word),
+                                 weight=settings.encoder_weight)
+    result = train_concept(model, None, config, data=data, objective=objective, checkpoint_dir=checkpoint_dir,
+                           progress=report, cancel=cancel, name="encoder",
+                           trainable=lambda m, token_init: EncoderSet(m, token_init, encoder, offsets))
+    encoder.eval().requires_grad_(False)
+    offsets.requires_grad_(False)
+    return so_far(settings.steps), result
+
+
+DEFAULT_TUNING_STEPS = 4
+
+
+@dataclass
+class TuneSettings:
+    steps: int = DEFAULT_TUNING_STEPS
+    batch_size: int = 4
+    learning_rate: float = 1e-4
+    seed: int = 0
+    encoder_weight: float = WORLD_ENCODER_WEIGHT
+
+
+def tune_concept(model: Model, pretrained: Pretrained, backbone: ImageBackbone, image: torch.Tensor, trigger: str,
+                 settings: TuneSettings, *, name: str = "concept", progress=None, cancel=None,
+                 preview=None) -> Concept:
+    """A concept from ONE image [1, 3, H, W] in -1..1 (the model's size): the pre-trained encoder and offsets
+    tuned for `settings.steps` steps on augmentations of it (0 steps: the encoder as pre-trained)."""
+    pretrained.check_fits(model, backbone)
+    with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; what trains must be ordinary tensors
+        features = backbone.features(image.to(model.device)).clone()
+        encoder, offsets = copy.deepcopy(pretrained.encoder), copy.deepcopy(pretrained.offsets)
+    class_word = pretrained.class_word
+    vectors = class_vectors(model, class_word)
+    if settings.steps > 0:
+        config = TrainConfig(trigger=trigger, class_word=class_word, trainable="e4t", steps=settings.steps,
+                             learning_rate=settings.learning_rate, batch_size=settings.batch_size, seed=settings.seed,
+                             templates=("a {trigger} {class}",), method="e4t")
+        objective = EncoderObjective(encoder=encoder, backbone=backbone, class_vectors=vectors,
+                                     image_features=features, weight=settings.encoder_weight)
+        train_concept(model, image.permute(0, 2, 3, 1).add(1).div(2), config, objective=objective, name=name,
+                      progress=progress, cancel=cancel, preview=preview,
+                      trainable=lambda m, token_init: EncoderSet(m, token_init, encoder, offsets))
+    encoder.eval()
+    tensors = concept_group_tensors(model, encoder, offsets, features, vectors)
+    averaged = step_averaged_vectors(model, encoder, offsets, features, vectors, image)
+    tensors |= {f"embedding.0.te{i}": v[None].detach().clone() for i, v in enumerate(averaged)}
+    return Concept(name=name, method="e4t", family=model.family, base_fingerprint=model.fingerprint(),
+                   triggers=(Trigger(trigger, class_word),), tensors=tensors,
+                   parameters={"tuning_steps": settings.steps, "batch_size": settings.batch_size,
+                               "learning_rate": settings.learning_rate, "seed": settings.seed,
+                               "encoder_steps": pretrained.steps, GROUP: pretrained.description()})
