@@ -384,7 +384,9 @@ def test_ctrl_c_during_training_says_how_to_resume_and_the_rerun_resumes(tmp_pat
     command = [sys.executable, "-m", "conceptkit", "run", str(workflow), "--out", str(tmp_path / "out"),
                "--models", str(tmp_path / "models"), "--set", "3.steps=400", "--set", "3.checkpoint_every=0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    # a background job of a shell ignores SIGINT, and children inherit that: the default, as in a terminal
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in process.stderr:  # progress lines come every tenth of the run
         lines.append(line)
