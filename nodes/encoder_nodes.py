@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ..core.errors import InputError
 from ..core.methods.concept_encoder import (
     EMBEDDED_ENCODER,
     ImageBackbone,
@@ -106,8 +105,7 @@ class ConceptKitConceptEncoder:
 
 
 def comfy_backbone(clip_vision) -> ImageBackbone:
-    if not hasattr(clip_vision, "encode_image"):
-        raise InputError("clip_vision must be ComfyUI's CLIP_VISION (from a Load CLIP Vision node).")
+    """ComfyUI's CLIP_VISION as a backbone (the probe refuses anything else with the fix)."""
     probe = comfy.comfy_clip_vision_features(clip_vision, torch.zeros(1, 3, 224, 224))
     return ImageBackbone(CLIP_BACKBONE, False, int(probe.shape[-1]),
                          lambda images: comfy.comfy_clip_vision_features(clip_vision, images))

@@ -120,7 +120,8 @@ def sample(
 
 
 def _names_any(prompts: list[str], patches) -> bool:
-    """Whether any prompt names a trigger whose vector a step hook changes (it must be encoded every step)."""
+    """Whether any prompt names an added trigger: with step hooks its vector may change, so such a prompt is
+    encoded again at every step."""
     words = {w for p in prompts for w in p.replace(",", " ").split()}
     return any(row.trigger in words for row in patches.tokens)
 

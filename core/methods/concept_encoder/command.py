@@ -6,6 +6,7 @@ import logging
 import time
 from pathlib import Path
 
+from ...errors import InputError
 from ...model import EMBEDDED, load_model
 from .backbones import backbone_for, load_clip_vision
 from .domain import folder_domain
@@ -25,8 +26,6 @@ def pretrain_command(out: Path, *, model_path: str | None = None, workdir: Path,
     data = None
     if images is not None:
         if not class_word:
-            from ...errors import InputError
-
             raise InputError("--images needs --class-word: the kind of thing all the images show (e.g. 'cat').")
         data = folder_domain(images, model.default_size, PRETRAIN_TRIGGER, class_word)
     if init is not None:

@@ -136,6 +136,11 @@ def empty_prompt_features(model: Model, noisy: torch.Tensor, timesteps: torch.Te
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v")
 
 
+def attention_projection_names(model: Model) -> list[str]:
+    """The UNet's attention q/k/v Linear modules, in module order: what the offsets act on."""
+    return [n for n, m in model.unet.named_modules() if isinstance(m, nn.Linear) and n.endswith(ATTENTION_PROJECTIONS)]
+
+
 class AttentionOffsets(nn.Module):
     """Low-rank multiplicative offsets of the UNet's attention q/k/v weights, trained with the encoder:
     W' = W * (1 + u v^T) (elementwise), u [out, r] starting at zero, so training starts at the base model."""
@@ -143,8 +148,7 @@ class AttentionOffsets(nn.Module):
     def __init__(self, model: Model, rank: int = 1, seed: int = 0):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
-        self.names = [n for n, m in model.unet.named_modules()
-                      if isinstance(m, nn.Linear) and n.endswith(ATTENTION_PROJECTIONS)]
+        self.names = attention_projection_names(model)
         self.enabled = True
         self.u = nn.ParameterList()
         self.v = nn.ParameterList()

@@ -29,6 +29,7 @@ from .encoder import (
     AttentionOffsets,
     ConceptEncoder,
     EncoderSpec,
+    attention_projection_names,
     empty_prompt_features,
     placeholder_vectors,
     unet_feature_size,
@@ -60,12 +61,13 @@ class Pretrained:
     def fresh(model: Model, backbone: ImageBackbone, class_word: str, *, hidden: int = 256, offset_rank: int = 1,
               seed: int = 0) -> Pretrained:
         """An untrained encoder for `model` reading `backbone` (offsets start at zero: the base model)."""
-        torch.manual_seed(seed)
         spec = EncoderSpec(backbone.channels, backbone.spatial, unet_feature_size(model),
                            tuple(te.get_input_embeddings().weight.shape[1] for te in model.text_encoders), hidden)
-        return Pretrained(ConceptEncoder(spec).to(model.device),
-                          AttentionOffsets(model, offset_rank, seed).to(model.device), class_word, backbone.name,
-                          model.family, model.fingerprint(), 0, offset_rank)
+        with torch.random.fork_rng(devices=[]):  # seeded initialization, the caller's random state untouched
+            torch.manual_seed(seed)
+            encoder = ConceptEncoder(spec).to(model.device)
+        return Pretrained(encoder, AttentionOffsets(model, offset_rank, seed).to(model.device), class_word,
+                          backbone.name, model.family, model.fingerprint(), 0, offset_rank)
 
     def description(self) -> dict:
         return {"spec": {**asdict(self.encoder.spec), "token_dims": list(self.encoder.spec.token_dims)},
@@ -85,9 +87,8 @@ class Pretrained:
             raise InputError(f"this Concept Encoder takes {self.encoder.spec.image_channels} image features; the "
                              f"connected CLIP vision model gives {backbone.channels}. Connect the CLIP vision model "
                              "it was pre-trained with.")
-        names = [n for n, m in model.unet.named_modules() if isinstance(m, torch.nn.Linear)
-                 and n.endswith(("to_q", "to_k", "to_v"))]
-        if names != list(self.offsets.names) or unet_feature_size(model) != self.encoder.spec.unet_features:
+        if attention_projection_names(model) != list(self.offsets.names) \
+                or unet_feature_size(model) != self.encoder.spec.unet_features:
             raise InputError("this Concept Encoder was trained on a model with another UNet; load an encoder "
                              "pre-trained on this model.")
         if self.base_fingerprint != model.fingerprint():
