@@ -13,6 +13,7 @@ SUITES = {
     "encoder": ("encoder", "encoder_suite"),
     "guidance": ("guidance", "guidance_suite"),
     "sampling": ("sampling", "sampling_suite"),
+    "sge": ("sge", "sge_suite"),
 }
 
 

@@ -8,6 +8,13 @@ from .finetune_nodes import ConceptKitLipschitzFinetune
 from .guidance_nodes import ConceptKitPersonalizationGuidanceSampler
 from .model_nodes import ConceptKitLoadModel
 from .sampling_nodes import ConceptKitSample
+from .sge_nodes import (
+    ConceptKitLoadSGE,
+    ConceptKitSaveSGE,
+    ConceptKitSGEInverter,
+    ConceptKitSGESample,
+    ConceptKitWorldDomain,
+)
 from .world_nodes import ConceptKitWorldSubject
 
 NODE_CLASS_MAPPINGS = {
@@ -23,6 +30,11 @@ NODE_CLASS_MAPPINGS = {
     "ConceptKitWorldSubject": ConceptKitWorldSubject,
     "ConceptKitLoadConceptEncoder": ConceptKitLoadConceptEncoder,
     "ConceptKitConceptEncoder": ConceptKitConceptEncoder,
+    "ConceptKitWorldDomain": ConceptKitWorldDomain,
+    "ConceptKitSGEInverter": ConceptKitSGEInverter,
+    "ConceptKitSGESample": ConceptKitSGESample,
+    "ConceptKitSaveSGE": ConceptKitSaveSGE,
+    "ConceptKitLoadSGE": ConceptKitLoadSGE,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "ConceptKitLoadModel": "ConceptKit Load Model",
@@ -37,6 +49,11 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ConceptKitWorldSubject": "ConceptKit World Subject",
     "ConceptKitLoadConceptEncoder": "ConceptKit Load Concept Encoder",
     "ConceptKitConceptEncoder": "Concept Encoder",
+    "ConceptKitWorldDomain": "ConceptKit World Domain",
+    "ConceptKitSGEInverter": "SGE Inverter",
+    "ConceptKitSGESample": "SGE Sample",
+    "ConceptKitSaveSGE": "ConceptKit Save SGE",
+    "ConceptKitLoadSGE": "ConceptKit Load SGE",
 }
 
 warn_missing_dependencies()

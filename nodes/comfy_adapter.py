@@ -89,7 +89,8 @@ def cancel_requested() -> bool:
 OWN_FOLDERS = {"conceptkit_concepts": ("conceptkit/concepts", {".safetensors"}),
                "conceptkit_exports": ("conceptkit/exports", {""}),
                "conceptkit_checkpoints": ("conceptkit/checkpoints", {""}),
-               "conceptkit_encoders": ("conceptkit/encoders", {".safetensors"})}
+               "conceptkit_encoders": ("conceptkit/encoders", {".safetensors"}),
+               "conceptkit_sge": ("conceptkit/sge", {".safetensors"})}
 
 
 _MODELS_DIR: ContextVar[Path | None] = ContextVar("conceptkit_models_dir", default=None)

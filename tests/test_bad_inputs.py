@@ -373,6 +373,27 @@ def test_the_concept_encoder_workflow_refuses_bad_input_with_one_line(override, 
     assert written(tmp_path / "out") == []
 
 
+# --- the SGE Inverter's workflow through `conceptkit run` ---------------------------------------------------------
+
+SGE_INVERTER = WORKFLOWS / "sge_inverter.json"
+
+
+@pytest.mark.parametrize("override,words", [
+    ("2.count=11", "takes 1 to 10 images of the new domain; 11 were given. Pick the 10 most typical."),
+    ("3.window_end=30", "the guidance window [0, 30) does not fit 25 steps"),
+    ("3.window=sideways", "not one of the choices"),
+    ("3.epochs=0", "smaller than the minimum"),
+    ("4.count=0", "smaller than the minimum"),
+])
+def test_the_sge_inverter_workflow_refuses_bad_input_with_one_line(override, words, tmp_path, capsys):
+    code, err = run(["run", str(SGE_INVERTER), "--out", str(tmp_path / "out"), "--models", str(tmp_path / "models"),
+                     "-q", "--set", override], capsys)
+    assert code == 2 and "Traceback" not in err and err.startswith("conceptkit: error:"), err
+    assert err.count("error:") == 1, err
+    assert words in err, err
+    assert written(tmp_path / "out") == []
+
+
 def test_ctrl_c_during_training_says_how_to_resume_and_the_rerun_resumes(tmp_path):
     import os
     import signal

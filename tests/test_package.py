@@ -43,7 +43,7 @@ def test_node_contract_and_tooltips(name, node):
             if isinstance(kind, list):
                 assert kind, f"{name}.{input_name} offers no choices"
             if isinstance(kind, str) and kind.startswith("CK_"):
-                assert kind in {"CK_MODEL", "CK_CONCEPT", "CK_ENCODER"}  # the pack's own sockets (nodes/sockets.py)
+                assert kind in {"CK_MODEL", "CK_CONCEPT", "CK_ENCODER", "CK_SGE"}  # nodes/sockets.py
     for t in node.RETURN_TYPES:
         assert isinstance(t, str) and t.isupper()
     if hasattr(node, "OUTPUT_TOOLTIPS"):
@@ -121,7 +121,7 @@ def test_training_seeds_never_randomize_after_a_queue_and_every_seed_has_one_ran
         assert options["max"] == MAX_SEED and options["min"] == 0, name
         assert "control_after_generate" in options, f"{name}: the frontend would add a randomizing control"
         trains = "checkpoint_every" in {**node.INPUT_TYPES()["required"], **node.INPUT_TYPES().get("optional", {})}
-        if trains or name == "ConceptKitWorldSubject":  # a changed seed would retrain instead of resuming
+        if trains or name in ("ConceptKitWorldSubject", "ConceptKitWorldDomain"):  # a changed seed would retrain
             assert options["control_after_generate"] is False, name
 
 
@@ -129,7 +129,8 @@ def test_display_names_follow_one_scheme():
     names = conceptkit.NODE_DISPLAY_NAME_MAPPINGS
     method_nodes = {"ConceptKitLipschitzFinetune": "Lipschitz Finetune",
                     "ConceptKitPersonalizationGuidanceSampler": "Personalization Guidance Sampler",
-                    "ConceptKitConceptEncoder": "Concept Encoder"}
+                    "ConceptKitConceptEncoder": "Concept Encoder", "ConceptKitSGEInverter": "SGE Inverter",
+                    "ConceptKitSGESample": "SGE Sample"}
     assert len(set(names.values())) == len(names)
     for key, shown in names.items():
         assert shown == method_nodes[key] if key in method_nodes else shown.startswith("ConceptKit "), shown

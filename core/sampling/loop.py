@@ -49,6 +49,7 @@ def sample(
     eta: float = 0.0,
     init_latents: torch.Tensor | None = None,
     start_step: int = 0,
+    init_noise: torch.Tensor | None = None,
     conditioning: ConditioningProvider | None = None,
     attention: AttentionController | None = None,
     progress: ProgressFn | None = None,
@@ -58,7 +59,8 @@ def sample(
     """Generate images. A string prompt is repeated `batch_size` times; a list gives one image each.
     With `init_latents` (VAE latents times its scaling factor, as the UNet sees them) the run starts at
     `start_step` of the `steps`-step schedule from those latents noised to that step (img2img: strength
-    (steps - start_step) / steps)."""
+    (steps - start_step) / steps); `init_noise` replaces the seeded noise they are noised with (an inversion that
+    learned its embeddings on one fixed noise starts from it)."""
     with patches_in_effect(model) as patches:
         prompts = _broadcast(prompt, batch_size, "prompt")
         negatives = _broadcast(negative_prompt, len(prompts), "negative_prompt")
@@ -92,7 +94,8 @@ def sample(
         if init_latents is None:
             latents = noise * scheduler.init_noise_sigma
         else:
-            latents = _noised(scheduler, init_latents, noise, timesteps, start_step)
+            start_noise = noise if init_noise is None else init_noise.to(noise)
+            latents = _noised(scheduler, init_latents, start_noise, timesteps, start_step)
         step_guidance = guidance.setup(SamplingContext(model, patches, scheduler, generators, encode))
         step_kwargs = _step_kwargs(scheduler, eta, generators)
 

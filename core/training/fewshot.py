@@ -19,7 +19,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -85,10 +85,14 @@ class TrainResult:
     resumed_from: int
 
 
-def run_identity(images, config: TrainConfig, base: str = "") -> str:
-    """A name for a run's checkpoint folder that is the same for the same images, settings and base model
-    (`base`: its fingerprint), so a crashed or cancelled run resumes when started again, and different
-    otherwise."""
+class Signed(Protocol):
+    def signature(self) -> str: ...
+
+
+def run_identity(images, config: Signed, base: str = "") -> str:
+    """A name for a run's checkpoint folder that is the same for the same images, settings (anything with a
+    `signature()`: a TrainConfig, a method's own settings) and base model (`base`: its fingerprint), so a crashed
+    or cancelled run resumes when started again, and different otherwise."""
     pixels = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
     digest = hashlib.sha256(pixels.detach().float().cpu().numpy().tobytes())
     digest.update(config.signature().encode())

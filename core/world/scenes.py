@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -10,6 +10,7 @@ from .render import background, instance_sprite, paste, shape_mask
 from .vocabulary import (
     COLOURS,
     HELDOUT_PAIRS,
+    HELDOUT_STYLE,
     INSTANCE_CLASS_WORD,
     PAIRED_POSITIONS,
     PATTERN_WORDS,
@@ -141,6 +142,23 @@ def evaluation_scenes(split: str, count: int, seed: int = 1234) -> list[Scene]:
     """A fixed list of evaluation scenes ("seen", "heldout" or "pairs")."""
     rng = np.random.default_rng([seed, {"seen": 0, "heldout": 1, "pairs": 2}[split]])
     return [random_scene(rng, split) for _ in range(count)]
+
+
+STYLE_STREAMS = {"targets": 3, "reference": 4}
+
+
+def style_scenes(count: int, seed: int = 0, stream: str = "targets") -> list[Scene]:
+    """Scenes of the unseen domain: what the base model was trained on (creatures and shapes) on the held-out
+    background pattern it never saw. "targets": the few images a user gives; "reference": other scenes of the
+    domain, to measure generated images against."""
+    rng = np.random.default_rng([seed, STYLE_STREAMS[stream]])
+    return [replace(random_scene(rng, "train"), pattern=HELDOUT_STYLE) for _ in range(count)]
+
+
+def style_renders(count: int, seed: int = 0, stream: str = "targets") -> np.ndarray:
+    """uint8 [count, 64, 64, 3] renders of `style_scenes` (pattern phases and places vary)."""
+    rng = np.random.default_rng([seed, STYLE_STREAMS[stream], 1])
+    return np.stack([scene.render(rng) for scene in style_scenes(count, seed, stream)])
 
 
 def training_batch(seed: int, step: int, batch_size: int, mix: SceneMix = SECOND_EDITION

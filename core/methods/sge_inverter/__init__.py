@@ -1,2 +1,11 @@
-"""SGE Inverter (CRDI, METHODS.md §2): a few images of a new domain -> many diverse ones, without
-fine-tuning the model. Not built yet."""
+"""SGE Inverter (CRDI, METHODS.md §2): many diverse images of a new domain from a few, without fine-tuning.
+`invert` learns sample-wise guidance embeddings (forward passes only); `sample_sge` generates by conditional
+relaxing."""
+
+from .generation import DEFAULT_RELAX, RelaxedSGE, sample_sge
+from .inversion import MAX_IMAGES, InvertSettings, invert
+from .sge import SGESet, load_sge, save_sge, sge_path
+from .window import MAPPINGS, Window, map_window
+
+__all__ = ["DEFAULT_RELAX", "MAPPINGS", "MAX_IMAGES", "InvertSettings", "RelaxedSGE", "SGESet", "Window",
+           "invert", "load_sge", "map_window", "sample_sge", "save_sge", "sge_path"]

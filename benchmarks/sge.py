@@ -1,0 +1,171 @@
+"""Bench suite `sge`: the SGE Inverter (CRDI, METHODS.md §2) on the world's unseen domain (its creatures and shapes
+on the zigzag background the base model never saw), 10 and 5 shots, against a LoRA fine-tuned on the targets, img2img
+variations of the targets at the SGE window's noise, and the base model with the closest text prompt.
+
+Rows: domain_hit (share of samples whose background reads zigzag), domain_fd (Fréchet distance of scene features
+to other renders of the domain; CRDI's FID protocol), diversity (CRDI's intra-cluster distance in scene features),
+copy_rate (share of samples closer in pixels to a target than two renders of one target scene are to each other:
+memorization), seconds_invert (inversion or training; 0 for the training-free baselines), seconds_per_image.
+Every method runs in a fresh process (its own seconds)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from .finetune import EVAL_CFG, EVAL_STEPS, run_isolated
+
+log = logging.getLogger("conceptkit.bench")
+
+SHOTS = (10, 5)
+SAMPLES = {False: 32, True: 8}
+REFERENCE_RENDERS = 64
+SAMPLE_SEED = 1000
+TRIGGER, CLASS_WORD = "<zz>", "background"
+LORA = dict(trainable="lora", rank=8, learning_rate=5e-3, batch_size=4)
+LORA_STEPS = {False: 300, True: 60}
+SGE_EPOCHS = {False: None, True: 10}  # None: the default
+CLOSEST_PATTERN = "striped"  # the known pattern nearest the zigzag (bands); the "closest text prompt"
+METHODS = ("sge (window by step)", "sge (window by noise)", "lora", "img2img", "text")
+
+
+def targets(shots: int):
+    from ..core.world.scenes import style_renders, style_scenes
+
+    return style_renders(shots), style_scenes(shots)
+
+
+def prompt_scenes(count: int, seed: int):
+    """Scenes of the domain the prompt-driven baselines draw (other than the targets)."""
+    from ..core.world.scenes import style_scenes
+
+    return style_scenes(count, seed, "reference")
+
+
+def with_pattern_word(scene, word: str) -> str:
+    """The scene's caption with its pattern named `word` (a trigger, or a known pattern)."""
+    from ..core.world.vocabulary import HELDOUT_STYLE
+
+    return scene.caption().replace(f"{HELDOUT_STYLE} background", f"{word} background")
+
+
+def run_method(method: str, shots: int, model_source, quick: bool, seed: int) -> dict:
+    """One method's samples and timings, in its own process."""
+    import torch
+
+    from ..core.methods.sge_inverter import InvertSettings, invert, sample_sge
+    from ..core.model import load_model
+    from ..core.sampling import CFG, sample
+    from ..core.world.metrics import as_uint8
+
+    torch.manual_seed(seed)
+    model = load_model(model_source)
+    images, scenes = targets(shots)
+    pixels = torch.from_numpy(images).float() / 255
+    count = SAMPLES[quick]
+    seconds_invert, info = 0.0, {}
+    start = time.perf_counter()
+    if method.startswith("sge"):
+        mapping = "step" if "step" in method else "noise"
+        settings = InvertSettings(mapping=mapping, seed=seed)
+        if SGE_EPOCHS[quick]:
+            settings.epochs = SGE_EPOCHS[quick]
+        sge = invert(model, pixels, settings)
+        seconds_invert = time.perf_counter() - start
+        info = {"window": [sge.window.start, sge.window.end], "epochs": settings.epochs,
+                "final_loss": sge.parameters["losses"][-1]}
+        start = time.perf_counter()
+        out = sample_sge(model, sge, count=count, seed=SAMPLE_SEED).images
+    elif method == "lora":
+        from ..core.concepts import apply_concept
+        from ..core.recipes import train_recipe
+        from ..core.training import TrainConfig
+
+        config = TrainConfig(trigger=TRIGGER, class_word=CLASS_WORD, steps=LORA_STEPS[quick], seed=seed,
+                             captions=[with_pattern_word(s, "{trigger}").replace("{trigger} background",
+                                                                                 "{trigger} {class}") for s in scenes],
+                             **LORA)
+        concept = train_recipe(model, pixels, config, "dreambooth_lora").concept
+        seconds_invert = time.perf_counter() - start
+        tuned = apply_concept(model, concept)
+        prompts = [with_pattern_word(s, TRIGGER) for s in prompt_scenes(count, seed)]
+        start = time.perf_counter()
+        out = sample(tuned, prompts, seed=SAMPLE_SEED, steps=EVAL_STEPS, guidance=CFG(EVAL_CFG)).images
+    elif method == "img2img":
+        from ..core.methods.sge_inverter import map_window
+        from ..core.sampling.schedulers import make_scheduler
+        from ..core.training import prepare_images
+
+        scheduler = make_scheduler(model.scheduler_config, "ddim")
+        scheduler.set_timesteps(EVAL_STEPS)
+        window = map_window(scheduler.timesteps, scheduler.alphas_cumprod, "step")
+        picks = [int(i) for i in np.random.default_rng(seed).integers(0, shots, count)]
+        with torch.no_grad():
+            encoded = model.vae.encode(prepare_images(pixels[picks], model.default_size).to(model.device, model.dtype))
+            latents = encoded.latent_dist.mean * model.vae.config.scaling_factor
+        info = {"start_step": window.first_loop_index}
+        out = sample(model, "", batch_size=count, seed=SAMPLE_SEED, steps=EVAL_STEPS, init_latents=latents,
+                     start_step=window.first_loop_index, guidance=CFG(1.0)).images
+    elif method == "text":
+        prompts = [with_pattern_word(s, CLOSEST_PATTERN) for s in prompt_scenes(count, seed)]
+        out = sample(model, prompts, seed=SAMPLE_SEED, steps=EVAL_STEPS, guidance=CFG(EVAL_CFG)).images
+    else:
+        raise ValueError(method)
+    seconds_per_image = (time.perf_counter() - start) / count
+    return {"samples": as_uint8(out), "seconds_invert": seconds_invert, "seconds_per_image": seconds_per_image,
+            "info": info}
+
+
+def copy_threshold(shots: int) -> float:
+    """Median pixel distance (mean |difference|, 0..1) between two renders of one target scene."""
+    from ..core.world.scenes import style_renders
+
+    first = style_renders(shots).astype(np.float32) / 255
+    rng = np.random.default_rng([0, 99])
+    second = np.stack([s.render(rng) for s in targets(shots)[1]]).astype(np.float32) / 255
+    return float(np.median(np.abs(first - second).mean((1, 2, 3))))
+
+
+def copy_rate(samples: np.ndarray, target_images: np.ndarray, threshold: float) -> float:
+    s = samples.astype(np.float32)[:, None] / 255
+    t = target_images.astype(np.float32)[None] / 255
+    nearest = np.abs(s - t).mean((2, 3, 4)).min(1)
+    return float((nearest < threshold).mean())
+
+
+def sge_suite(options):
+    from ..core.world.metrics import domain_fidelity, domain_hit_rate, sample_diversity
+    from ..core.world.scenes import style_renders
+
+    reference = style_renders(REFERENCE_RENDERS, stream="reference")
+    rows, grids = [], {}
+    for shots in SHOTS if not options.quick else (SHOTS[0],):
+        images, _ = targets(shots)
+        threshold = copy_threshold(shots)
+        grids[f"targets_{shots}_shots"] = (images, [f"target {i}" for i in range(shots)])
+        for method in METHODS:
+            log.info("sge: %s, %d shots", method, shots)
+            result = run_isolated(run_method, method, shots, options.model, options.quick, options.seed)
+            samples = result["samples"]
+            rows.append({"method": method, "shots": shots, "domain_hit": domain_hit_rate(samples),
+                         "domain_fd": domain_fidelity(samples, reference),
+                         "diversity": sample_diversity(samples, images),
+                         "copy_rate": copy_rate(samples, images, threshold),
+                         "seconds_invert": result["seconds_invert"],
+                         "seconds_per_image": result["seconds_per_image"], **result["info"]})
+            log.info("sge: %s", rows[-1])
+            name = f"{method}_{shots}_shots".replace(" ", "_").replace("(", "").replace(")", "")
+            grids[name] = (samples[:16], [f"{method}, {shots} shots, sample {i}" for i in range(min(16, len(samples)))])
+    notes = (f"Targets: style_renders(shots) (the world's creatures and shapes on the zigzag background), "
+             f"{SAMPLES[options.quick]} samples per method (seeds {SAMPLE_SEED}+); domain_fd against "
+             f"{REFERENCE_RENDERS} other renders of the domain. SGE: the default settings (METHODS.md: one segment "
+             f"per step, 120 epochs, lr 0.05, s 2, lambda 1, relax 0.05, empty prompt), the window carried by step "
+             f"index or by noise level. LoRA: {LORA}, {LORA_STEPS[options.quick]} steps, captions with the trigger "
+             f"'{TRIGGER}' as the pattern word; sampled from other scenes' captions with the trigger, CFG {EVAL_CFG}. "
+             "img2img: a random target noised to the step-mapped window's top with fresh noise, denoised with the "
+             f"empty prompt (as SGE). text: other scenes' captions with the pattern '{CLOSEST_PATTERN}', CFG "
+             f"{EVAL_CFG}. copy_rate threshold: the median pixel distance between two renders of one target scene. "
+             "Each method in a fresh process.")
+    return rows, grids, notes, {}

@@ -1,0 +1,201 @@
+"""Inverting a few target images into an SGE set (METHODS.md §2; official code YuCao16/CRDI).
+
+For each segment k of the guidance window, noisiest first, `epochs` Adam steps on G[:, k] with all N targets
+as one batch. As the official code: each epoch takes about 0.8 x the segment's steps (one in each equal
+sub-range), x_t = q(x0, t, n) and y = q(x0, t_prev, n) with ONE fixed noise n (seed 0; `random_q_noise: False`),
+t_prev the schedule's next DDIM step; one guided DDIM step from x_t gives x0_hat and x_{t_prev}; the loss, summed
+over those steps before the epoch's one optimizer step, is
+    mse(x0_hat, x0) + mse(x_{t_prev}, y) + lambda * mean over elements of (G[i, k] - mean_j G[j, k])^2.
+G enters after the UNet call, so the UNet runs forward only and never changes. On the training engine: resume,
+Cancel, progress with a preview (the current x0_hat of the first target: a VAE decode, no UNet pass).
+A v-prediction model's output is converted to eps first, and back after guidance.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ...errors import InputError
+from ...model import Conditioning, Model, encode_negative, encode_prompts, unet_denoiser
+from ...sampling.preview import preview_image
+from ...training import RunSettings, TrainingEngine, prepare_images, step_generator
+from .sge import SGESet
+from .window import MAPPINGS, Window, map_window
+
+log = logging.getLogger("conceptkit.sge_inverter")
+
+MAX_IMAGES = 10
+DEFAULT_SCALE = 2.0  # s, the official value
+DEFAULT_EPOCHS = 120  # per segment, the official value
+DEFAULT_LR = 0.05
+DEFAULT_PENALTY = 1.0
+DEFAULT_STEPS = 25
+DEFAULT_MAPPING = "noise"  # chosen by `conceptkit bench sge` (README)
+
+
+@dataclass
+class InvertSettings:
+    steps: int = DEFAULT_STEPS
+    mapping: str = DEFAULT_MAPPING  # how the official window is carried to this schedule (window.py)
+    window: tuple[int, int] | None = None  # explicit [start, end) from the clean end; None: the mapped official one
+    scale: float = DEFAULT_SCALE
+    epochs: int = DEFAULT_EPOCHS
+    learning_rate: float = DEFAULT_LR
+    penalty: float = DEFAULT_PENALTY
+    prompt: str = ""
+    cfg: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 300
+
+    def signature(self) -> str:
+        import hashlib
+        import json
+
+        values = {k: v for k, v in self.__dict__.items() if k != "checkpoint_every"}
+        return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def eps_of(output: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The model output as a noise prediction (v-prediction: eps = sqrt(1 - abar) x + sqrt(abar) v)."""
+    if prediction_type == "v_prediction":
+        return (1 - alpha_bar).sqrt() * x + alpha_bar.sqrt() * output
+    return output
+
+
+def output_of(eps: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """A noise prediction in the model's own prediction type (v = sqrt(abar) eps - sqrt(1 - abar) x0)."""
+    if prediction_type == "v_prediction":
+        x0 = (x - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+        return alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * x0
+    return eps
+
+
+def prediction(model: Model, denoise, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, uncond: Conditioning,
+               cfg: float) -> torch.Tensor:
+    """eps(x_t, c): the conditional pass, or CFG at `cfg`; no gradients."""
+    with torch.no_grad():
+        if cfg == 1.0:
+            return denoise(x, t, cond)
+        out_uncond, out_cond = denoise(torch.cat([x, x]), t, Conditioning.cat([uncond, cond])).chunk(2)
+        return out_uncond + cfg * (out_cond - out_uncond)
+
+
+def target_pixels(images, resolution: int) -> torch.Tensor:
+    """1-10 target images of one size -> [N, 3, resolution, resolution] in -1..1."""
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        batch = list(images)
+    else:
+        batch = list(images) if images is not None else []
+    if not 1 <= len(batch) <= MAX_IMAGES:
+        raise InputError(f"the SGE Inverter takes 1 to {MAX_IMAGES} images of the new domain; {len(batch)} were given"
+                         + (". Pick the 10 most typical." if len(batch) > MAX_IMAGES else "."))
+    sizes = {_size(image) for image in batch}
+    if len(sizes) > 1:
+        raise InputError(f"the target images have different sizes ({', '.join(f'{w}x{h}' for h, w in sorted(sizes))});"
+                         " give images of one size (crop or resize them to the same size first).")
+    return prepare_images(batch, resolution)
+
+
+def _size(image) -> tuple[int, int]:
+    if hasattr(image, "shape"):  # an HWC tensor or array
+        return tuple(int(v) for v in image.shape[:2])
+    return image.size[1], image.size[0]  # PIL
+
+
+class _Embeddings(torch.nn.Module):
+    """G as one parameter per segment ([N, C, h, w] each), so a finished segment's Adam state never moves it."""
+
+    def __init__(self, count: int, segments: int, shape: tuple[int, ...], generator: torch.Generator):
+        super().__init__()
+        self.segments = torch.nn.ParameterList(torch.nn.Parameter(torch.randn(count, *shape, generator=generator))
+                                               for _ in range(segments))
+
+
+def invert(model: Model, images, settings: InvertSettings | None = None, *, checkpoint_dir: Path | None = None,
+           progress=None, cancel: Callable[[], bool] | None = None, name: str = "SGE Inverter") -> SGESet:
+    """An SGE set for 1-10 images of a new domain (the model is never changed)."""
+    settings = settings or InvertSettings()
+    if settings.mapping not in MAPPINGS:
+        raise InputError(f"window mapping '{settings.mapping}' is not one of {', '.join(MAPPINGS)}.")
+    if settings.epochs < 1 or settings.steps < 2:
+        raise InputError(f"epochs must be at least 1 and steps at least 2 (got {settings.epochs}, {settings.steps}).")
+    with torch.inference_mode(False), torch.enable_grad():  # ComfyUI runs nodes in inference mode
+        return _invert(model, images, settings, checkpoint_dir, progress, cancel, name)
+
+
+def _invert(model, images, settings, checkpoint_dir, progress, cancel, name) -> SGESet:
+    from accelerate import Accelerator
+    from diffusers import DDIMScheduler
+
+    pixels = target_pixels(images, model.default_size)
+    scheduler = DDIMScheduler.from_config(model.scheduler_config)
+    scheduler.set_timesteps(settings.steps)
+    timesteps = scheduler.timesteps.cpu()
+    alphas = scheduler.alphas_cumprod.to(model.device, torch.float32)
+    window = Window(settings.steps, *settings.window) if settings.window else \
+        map_window(timesteps, scheduler.alphas_cumprod, settings.mapping)
+    with torch.no_grad():
+        latents = model.vae.encode(pixels.to(model.device, model.vae.dtype)).latent_dist.mean
+        x0 = (latents * model.vae.config.scaling_factor).to(torch.float32).clone()
+        cond = encode_prompts(model, [settings.prompt] * len(x0))
+        uncond = encode_negative(model, [""] * len(x0))
+    denoise = unet_denoiser(model, model.default_size, model.default_size)
+    embeddings = _Embeddings(len(x0), window.segments, tuple(x0.shape[1:]),
+                             torch.Generator().manual_seed(settings.seed)).to(model.device)
+    accelerator = Accelerator(cpu=model.device.type == "cpu")
+    engine = TrainingEngine(RunSettings(window.segments * settings.epochs, checkpoint_dir, settings.checkpoint_every,
+                                        signature=settings.signature(), name=name),
+                            accelerator, progress=progress, cancel=cancel)
+    optimizer = torch.optim.Adam(embeddings.parameters(), lr=settings.learning_rate)
+
+    clean_first = timesteps.flip(0).long()  # DDIM timestep of each step counted from the clean end
+    final_alpha = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float32, device=model.device)
+    latest: dict[str, torch.Tensor] = {}
+    fixed_noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)).to(x0)  # official: fixed q noise
+
+    def step_loss(segment: int, j: int) -> torch.Tensor:
+        """One guided DDIM step from x_t (step j from the clean end) to step j - 1, against q(x0) at both."""
+        t, a_t = int(clean_first[j]), alphas[int(clean_first[j])]
+        a_prev = alphas[int(clean_first[j - 1])] if j > 0 else final_alpha  # where the sampler's DDIM step lands
+        x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * fixed_noise
+        y = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * fixed_noise
+        timestep = torch.full((len(x0),), t, device=model.device)
+        output = prediction(model, denoise, x_t.to(model.dtype), timestep, cond, uncond, settings.cfg).float()
+        eps = eps_of(output, x_t, a_t, model.prediction_type)
+        g = embeddings.segments[segment]
+        eps_hat = eps - (1 - a_t).sqrt() * settings.scale * g
+        x0_hat = (x_t - (1 - a_t).sqrt() * eps_hat) / a_t.sqrt()
+        x_prev = a_prev.sqrt() * x0_hat + (1 - a_prev).sqrt() * eps_hat
+        centred = (g - g.mean(0, keepdim=True)).pow(2).mean()
+        latest["x0"] = x0_hat.detach()
+        return F.mse_loss(x0_hat, x0) + F.mse_loss(x_prev, y) + settings.penalty * centred
+
+    def loss_at(step: int) -> torch.Tensor:
+        """One epoch of one segment: the losses of ~0.8 x its steps (one in each equal sub-range), summed, as
+        the official code accumulates them before its one optimizer step per epoch."""
+        segment = step // settings.epochs
+        first, last = window.segment_steps(segment)
+        generator = step_generator(settings.seed, step, 0)
+        count = max(1, int(0.8 * (last - first)))
+        width = (last - first) / count
+        steps = [int(first + width * i + float(torch.rand((), generator=generator)) * width) for i in range(count)]
+        return sum(step_loss(segment, j) for j in steps)
+
+    def preview_at(step: int):
+        return lambda: preview_image(model, latest["x0"].to(model.dtype)) if "x0" in latest else None
+
+    outcome = engine.run(loss_at, optimizer, {"sge": embeddings}, preview_at=preview_at)
+    if outcome.finished:
+        engine.remove_checkpoints()
+    sge = torch.stack([p.detach() for p in embeddings.segments], dim=1).float().cpu()
+    return SGESet(sge, x0.cpu(), window, settings.scale, settings.prompt, settings.cfg, model.family,
+                  model.fingerprint(), model.prediction_type,
+                  {"epochs": settings.epochs, "learning_rate": settings.learning_rate, "penalty": settings.penalty,
+                   "mapping": settings.mapping, "seed": settings.seed, "images": len(x0),
+                   "losses": [round(v, 6) for v in outcome.losses[-window.segments * 1:]]})
