@@ -37,8 +37,8 @@ def encoder_concept(model, image, token: str, steps: int, seed: int):
         load_encoder,
         one_rgb_image,
         tune_concept,
-        world_backbone,
     )
+    from ..core.model.image_features import world_backbone
 
     return tune_concept(model, load_encoder(EMBEDDED_ENCODER, model), world_backbone(model),
                         one_rgb_image(image, model.default_size), token, TuneSettings(steps=steps, seed=seed))

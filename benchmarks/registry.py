@@ -14,6 +14,7 @@ SUITES = {
     "guidance": ("guidance", "guidance_suite"),
     "sampling": ("sampling", "sampling_suite"),
     "sge": ("sge", "sge_suite"),
+    "memory": ("memory", "memory_suite"),
 }
 
 

@@ -6,6 +6,7 @@ from .concept_nodes import ConceptKitApplyConcept, ConceptKitExportConcept, Conc
 from .encoder_nodes import ConceptKitConceptEncoder, ConceptKitLoadConceptEncoder
 from .finetune_nodes import ConceptKitLipschitzFinetune
 from .guidance_nodes import ConceptKitPersonalizationGuidanceSampler
+from .memory_nodes import ConceptKitApplyMemory, ConceptKitConceptMemory, ConceptKitExportMemory, ConceptKitMemoryLearn
 from .model_nodes import ConceptKitLoadModel
 from .sampling_nodes import ConceptKitSample
 from .sge_nodes import (
@@ -35,6 +36,10 @@ NODE_CLASS_MAPPINGS = {
     "ConceptKitSGESample": ConceptKitSGESample,
     "ConceptKitSaveSGE": ConceptKitSaveSGE,
     "ConceptKitLoadSGE": ConceptKitLoadSGE,
+    "ConceptKitConceptMemory": ConceptKitConceptMemory,
+    "ConceptKitMemoryLearn": ConceptKitMemoryLearn,
+    "ConceptKitApplyMemory": ConceptKitApplyMemory,
+    "ConceptKitExportMemory": ConceptKitExportMemory,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "ConceptKitLoadModel": "ConceptKit Load Model",
@@ -54,6 +59,10 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ConceptKitSGESample": "SGE Sample",
     "ConceptKitSaveSGE": "ConceptKit Save SGE",
     "ConceptKitLoadSGE": "ConceptKit Load SGE",
+    "ConceptKitConceptMemory": "Concept Memory",
+    "ConceptKitMemoryLearn": "Memory Learn",
+    "ConceptKitApplyMemory": "Apply Memory",
+    "ConceptKitExportMemory": "ConceptKit Export Memory",
 }
 
 warn_missing_dependencies()

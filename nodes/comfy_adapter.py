@@ -90,7 +90,8 @@ OWN_FOLDERS = {"conceptkit_concepts": ("conceptkit/concepts", {".safetensors"}),
                "conceptkit_exports": ("conceptkit/exports", {""}),
                "conceptkit_checkpoints": ("conceptkit/checkpoints", {""}),
                "conceptkit_encoders": ("conceptkit/encoders", {".safetensors"}),
-               "conceptkit_sge": ("conceptkit/sge", {".safetensors"})}
+               "conceptkit_sge": ("conceptkit/sge", {".safetensors"}),
+               "conceptkit_memories": ("conceptkit/memories", {""})}
 
 
 _MODELS_DIR: ContextVar[Path | None] = ContextVar("conceptkit_models_dir", default=None)

@@ -6,15 +6,14 @@ import torch
 
 from ..core.methods.concept_encoder import (
     EMBEDDED_ENCODER,
-    ImageBackbone,
     TuneSettings,
     backbone_for,
     load_encoder,
     one_rgb_image,
     tune_concept,
 )
-from ..core.methods.concept_encoder.backbones import CLIP_BACKBONE
 from ..core.methods.concept_encoder.training import DEFAULT_TUNING_STEPS
+from ..core.model.image_features import CLIP_BACKBONE, ImageBackbone
 from ..core.recipes import TrainingPreview
 from . import comfy_adapter as comfy
 from .sockets import CATEGORY, CK_CONCEPT, CK_ENCODER, CK_MODEL, MAX_SEED

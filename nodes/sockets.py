@@ -8,6 +8,7 @@ CATEGORY = "ConceptKit"
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 CK_CONCEPT = "CK_CONCEPT"
 CK_ENCODER = "CK_ENCODER"  # a Concept Encoder (E4T), read for the model it is used with
+CK_MEMORY = "CK_MEMORY"  # a Concept Memory (its folder; every read sees its current version)
 CK_SGE = "CK_SGE"  # an SGE set (SGE Inverter): sample-wise guidance embeddings of a few images of a domain
 
 # A seed that identifies a training run never changes by itself after a queue (the frontend's

@@ -474,8 +474,8 @@ def test_an_encoder_concept_exported_as_a_kohya_lora_is_refused_with_the_formats
         TuneSettings,
         load_encoder,
         tune_concept,
-        world_backbone,
     )
+    from conceptkit.core.model.image_features import world_backbone
 
     concept = tune_concept(world, load_encoder(EMBEDDED_ENCODER, world), world_backbone(world),
                            torch.zeros(1, 3, 64, 64), "<pet>", TuneSettings(steps=0))

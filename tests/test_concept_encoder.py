@@ -22,18 +22,17 @@ from conceptkit.core.methods.concept_encoder import (
     PretrainSettings,
     TuneSettings,
     backbone_for,
-    clip_backbone,
     load_encoder,
     one_rgb_image,
     pretrain_encoder,
     save_encoder,
     tune_concept,
-    world_backbone,
 )
 from conceptkit.core.methods.concept_encoder.domain import folder_domain
 from conceptkit.core.methods.concept_encoder.training import PRETRAIN_TRIGGER
 from conceptkit.core.methods.personalization_guidance import PersonalizationGuidance
 from conceptkit.core.model import EMBEDDED, load_model
+from conceptkit.core.model.image_features import clip_backbone, load_clip_vision, world_backbone
 from conceptkit.core.sampling import CFG, sample
 from conceptkit.core.world.subjects import training_renders
 
@@ -183,7 +182,6 @@ def class_folder(tmp_path_factory):
 
 
 def pretrain(model, clip_folder, folder, steps, checkpoint_dir=None, cancel=None):
-    from conceptkit.core.methods.concept_encoder import load_clip_vision
 
     backbone = backbone_for(model, load_clip_vision(clip_folder))
     start = Pretrained.fresh(model, backbone, "cat", hidden=32)
@@ -228,7 +226,6 @@ def test_pretraining_runs_under_accelerate_launch_with_averaged_gradients(models
 
 def test_an_encoder_file_round_trips_and_tunes_a_concept_on_a_real_architecture(tiny_sd1, tiny_clip, class_folder,
                                                                                tmp_path):
-    from conceptkit.core.methods.concept_encoder import load_clip_vision
 
     trained, _ = pretrain(tiny_sd1, tiny_clip, class_folder, 1)
     path = save_encoder(trained, tmp_path / "cats.safetensors")

@@ -43,7 +43,7 @@ def test_node_contract_and_tooltips(name, node):
             if isinstance(kind, list):
                 assert kind, f"{name}.{input_name} offers no choices"
             if isinstance(kind, str) and kind.startswith("CK_"):
-                assert kind in {"CK_MODEL", "CK_CONCEPT", "CK_ENCODER", "CK_SGE"}  # nodes/sockets.py
+                assert kind in {"CK_MODEL", "CK_CONCEPT", "CK_ENCODER", "CK_SGE", "CK_MEMORY"}  # nodes/sockets.py
     for t in node.RETURN_TYPES:
         assert isinstance(t, str) and t.isupper()
     if hasattr(node, "OUTPUT_TOOLTIPS"):
@@ -130,7 +130,8 @@ def test_display_names_follow_one_scheme():
     method_nodes = {"ConceptKitLipschitzFinetune": "Lipschitz Finetune",
                     "ConceptKitPersonalizationGuidanceSampler": "Personalization Guidance Sampler",
                     "ConceptKitConceptEncoder": "Concept Encoder", "ConceptKitSGEInverter": "SGE Inverter",
-                    "ConceptKitSGESample": "SGE Sample"}
+                    "ConceptKitSGESample": "SGE Sample", "ConceptKitConceptMemory": "Concept Memory",
+                    "ConceptKitMemoryLearn": "Memory Learn", "ConceptKitApplyMemory": "Apply Memory"}
     assert len(set(names.values())) == len(names)
     for key, shown in names.items():
         assert shown == method_nodes[key] if key in method_nodes else shown.startswith("ConceptKit "), shown

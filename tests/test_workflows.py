@@ -38,7 +38,7 @@ def test_workflows_are_in_comfyuis_ui_format_with_a_thumbnail(workflow):
 
 @pytest.mark.parametrize("workflow", RUNNABLE, ids=lambda p: p.name)
 def test_workflow_runs_as_shipped_and_writes_images(workflow, tmp_path):
-    assert cli.main(["run", str(workflow), "--out", str(tmp_path), "-q"]) == 0
+    assert cli.main(["run", str(workflow), "--out", str(tmp_path), "--models", str(tmp_path / "models"), "-q"]) == 0
     written = sorted(tmp_path.rglob("*.png"))
     assert written
     with Image.open(written[0]) as image:

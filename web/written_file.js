@@ -1,7 +1,8 @@
 // ConceptKit: show the file a Save/Export node wrote on the node itself (ComfyUI shows only images by default).
 import { app } from "../../scripts/app.js";
 
-const SHOWS_WRITTEN_FILE = new Set(["ConceptKitSaveConcept", "ConceptKitExportConcept", "ConceptKitSaveSGE"]);
+const SHOWS_WRITTEN_FILE = new Set(["ConceptKitSaveConcept", "ConceptKitExportConcept", "ConceptKitSaveSGE",
+  "ConceptKitExportMemory"]);
 const WIDGET = "written";
 
 function showWritten(node, text) {

@@ -169,7 +169,10 @@ class LoraHook:
         elif scale == 0.0:
             return output
         x = inputs[0]
-        return output + (x @ self.down.T @ self.up.T) * (self.factor * scale)
+        down, up = self.down, self.up
+        if down.is_inference() and torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+            down, up = down.clone(), up.clone()  # made under ComfyUI's inference mode; a gradient pass needs copies
+        return output + (x @ down.T @ up.T) * (self.factor * scale)
 
 
 @dataclass
@@ -211,6 +214,7 @@ class PatchState:
     weights: list[ChangedWeight] = field(default_factory=list)
     tokens: list[TokenRow] = field(default_factory=list)
     step_hooks: list[StepHook] = field(default_factory=list)
+    attention: list = field(default_factory=list)  # attention controllers (the sampling loop's AttentionController)
     _vectors: list[dict[int, tuple[torch.Tensor, torch.Tensor, str]]] = field(default_factory=list)
     _stack: ExitStack = field(default_factory=ExitStack)
 
@@ -225,6 +229,10 @@ class PatchState:
 
     def add_step_hook(self, hook: StepHook) -> None:
         self.step_hooks.append(hook)
+
+    def add_attention(self, controller) -> None:
+        """An attention controller for the sampling runs while the patch is in effect (a memory's artist)."""
+        self.attention.append(controller)
 
     def on_exit(self, callback, *args) -> None:
         """Run `callback(*args)` when the patches stop being in effect (remove a hook, restore a value)."""

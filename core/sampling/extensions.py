@@ -55,7 +55,11 @@ class StepConditioning:
 
 
 class AttentionController:
-    """Base class: attach/detach hooks on the UNet, and optionally adjust latents before each step."""
+    """Base class: attach/detach hooks on the UNet, and optionally adjust latents before each step. `begin` is
+    told the run's model and prompts first (a controller that acts on named words finds their tokens)."""
+
+    def begin(self, model, prompts: list[str]) -> None:
+        pass
 
     def attach(self, unet: torch.nn.Module) -> None:
         pass
@@ -79,11 +83,13 @@ class _RecordingProcessor:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
                  **kwargs):
         if self.store.recording and encoder_hidden_states is not None:
-            self.store.record(self.name, _attention_map(attn, hidden_states, encoder_hidden_states, temb))
+            self.store.record(self.name, attention_map(attn, hidden_states, encoder_hidden_states, temb))
         return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
 
 
-def _attention_map(attn, hidden_states, context, temb) -> torch.Tensor:
+def attention_map(attn, hidden_states, context, temb) -> torch.Tensor:
+    """The softmax map of an attention layer's queries over the context tokens, averaged over heads:
+    [batch, pixels, tokens] (what a cross-attention layer of `attn` computes, formed explicitly)."""
     if attn.spatial_norm is not None:
         hidden_states = attn.spatial_norm(hidden_states, temb)
     if hidden_states.ndim == 4:
@@ -131,3 +137,27 @@ class AttentionStore(AttentionController):
     def record(self, layer: str, probs: torch.Tensor) -> None:
         chosen = probs if self.tokens is None else probs[..., list(self.tokens)]
         self.maps.setdefault(self._step, {})[layer.removesuffix(".processor")] = chosen.detach()
+
+
+@dataclass
+class ChainedAttention(AttentionController):
+    """Several controllers in turn (the caller's, then those the model's patches added)."""
+
+    controllers: Sequence[AttentionController]
+
+    def begin(self, model, prompts):
+        for controller in self.controllers:
+            controller.begin(model, prompts)
+
+    def attach(self, unet):
+        for controller in self.controllers:
+            controller.attach(unet)
+
+    def detach(self, unet):
+        for controller in reversed(self.controllers):
+            controller.detach(unet)
+
+    def before_step(self, step, latents, denoise, cond):
+        for controller in self.controllers:
+            latents = controller.before_step(step, latents, denoise, cond)
+        return latents

@@ -18,7 +18,13 @@ from PIL import Image
 
 from ..errors import Cancelled, InputError
 from ..model import Conditioning, Model, encode_negative, encode_prompts, patches_in_effect, unet_denoiser
-from .extensions import AttentionController, ConditioningProvider, StaticConditioning, StepConditioning
+from .extensions import (
+    AttentionController,
+    ChainedAttention,
+    ConditioningProvider,
+    StaticConditioning,
+    StepConditioning,
+)
 from .guidance import CFG, Guidance, SamplingContext, Step
 from .preview import decode_latents, preview_image
 from .schedulers import make_scheduler
@@ -71,7 +77,10 @@ def sample(
         if not 0 <= start_step < steps:
             raise InputError(f"start_step must be between 0 and {steps - 1} (got {start_step}).")
         guidance = guidance or CFG()
-        attention = attention or AttentionController()
+        controllers = [c for c in (attention, *patches.attention) if c is not None]
+        attention = controllers[0] if len(controllers) == 1 else ChainedAttention(controllers) if controllers \
+            else AttentionController()
+        attention.begin(model, prompts)
         scheduler = make_scheduler(model.scheduler_config, sampler)
         scheduler.set_timesteps(steps, device=model.device)
         denoise = unet_denoiser(model, width, height)

@@ -28,6 +28,7 @@ from PIL import Image
 from ..concepts.concept import Concept, Trigger
 from ..errors import InputError
 from ..model import Model, PatchState, add_patch, patches_in_effect
+from ..model.inference_mode import leave_inference_mode
 from ..model.patches import class_word_vector, trigger_is_new, trigger_problem
 from .data import DataSource, FewShotImages
 from .engine import DEFAULT_PREVIEW_SHARE, PreviewBudget, ProgressFn, RunSettings, TrainingEngine, step_generator
@@ -267,18 +268,6 @@ def train_concept(
         leave_inference_mode(model)
         return _train(model, images, config, list(loss_terms), name, objective, data, checkpoint_dir, progress,
                       cancel, preview, preview_share, on_finished, trainable)
-
-
-def leave_inference_mode(model: Model) -> None:
-    """Replace parameters and buffers created under torch.inference_mode() by ordinary tensors."""
-    for part in [model.unet, model.vae, *model.text_encoders]:
-        for module in part.modules():
-            for key, param in list(module._parameters.items()):
-                if param is not None and param.is_inference():
-                    module._parameters[key] = torch.nn.Parameter(param.clone(), requires_grad=param.requires_grad)
-            for key, buffer in list(module._buffers.items()):
-                if buffer is not None and buffer.is_inference():
-                    module._buffers[key] = buffer.clone()
 
 
 def _train(model, images, config, loss_terms, name, objective, data, checkpoint_dir, progress, cancel, preview,

@@ -46,3 +46,20 @@ def reference_renders(index: int, count: int = 8) -> np.ndarray:
 def evaluation_scenes(index: int, token: str, count: int = 8) -> list[Scene]:
     """Scenes whose captions put the subject (by its token) in new places and on new backgrounds."""
     return _scenes(index, count, 20_000, token)
+
+
+def pair_scenes(first: tuple[int, str], second: tuple[int, str], count: int = 8, seed: int = 30_000) -> list[Scene]:
+    """Scenes with two subjects ((index, token) each) at a pair of places, their captions naming both by token."""
+    from .vocabulary import PAIRED_POSITIONS
+
+    rng = np.random.default_rng([seed, first[0], second[0]])
+    colours = list(COLOURS)
+    scenes = []
+    for _ in range(count):
+        places = PAIRED_POSITIONS[int(rng.integers(len(PAIRED_POSITIONS)))]
+        if rng.random() < 0.5:
+            places = places[::-1]
+        objects = tuple(WorldObject(place, instance=subject_seed(index), token=token)
+                        for place, (index, token) in zip(places, (first, second), strict=True))
+        scenes.append(Scene(colours[int(rng.integers(len(colours)))], PATTERNS[int(rng.integers(2))], objects))
+    return scenes

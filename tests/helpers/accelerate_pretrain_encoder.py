@@ -10,13 +10,13 @@ from conceptkit.core.methods.concept_encoder import (
     Pretrained,
     PretrainSettings,
     backbone_for,
-    load_clip_vision,
     pretrain_encoder,
     save_encoder,
 )
 from conceptkit.core.methods.concept_encoder.domain import folder_domain
 from conceptkit.core.methods.concept_encoder.training import PRETRAIN_TRIGGER
 from conceptkit.core.model import load_model
+from conceptkit.core.model.image_features import load_clip_vision
 
 model_dir, clip_dir, images, out = (Path(a) for a in sys.argv[1:5])
 state = PartialState(cpu=True)  # as the training loop asks for on a CPU model

@@ -5,10 +5,9 @@ tuning steps on the one image (`tune_concept`); at sampling the encoder recomput
 every step (`sampling`, registered as the concept group 'e4t')."""
 
 from . import sampling  # noqa: F401  (registers the 'e4t' concept group)
-from .backbones import ImageBackbone, backbone_for, clip_backbone, load_clip_vision, one_rgb_image, world_backbone
+from .backbones import backbone_for, one_rgb_image
 from .files import EMBEDDED_ENCODER, Pretrained, load_encoder, save_encoder
 from .training import PretrainSettings, TuneSettings, pretrain_encoder, tune_concept
 
-__all__ = ["EMBEDDED_ENCODER", "ImageBackbone", "PretrainSettings", "Pretrained", "TuneSettings", "backbone_for",
-           "clip_backbone", "load_clip_vision", "load_encoder", "one_rgb_image", "pretrain_encoder", "save_encoder",
-           "tune_concept", "world_backbone"]
+__all__ = ["EMBEDDED_ENCODER", "PretrainSettings", "Pretrained", "TuneSettings", "backbone_for", "load_encoder",
+           "one_rgb_image", "pretrain_encoder", "save_encoder", "tune_concept"]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ...errors import InputError
 from ...model import EMBEDDED, load_model
-from .backbones import backbone_for, load_clip_vision
+from ...model.image_features import load_clip_vision
+from .backbones import backbone_for
 from .domain import folder_domain
 from .files import Pretrained, load_encoder, save_encoder
 from .training import PRETRAIN_TRIGGER, PretrainSettings, pretrain_encoder

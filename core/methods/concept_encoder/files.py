@@ -22,9 +22,9 @@ import torch
 from ...errors import InputError, ModelLoadError
 from ...files import write_safetensors
 from ...model import Model, encode_prompts
+from ...model.image_features import ImageBackbone
 from ...model.loading import EMBEDDED_DIR
 from ...safetensors_io import load_safetensors, read_safetensors_metadata
-from .backbones import ImageBackbone
 from .encoder import (
     AttentionOffsets,
     ConceptEncoder,

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from ...concepts import Concept, Trigger
 from ...errors import InputError
 from ...model import Conditioning, Model, encode_prompts
+from ...model.image_features import ImageBackbone
 from ...model.patches import class_word_vector
 from ...training import Batch, DenoisingObjective, Stream, TrainableSet, TrainConfig, TrainResult, train_concept
-from .backbones import ImageBackbone
 from .domain import world_domain
 from .encoder import (
     DEFAULT_ENCODER_WEIGHT,

@@ -1,1 +1,13 @@
-"""Concept Memory (L2DM, METHODS.md §5): concepts learned one after another without forgetting. Not built yet."""
+"""Concept Memory (L2DM, METHODS.md §5): learn concepts one after another into a memory without forgetting, and
+draw several of them in one image. `MemoryStore` (a crash-safe, versioned folder), `learn` (replay, elastic
+distillation, the rainbow bank), `memory_model` (every concept applied, with the concept attention artist),
+`export_memory` (one kohya LoRA, an embedding per trigger)."""
+
+from .apply import export_memory, memory_model
+from .artist import ConceptAttentionArtist
+from .bank import MemoryBank
+from .learning import LearnSettings, consolidate, learn
+from .store import MemoryState, MemoryStore
+
+__all__ = ["ConceptAttentionArtist", "LearnSettings", "MemoryBank", "MemoryState", "MemoryStore", "consolidate",
+           "export_memory", "learn", "memory_model"]

@@ -1,0 +1,204 @@
+"""Learning concepts one after another into a memory (METHODS.md §5; Sun et al., TPAMI 2024).
+
+Task k trains a new LoRA and the new trigger on top of the memory so far (the consolidated weights applied,
+frozen), with two loss terms beside the denoising loss on the new images:
+- task-aware memory enhancement: the denoising loss on the bank's generated samples of earlier concepts
+  (replay), weight `replay_weight` (mu);
+- elastic concept distillation: the model before the task (teacher: the memory so far) supervises the new one
+  on earlier concepts' prompts (eps matching on their bank samples, noised), each concept weighted by its
+  elastic weight  w_c = distill_weight * (1 + cos(f_c, f_new)) / mean over earlier c (1 + cos)
+  (our reading: concepts that look like the new one are the ones it would overwrite, so they weigh more).
+The new LoRA is then consolidated into the memory's: LoRA deltas add, so the two are joined along the rank
+(down = [d_old; d_new], up = [u_old, u_new] with each one's scale folded into its up) — exact, one LoRA.
+Old training images are not kept: the bank is regenerated for every concept's prompts and scored (bank.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ...concepts import Concept, apply_concept
+from ...errors import InputError
+from ...model import Model, encode_text, unet_denoiser
+from ...model.image_features import ImageBackbone, backbone_for
+from ...sampling import CFG, sample
+from ...training import TrainConfig, prepare_images, train_concept
+from ...training.objective import DenoisingObjective
+from .bank import DEFAULT_BETA, MemoryBank
+from .store import MemoryState, MemoryStore
+
+METHOD = "concept_memory"
+METHOD_NAME = "Concept Memory"
+BANK_TEMPLATES = ("a {trigger} {class}", "a {trigger} {class} on the left", "a {trigger} {class} on the right",
+                  "a {trigger} {class} at the top", "a {trigger} {class} at the bottom",
+                  "a {trigger} {class}, red background", "a {trigger} {class}, blue striped background",
+                  "a {trigger} {class}, yellow dotted background")
+
+
+@dataclass
+class LearnSettings:
+    steps: int = 300
+    rank: int = 4
+    learning_rate: float = 5e-3
+    batch_size: int = 4
+    replay_weight: float = 1.0  # mu
+    distill_weight: float = 1.0
+    beta: float = DEFAULT_BETA
+    candidates: int = 8  # generated per concept at each task
+    keep: int = 4  # kept per concept in the short-term memory
+    seed: int = 0
+    checkpoint_every: int = 100
+
+    def signature(self) -> str:
+        import hashlib
+        import json
+
+        values = {k: v for k, v in asdict(self).items() if k != "checkpoint_every"}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Replay:
+    """The denoising loss on the bank's samples of earlier concepts, weight mu."""
+
+    images: torch.Tensor
+    prompts: list[str]
+    weight: float
+    name: str = "replay"
+
+    def __call__(self, run, step, generator):
+        pick = torch.randint(0, len(self.images), (run.config.batch_size,), generator=generator)
+        return self.weight * run.denoising_loss(self.images[pick], [self.prompts[i] for i in pick], generator)
+
+
+@dataclass
+class ElasticDistillation:
+    """eps matching against the model before the task, on earlier concepts' samples and prompts."""
+
+    images: torch.Tensor
+    prompts: list[str]
+    weights: list[float]  # per sample: its concept's elastic weight
+    name: str = "elastic_distillation"
+
+    def __call__(self, run, step, generator):
+        pick = torch.randint(0, len(self.images), (run.config.batch_size,), generator=generator)
+        images, prompts = self.images[pick], [self.prompts[i] for i in pick]
+        weights = torch.tensor([self.weights[i] for i in pick], device=run.model.device)
+        noised = DenoisingObjective().noising(run, images, generator)
+        size = images.shape[-1]
+        denoise = unet_denoiser(run.model, size, size)
+        with run.teacher() as teacher:
+            target = denoise(noised.noisy, noised.timesteps, encode_text(teacher, prompts)).float()
+        with run.accelerator.autocast():
+            student = denoise(noised.noisy, noised.timesteps, encode_text(run.model, prompts)).float()
+        per_sample = F.mse_loss(student, target, reduction="none").mean((1, 2, 3))
+        return (weights * per_sample).mean()
+
+
+def bank_features(backbone: ImageBackbone, images: torch.Tensor) -> torch.Tensor:
+    """Pooled backbone features [N, D] of images [N, 3, H, W] in -1..1."""
+    return torch.cat([backbone.pooled(chunk) for chunk in images.split(16)]).cpu()
+
+
+def consolidate(old: Concept | None, new: Concept, name: str) -> Concept:
+    """The memory's concept with `new` added: its trigger vectors, and its LoRA joined to the old along the rank."""
+    tensors: dict[str, torch.Tensor] = {}
+    old_triggers = old.triggers if old is not None else ()
+    for k in range(len(old_triggers)):
+        for i, vector in enumerate(old.embeddings(k)):
+            tensors[f"embedding.{k}.te{i}"] = vector
+    for i, vector in enumerate(new.embeddings(0)):
+        tensors[f"embedding.{len(old_triggers)}.te{i}"] = vector
+    parts = [c for c in (old, new) if c is not None and c.lora_modules()]
+    modules = sorted({m for c in parts for m in c.lora_modules()})
+    rank = 0
+    for module in modules:
+        downs, ups = [], []
+        for concept in parts:
+            found = concept.lora_modules().get(module)
+            if found is None:
+                continue
+            down, up = found
+            downs.append(down.float())
+            ups.append(up.float() * concept.lora_scale)
+        tensors[f"lora.{module}.down"] = torch.cat(downs)
+        tensors[f"lora.{module}.up"] = torch.cat(ups, dim=1)
+        rank = max(rank, sum(d.shape[0] for d in downs))
+    return Concept(name, METHOD, new.family, new.base_fingerprint, (*old_triggers, *new.triggers), tensors,
+                   lora_rank=rank, lora_alpha=float(rank), parameters={"concepts": len(old_triggers) + 1})
+
+
+def learn(store: MemoryStore, model: Model, images, trigger: str, class_word: str,
+          settings: LearnSettings | None = None, *, captions: list[str] | None = None,
+          clip_vision: ImageBackbone | None = None, checkpoint_dir: Path | None = None, progress=None,
+          cancel: Callable[[], bool] | None = None, preview=None, identity: str = "") -> MemoryState:
+    """Learn one concept into the memory: a new version, or nothing changed if anything fails or is cancelled.
+    `identity` names this learning (images, settings): the same learning queued again after it finished returns
+    the memory as it is, a different one with a trigger the memory holds is refused."""
+    settings = settings or LearnSettings()
+    trigger, class_word = trigger.strip(), class_word.strip()
+    with store.writer():
+        store.check_fits(model)
+        state = store.current()
+        if trigger in state.triggers:
+            if identity and identity == store.learned_by(trigger).get("identity"):
+                return state
+            raise InputError(f"memory '{store.name}' already holds '{trigger}' (version {state.version}); choose a new "
+                             "trigger for a new concept.")
+        backbone = backbone_for(model, clip_vision, METHOD_NAME)
+        pixels = prepare_images(images, model.default_size)
+        bank = state.bank
+        new_features = bank_features(backbone, pixels).mean(0)
+        before = apply_concept(model, state.concept) if state.concept is not None else model
+        terms = _loss_terms(bank, new_features, settings)
+        config = TrainConfig(trigger=trigger, class_word=class_word, captions=captions, trainable="lora",
+                             rank=settings.rank, steps=settings.steps, learning_rate=settings.learning_rate,
+                             batch_size=settings.batch_size, seed=settings.seed,
+                             checkpoint_every=settings.checkpoint_every, method=METHOD,
+                             parameters={k: v for k, v in asdict(settings).items()
+                                         if k in ("replay_weight", "distill_weight", "beta")})
+        learned = train_concept(before, images, config, terms, name=trigger.strip("<>") or "concept",
+                                checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel, preview=preview)
+        merged = consolidate(state.concept, learned.concept, store.name)
+        bank = MemoryBank({**bank.features, trigger: new_features},
+                          {**bank.prompts, trigger: [t.replace("{trigger}", trigger).replace("{class}", class_word)
+                                                     for t in BANK_TEMPLATES]},
+                          bank.images, bank.image_prompts, bank.owners)
+        bank = refresh_bank(apply_concept(model, merged), backbone, bank, settings)
+        return store.commit(merged, bank, trigger, {**asdict(settings), "final_loss": learned.losses[-1],
+                                                    "identity": identity})
+
+
+def _loss_terms(bank: MemoryBank, new_features: torch.Tensor, settings: LearnSettings) -> list:
+    images, prompts, owners = bank.replay()
+    if not len(images):
+        return []
+    similarity = {t: 1 + float(F.cosine_similarity(f, new_features, dim=0)) for t, f in bank.features.items()}
+    mean = sum(similarity[o] for o in set(owners)) / len(set(owners))
+    weights = [settings.distill_weight * similarity[o] / mean for o in owners]
+    terms = []
+    if settings.replay_weight:
+        terms.append(Replay(images, prompts, settings.replay_weight))
+    if settings.distill_weight:
+        terms.append(ElasticDistillation(images, prompts, weights))
+    return terms
+
+
+def refresh_bank(memory_model: Model, backbone: ImageBackbone, bank: MemoryBank, settings: LearnSettings
+                 ) -> MemoryBank:
+    """For every concept: `candidates` samples of its prompts from the memory as it now is, scored; the best
+    `keep` become its short-term samples."""
+    for owner, prompts in bank.prompts.items():
+        chosen = [prompts[i % len(prompts)] for i in range(settings.candidates)]
+        with torch.no_grad():
+            result = sample(memory_model, chosen, seed=settings.seed, steps=25, guidance=CFG(5.0))
+        images = result.images.permute(0, 3, 1, 2) * 2 - 1  # ComfyUI layout -> [N, 3, H, W] in -1..1
+        best = bank.scores(bank_features(backbone, images), owner, settings.beta).argsort(descending=True)
+        best = best[:settings.keep].tolist()
+        bank = bank.with_samples(owner, images[best], [chosen[i] for i in best])
+    return bank

@@ -1,0 +1,203 @@
+"""A memory store: one folder per memory, written so that a crash never loses what it held (METHODS.md §5).
+
+    NAME/manifest.json      format version, the base model (family, fingerprint), the current version, and
+                            every version with the concepts it holds (a new version per learned concept)
+    NAME/v0003/concept.safetensors   the consolidated weights and every concept's trigger vectors (one concept
+                            file with several triggers: Apply Concept, exports and the patch service read it)
+    NAME/v0003/bank.safetensors      the memory bank (bank.py)
+    NAME/lock               held by the one writer (its process id)
+
+A version folder is written whole into place before the manifest names it, and the manifest is replaced
+atomically; so a writer killed at any moment leaves the previous version current, loadable and complete.
+Old versions stay (the history); `prune` removes all but the newest few.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...concepts import Concept, load_concept, save_concept
+from ...errors import ConceptKitError, InputError, ModelLoadError
+from ...files import atomic_folder, atomic_write, safe_file_name
+from ...model import Model
+from .bank import MemoryBank
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LOCK = "lock"
+CONCEPT_FILE = "concept.safetensors"
+BANK_FILE = "bank.safetensors"
+LOCK_WAIT_SECONDS = 10.0  # a second writer waits this long for the first, then fails with the fix
+
+
+@dataclass
+class MemoryState:
+    """One version of a memory: the consolidated concept (None before the first concept) and its bank."""
+
+    version: int
+    concept: Concept | None
+    bank: MemoryBank
+
+    @property
+    def triggers(self) -> list[str]:
+        return [t.word for t in self.concept.triggers] if self.concept is not None else []
+
+
+class MemoryStore:
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    # --- reading ------------------------------------------------------------------------------------------------
+
+    def manifest(self) -> dict:
+        path = self.folder / MANIFEST
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(info, dict) or not isinstance(info.get("versions"), list):
+                raise ValueError("not a manifest")
+            if int(info["format_version"]) > FORMAT_VERSION:
+                raise ModelLoadError(f"memory '{self.name}' was written by a newer ConceptKit; update ConceptKit.")
+            int(info["current"]), str(info["family"]), str(info["base_fingerprint"])
+            return info
+        except FileNotFoundError:
+            raise InputError(f"{self.folder} is not a memory (no {MANIFEST}); create it with Concept Memory.") from None
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise ModelLoadError(f"memory '{self.name}': its {MANIFEST} is damaged ({e}); nothing was changed. Restore "
+                                 f"it from a backup, or remove the folder {self.folder} to start the memory over.") \
+                from None
+
+    def check_fits(self, model: Model) -> None:
+        info = self.manifest()
+        if info["family"] != model.family or info["base_fingerprint"] != model.fingerprint():
+            raise InputError(f"memory '{self.name}' was made on another model ({info['family']}, fingerprint "
+                             f"{info['base_fingerprint']}; this one is {model.family}, {model.fingerprint()}): its "
+                             "concepts only fit that model. Load that model, or use a new memory name for this one.")
+
+    def current(self) -> MemoryState:
+        info = self.manifest()
+        number = int(info["current"])
+        if number == 0:
+            return MemoryState(0, None, MemoryBank.empty())
+        folder = self.folder / _version_folder(number)
+        try:
+            return MemoryState(number, load_concept(folder / CONCEPT_FILE), MemoryBank.load(folder / BANK_FILE))
+        except (ConceptKitError, OSError) as e:
+            raise ModelLoadError(f"memory '{self.name}': version {number} is damaged ({e}); nothing was changed. "
+                                 f"Point {MANIFEST}'s 'current' at an earlier version, or start a new memory.") \
+                from None
+
+    def learned_by(self, trigger: str) -> dict:
+        """The parameters of the version that learned `trigger` ({} if none did)."""
+        for version in self.manifest()["versions"]:
+            if version.get("learned") == trigger:
+                return dict(version.get("parameters") or {})
+        return {}
+
+    # --- writing ------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open_or_create(cls, root: Path, name: str, model: Model) -> MemoryStore:
+        """The memory `name` under `root`; a new, empty one (version 0, made for `model`) if there is none."""
+        store = cls(Path(root) / safe_file_name(name, "memory name"))
+        if not (store.folder / MANIFEST).exists():
+            store.folder.mkdir(parents=True, exist_ok=True)
+            with store.writer():
+                if not (store.folder / MANIFEST).exists():
+                    store._write_manifest({"format_version": FORMAT_VERSION, "family": model.family,
+                                           "base_fingerprint": model.fingerprint(), "current": 0, "versions": []})
+        store.check_fits(model)
+        return store
+
+    @contextlib.contextmanager
+    def writer(self, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
+        """Hold the memory's lock for the block: one writer at a time. A second writer waits up to `wait`
+        seconds, then fails with a message; a lock left by a process that no longer runs is taken over."""
+        path = self.folder / LOCK
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                holder = _lock_holder(path)
+                if holder is not None and not _running(holder):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                    continue
+                if time.monotonic() >= deadline:
+                    raise InputError(f"memory '{self.name}' is being written by another process (pid {holder}); "
+                                     "wait for it to finish and queue again. If no ConceptKit is running, delete "
+                                     f"{path}.") from None
+                time.sleep(0.2)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def commit(self, concept: Concept, bank: MemoryBank, learned: str, parameters: dict) -> MemoryState:
+        """Write the next version (the caller holds the lock) and make it current."""
+        info = self.manifest()
+        number = max([int(v["version"]) for v in info["versions"]] + [0]) + 1
+
+        def fill(folder: Path) -> None:
+            save_concept(concept, folder / CONCEPT_FILE)
+            bank.save(folder / BANK_FILE)
+
+        atomic_folder(self.folder / _version_folder(number), fill)
+        info["versions"].append({"version": number, "learned": learned, "parameters": parameters,
+                                 "concepts": [{"trigger": t.word, "class_word": t.class_word}
+                                              for t in concept.triggers]})
+        info["current"] = number
+        self._write_manifest(info)
+        return MemoryState(number, concept, bank)
+
+    def prune(self, keep: int = 2) -> list[int]:
+        """Remove all versions but the newest `keep` (and the current one); returns the removed numbers."""
+        with self.writer():
+            info = self.manifest()
+            numbers = sorted(int(v["version"]) for v in info["versions"])
+            removed = [n for n in numbers[:-keep] if n != int(info["current"])] if keep else []
+            for number in removed:
+                shutil.rmtree(self.folder / _version_folder(number), ignore_errors=True)
+            info["versions"] = [v for v in info["versions"] if int(v["version"]) not in removed]
+            self._write_manifest(info)
+            return removed
+
+    def _write_manifest(self, info: dict) -> None:
+        data = json.dumps(info, indent=1).encode()
+        atomic_write(self.folder / MANIFEST, lambda f: f.write(data), "overwrite")
+
+
+def _version_folder(number: int) -> str:
+    return f"v{number:04d}"
+
+
+def _lock_holder(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip() or "x")
+    except (OSError, ValueError):
+        return None
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,175 @@
+"""Concept Memory (L2DM): open or create a memory, learn concepts into it one after another, apply all of them."""
+
+from __future__ import annotations
+
+from ..core.methods.concept_memory import LearnSettings, MemoryStore, export_memory, learn, memory_model
+from ..core.methods.concept_memory.artist import DEFAULT_ACTIVE_SHARE, DEFAULT_STEP_SIZE
+from ..core.recipes import TrainingPreview
+from ..core.training import caption_lines, run_identity
+from . import comfy_adapter as comfy
+from .concept_nodes import _valid_name
+from .sockets import CATEGORY, CK_MEMORY, CK_MODEL, IF_EXISTS, TRAINING_SEED
+
+MEMORIES = "conceptkit_memories"
+
+
+class ConceptKitConceptMemory:
+    DESCRIPTION = ("Concept Memory (L2DM; Sun et al., TPAMI 2024): opens a memory by name, or creates an empty one "
+                   "for this model, in models/conceptkit/memories. A memory learns concepts one after another "
+                   "(Memory Learn) without forgetting the earlier ones, and draws several in one image (Apply "
+                   "Memory). Every learned concept is a new version; a crash never loses the last one.")
+    CATEGORY = f"{CATEGORY}/memory"
+    RETURN_TYPES = (CK_MEMORY,)
+    RETURN_NAMES = ("memory",)
+    OUTPUT_TOOLTIPS = ("The memory, for Memory Learn and Apply Memory.",)
+    FUNCTION = "open"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (CK_MODEL, {"tooltip": "The model the memory is for (a memory only fits the model it was "
+                                            "made on)."}),
+            "name": ("STRING", {"default": "my_memory", "tooltip": "The memory's name (a folder in "
+                                "models/conceptkit/memories; letters, digits, - _ .)."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, name):
+        return _valid_name(name, "memory name")
+
+    def open(self, model, name):
+        return (MemoryStore.open_or_create(comfy.writable_folder(MEMORIES), name, model),)
+
+
+class ConceptKitMemoryLearn:
+    DESCRIPTION = ("Learns one concept (a few images, a new trigger word and its class word) into a memory, keeping "
+                   "what it already holds: generated samples of earlier concepts are replayed and the memory before "
+                   "this concept supervises the new one on earlier concepts' prompts. Checkpoints as it goes: queue "
+                   "again after Cancel and it resumes; queued again after it finished, it returns the memory as is.")
+    CATEGORY = f"{CATEGORY}/memory"
+    RETURN_TYPES = (CK_MEMORY,)
+    RETURN_NAMES = ("memory",)
+    OUTPUT_TOOLTIPS = ("The memory with the new concept (a new version).",)
+    FUNCTION = "learn"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        defaults = LearnSettings()
+        return {
+            "required": {
+                "memory": (CK_MEMORY, {"tooltip": "From Concept Memory (or another Memory Learn: learn in sequence)."}),
+                "model": (CK_MODEL, {"tooltip": "The model the memory was made on (left unchanged)."}),
+                "images": ("IMAGE", {"tooltip": "3-6 images of the new concept (any size: centre-cropped to a square "
+                                                "at the model's resolution). They are not kept in the memory."}),
+                "trigger": ("STRING", {"default": "<my-subject>", "tooltip": "A NEW word for this concept, not "
+                                       "already in the memory, e.g. '<my-dog>'."}),
+                "class_word": ("STRING", {"default": "creature", "tooltip": "What kind of thing it is ('dog', "
+                                          "'creature')."}),
+                "steps": ("INT", {"default": defaults.steps, "min": 1, "max": 100000, "tooltip": "Training steps."}),
+                "seed": TRAINING_SEED,
+            },
+            "optional": {
+                "captions": ("STRING", {"multiline": True, "default": "", "tooltip": "Optional: one caption per "
+                             "image, with {trigger} and {class} slots."}),
+                "learning_rate": ("FLOAT", {"default": defaults.learning_rate, "min": 1e-7, "max": 1.0,
+                                            "step": 1e-5, "round": 1e-7, "tooltip": "AdamW learning rate of the "
+                                            "new LoRA (rank below) and the trigger's vector."}),
+                "rank": ("INT", {"default": defaults.rank, "min": 1, "max": 128, "tooltip": "Rank of each concept's "
+                                 "LoRA (the memory's consolidated LoRA grows by this per concept)."}),
+                "replay_weight": ("FLOAT", {"default": defaults.replay_weight, "min": 0.0, "max": 100.0, "step": 0.1,
+                                            "tooltip": "mu: weight of replaying earlier concepts' generated samples "
+                                                       "(0: off)."}),
+                "distill_weight": ("FLOAT", {"default": defaults.distill_weight, "min": 0.0, "max": 100.0,
+                                             "step": 0.1, "tooltip": "Weight of matching the memory before this "
+                                             "concept on earlier concepts' prompts (0: off)."}),
+                "checkpoint_every": ("INT", {"default": defaults.checkpoint_every, "min": 0, "max": 100000,
+                                             "tooltip": "Write a resumable checkpoint every N steps (0: only on "
+                                                        "Cancel). Removed when the concept is learned."}),
+            },
+        }
+
+    def learn(self, memory, model, images, trigger, class_word, steps, seed, captions="", learning_rate=5e-3,
+              rank=4, replay_weight=1.0, distill_weight=1.0, checkpoint_every=100):
+        settings = LearnSettings(steps=steps, rank=rank, learning_rate=learning_rate, replay_weight=replay_weight,
+                                 distill_weight=distill_weight, seed=seed, checkpoint_every=checkpoint_every)
+        lines = caption_lines(captions) or None
+        identity = run_identity(images, _Identity(memory.name, trigger.strip(), class_word.strip(), lines, settings),
+                                model.fingerprint())
+        folder = comfy.writable_folder("conceptkit_checkpoints") / identity
+        learn(memory, model, images, trigger, class_word, settings, captions=lines, checkpoint_dir=folder,
+              progress=comfy.Progress(steps, "Memory Learn"), cancel=comfy.cancel_requested,
+              preview=TrainingPreview(f"a {trigger.strip()} {class_word.strip()}", seed), identity=identity)
+        return (memory,)
+
+
+class _Identity:
+    """What makes one learning the same as another (its checkpoint folder and its record in the memory)."""
+
+    def __init__(self, memory: str, trigger: str, class_word: str, captions, settings: LearnSettings):
+        self.values = (memory, trigger, class_word, captions, settings.signature())
+
+    def signature(self) -> str:
+        return repr(self.values)
+
+
+class ConceptKitApplyMemory:
+    DESCRIPTION = ("Applies every concept of a memory to a model (its consolidated weights and all its triggers), with "
+                   "the concept attention artist: in the early sampling steps it moves the latents so that every "
+                   "concept named in the prompt appears and two concepts do not blend. For ConceptKit Sample and "
+                   "the Personalization Guidance Sampler.")
+    CATEGORY = f"{CATEGORY}/memory"
+    RETURN_TYPES = (CK_MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The model with the memory's concepts; write their triggers in prompts.",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (CK_MODEL, {"tooltip": "The model the memory was made on (not copied or changed)."}),
+            "memory": (CK_MEMORY, {"tooltip": "From Concept Memory or Memory Learn."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 4.0, "step": 0.05, "tooltip": "How strongly "
+                                   "the memory's weights apply (1 = as learned)."}),
+            "artist": ("BOOLEAN", {"default": True, "tooltip": "The concept attention artist on prompts that name "
+                                   "the memory's concepts (one extra UNet pass with gradients per early step)."}),
+            "artist_step_size": ("FLOAT", {"default": DEFAULT_STEP_SIZE, "min": 0.0, "max": 1000.0, "step": 1.0,
+                                           "tooltip": "How far the artist moves the latents per step."}),
+            "artist_share": ("FLOAT", {"default": DEFAULT_ACTIVE_SHARE, "min": 0.0, "max": 1.0, "step": 0.05,
+                                       "tooltip": "The share of the steps, from the first, the artist acts in."}),
+        }}
+
+    def apply(self, model, memory, strength, artist, artist_step_size, artist_share):
+        return (memory_model(model, memory, strength=strength, artist=artist, active_share=artist_share,
+                             step_size=artist_step_size),)
+
+
+class ConceptKitExportMemory:
+    DESCRIPTION = ("Exports a memory for other tools: its consolidated weights as one kohya LoRA (models/loras: "
+                   "Load LoRA, A1111) and every trigger as a textual-inversion embedding (models/embeddings: "
+                   "'embedding:NAME_trigger' in a prompt).")
+    CATEGORY = f"{CATEGORY}/memory"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "export"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (CK_MODEL, {"tooltip": "The model the memory was made on (it names the layers)."}),
+            "memory": (CK_MEMORY, {"tooltip": "The memory to export."}),
+            "name": ("STRING", {"default": "my_memory", "tooltip": "File name of the LoRA; the embeddings get "
+                                "NAME_<trigger>."}),
+            "if_exists": IF_EXISTS,
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, name):
+        return _valid_name(name, "export name")
+
+    def export(self, model, memory, name, if_exists):
+        memory.check_fits(model)
+        paths = export_memory(memory.current(), model, comfy.writable_folder("loras"),
+                              comfy.writable_folder("embeddings"), name, if_exists)
+        for path in paths:
+            comfy.written_file_result(path, "memory export")
+        return {"ui": {"text": [str(p) for p in paths]}}

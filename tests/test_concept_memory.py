@@ -1,0 +1,185 @@
+"""Concept Memory (L2DM): concepts learned one after another into a crash-safe, versioned memory; the consolidated
+weights are one exact LoRA; kill -9, a second writer and bad input never lose or change what the memory held."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conceptkit import NODE_CLASS_MAPPINGS
+from conceptkit.core.concepts import Concept, Trigger, apply_concept
+from conceptkit.core.errors import ConceptKitError, InputError
+from conceptkit.core.methods.concept_memory import LearnSettings, MemoryStore, consolidate, learn, memory_model
+from conceptkit.core.model import EMBEDDED, load_model
+from conceptkit.core.model.patches import patches_in_effect
+from conceptkit.core.sampling import sample
+from conceptkit.core.world.subjects import training_renders
+
+TINY = LearnSettings(steps=4, candidates=2, keep=1)
+HELPER = Path(__file__).parent / "helpers" / "memory_writer.py"
+
+
+@pytest.fixture(scope="module")
+def world():
+    return load_model(EMBEDDED)
+
+
+def subject(index: int):
+    images, captions = training_renders(index, 4)
+    return torch.from_numpy(images).float() / 255, captions
+
+
+@pytest.fixture(scope="module")
+def two_concepts(world, tmp_path_factory):
+    root = tmp_path_factory.mktemp("memories")
+    store = MemoryStore.open_or_create(root, "pets", world)
+    for k, index in enumerate((10, 11)):
+        images, captions = subject(index)
+        learn(store, world, images, f"<p{k}>", "creature", TINY, captions=captions)
+    return store
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_each_learned_concept_is_a_new_version_holding_every_concept_so_far(two_concepts):
+    info = two_concepts.manifest()
+    assert info["current"] == 2
+    assert [[c["trigger"] for c in v["concepts"]] for v in info["versions"]] == [["<p0>"], ["<p0>", "<p1>"]]
+    state = two_concepts.current()
+    assert state.triggers == ["<p0>", "<p1>"]
+    assert state.bank.owners == ["<p0>", "<p1>"]  # one kept sample per concept, scored against the other
+    assert set(state.bank.features) == {"<p0>", "<p1>"}
+
+
+def test_the_memory_applies_as_one_concept_with_both_triggers(world, two_concepts):
+    memory = apply_concept(world, two_concepts.current().concept)
+    with patches_in_effect(memory) as state:
+        assert {row.trigger for row in state.tokens} >= {"<p0>", "<p1>"}
+        assert state.lora_hooks
+
+
+def test_consolidation_joins_two_loras_exactly():
+    g = torch.Generator().manual_seed(0)
+
+    def lora_concept(word, rank, alpha):
+        tensors = {"lora.unet.a.down": torch.randn(rank, 6, generator=g),
+                   "lora.unet.a.up": torch.randn(5, rank, generator=g),
+                   "embedding.0.te0": torch.randn(1, 8, generator=g)}
+        return Concept(word, "test", "world", "f", (Trigger(word, "creature"),), tensors, rank, alpha)
+
+    old, new = lora_concept("<a>", 2, 1.0), lora_concept("<b>", 3, 6.0)
+    merged = consolidate(consolidate(None, old, "m"), new, "m")
+    down, up = merged.lora_modules()["unet.a"]
+    expected = sum(c.lora_scale * u @ d for c in (old, new) for d, u in [c.lora_modules()["unet.a"]])
+    assert torch.allclose(merged.lora_scale * up @ down, expected, atol=1e-5)
+    assert [t.word for t in merged.triggers] == ["<a>", "<b>"]
+    assert torch.equal(merged.embeddings(1)[0], new.embeddings(0)[0])
+
+
+def test_kill_9_during_learning_leaves_the_previous_version_loadable_and_complete(world, tmp_path):
+    store = MemoryStore.open_or_create(tmp_path, "pets", world)
+    images, captions = subject(12)
+    learn(store, world, images, "<p0>", "creature", TINY, captions=captions)
+    before = snapshot(store.folder)
+    process = subprocess.Popen([sys.executable, str(HELPER), "learn", str(tmp_path), "pets", "13", "<p1>", "400"],
+                               stdout=subprocess.PIPE, text=True)
+    for line in process.stdout:  # training has begun: the memory is locked and being written
+        if line.startswith("training 2"):
+            break
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (store.folder / "lock").exists()  # the dead writer's lock is left behind ...
+    state = store.current()
+    assert state.version == 1 and state.triggers == ["<p0>"]
+    assert snapshot(store.folder) == {**before, "lock": (store.folder / "lock").read_bytes()}  # nothing else changed
+    images, captions = subject(13)
+    learn(store, world, images, "<p1>", "creature", TINY, captions=captions)  # ... and taken over by the next writer
+    assert store.current().triggers == ["<p0>", "<p1>"]
+    assert not (store.folder / "lock").exists()
+
+
+def test_a_second_writer_waits_then_fails_with_a_clear_message(world, tmp_path):
+    store = MemoryStore.open_or_create(tmp_path, "pets", world)
+    process = subprocess.Popen([sys.executable, str(HELPER), "hold", str(tmp_path), "pets", "30"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().startswith("holding")
+        with pytest.raises(InputError, match=f"being written by another process \\(pid {process.pid}\\); wait"):
+            with store.writer(wait=0.5):
+                pass
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_memory_made_on_another_model_is_refused_and_left_untouched(world, two_concepts, tmp_path):
+    folder = tmp_path / "other"
+    folder.mkdir()
+    info = two_concepts.manifest() | {"base_fingerprint": "0" * 16}
+    (folder / "manifest.json").write_text(json.dumps(info))
+    before = snapshot(folder)
+    images, _ = subject(12)
+    with pytest.raises(InputError, match="made on another model.*use a new memory name"):
+        learn(MemoryStore(folder), world, images, "<p9>", "creature", TINY)
+    assert snapshot(folder) == before
+
+
+def test_a_trigger_already_in_the_memory_is_refused_and_nothing_changes(world, two_concepts):
+    before = snapshot(two_concepts.folder)
+    images, _ = subject(12)
+    with pytest.raises(InputError, match="already holds '<p1>'"):
+        learn(two_concepts, world, images, "<p1>", "creature", TINY)
+    assert snapshot(two_concepts.folder) == before
+
+
+def test_a_corrupt_manifest_is_a_clear_error_and_nothing_changes(world, tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "manifest.json").write_text('{"format_version": 1, "versions": [')
+    before = snapshot(folder)
+    images, _ = subject(12)
+    with pytest.raises(ConceptKitError, match="manifest.json is damaged.*nothing was changed"):
+        learn(MemoryStore(folder), world, images, "<p0>", "creature", TINY)
+    assert snapshot(folder) == before
+
+
+def test_the_artist_acts_only_on_prompts_that_name_the_memorys_concepts(world, two_concepts):
+    with_artist, without = memory_model(world, two_concepts), memory_model(world, two_concepts, artist=False)
+    both = "a <p0> creature at the top and a <p1> creature at the bottom, red background"
+    plain = "a large red star on the left, blue background"
+    untouched = sample(with_artist, plain, steps=8, seed=1).images
+    assert torch.equal(untouched, sample(without, plain, steps=8, seed=1).images)
+    moved = sample(with_artist, both, steps=8, seed=1).images
+    assert not torch.allclose(moved, sample(without, both, steps=8, seed=1).images, atol=1e-3)
+    assert torch.isfinite(moved).all()
+
+
+def test_the_memory_nodes_learn_in_sequence_apply_and_export_under_comfyuis_inference_mode(world, tmp_path,
+                                                                                           monkeypatch):
+    monkeypatch.setenv("CONCEPTKIT_MODELS_DIR", str(tmp_path))
+    nodes = {name: cls() for name, cls in NODE_CLASS_MAPPINGS.items()}
+    with torch.inference_mode():
+        (memory,) = nodes["ConceptKitConceptMemory"].open(world, "pets")
+        for k, index in enumerate((10, 11)):
+            images, _ = subject(index)
+            (memory,) = nodes["ConceptKitMemoryLearn"].learn(memory, world, images, f"<p{k}>", "creature", steps=3,
+                                                             seed=0)
+        again = nodes["ConceptKitMemoryLearn"].learn(memory, world, images, "<p1>", "creature", steps=3, seed=0)
+        (applied,) = nodes["ConceptKitApplyMemory"].apply(world, memory, 1.0, True, 20.0, 0.25)
+        (images,) = nodes["ConceptKitSample"].generate(applied, "a <p0> creature at the top and a <p1> creature at "
+                                                       "the bottom, red background", "", 0, 4, 5.0, "ddim", 0, 0, 1)
+        written = nodes["ConceptKitExportMemory"].export(world, memory, "pets", "counter")["ui"]["text"]
+    assert again[0].current().version == 2  # the same learning queued again: the memory as it was
+    assert images.shape == (1, 64, 64, 3) and torch.isfinite(images).all()
+    assert [Path(p).name for p in written] == ["pets.safetensors", "pets_p0.safetensors", "pets_p1.safetensors"]
+    assert Path(written[0]).parent.name == "loras" and Path(written[1]).parent.name == "embeddings"
+    assert not list((tmp_path / "conceptkit" / "checkpoints").glob("*/step_*"))
