@@ -8,6 +8,7 @@ from ..core.recipes import TrainingPreview
 from ..core.training import caption_lines, run_identity
 from . import comfy_adapter as comfy
 from .concept_nodes import _valid_name
+from .encoder_nodes import comfy_backbone
 from .sockets import CATEGORY, CK_MEMORY, CK_MODEL, IF_EXISTS, TRAINING_SEED
 
 MEMORIES = "conceptkit_memories"
@@ -85,18 +86,22 @@ class ConceptKitMemoryLearn:
                 "checkpoint_every": ("INT", {"default": defaults.checkpoint_every, "min": 0, "max": 100000,
                                              "tooltip": "Write a resumable checkpoint every N steps (0: only on "
                                                         "Cancel). Removed when the concept is learned."}),
+                "clip_vision": ("CLIP_VISION", {"tooltip": "For SD models: a CLIP vision model (Load CLIP Vision) "
+                                "whose image embeddings score the memory bank. The embedded model needs none."}),
             },
         }
 
     def learn(self, memory, model, images, trigger, class_word, steps, seed, captions="", learning_rate=5e-3,
-              rank=4, replay_weight=1.0, distill_weight=1.0, checkpoint_every=100):
+              rank=4, replay_weight=1.0, distill_weight=1.0, checkpoint_every=100, clip_vision=None):
         settings = LearnSettings(steps=steps, rank=rank, learning_rate=learning_rate, replay_weight=replay_weight,
                                  distill_weight=distill_weight, seed=seed, checkpoint_every=checkpoint_every)
         lines = caption_lines(captions) or None
         identity = run_identity(images, _Identity(memory.name, trigger.strip(), class_word.strip(), lines, settings),
                                 model.fingerprint())
         folder = comfy.writable_folder("conceptkit_checkpoints") / identity
-        learn(memory, model, images, trigger, class_word, settings, captions=lines, checkpoint_dir=folder,
+        backbone = None if clip_vision is None else comfy_backbone(clip_vision)
+        learn(memory, model, images, trigger, class_word, settings, captions=lines, clip_vision=backbone,
+              checkpoint_dir=folder,
               progress=comfy.Progress(steps, "Memory Learn"), cancel=comfy.cancel_requested,
               preview=TrainingPreview(f"a {trigger.strip()} {class_word.strip()}", seed), identity=identity)
         return (memory,)

@@ -394,6 +394,26 @@ def test_the_sge_inverter_workflow_refuses_bad_input_with_one_line(override, wor
     assert written(tmp_path / "out") == []
 
 
+# --- the Concept Memory's workflow through `conceptkit run` -------------------------------------------------------
+
+CONCEPT_MEMORY = WORKFLOWS / "concept_memory.json"
+
+
+@pytest.mark.parametrize("override,words", [
+    ("2.name=../elsewhere", "memory name"),
+    ("6.trigger=<pet-a>", "already holds '<pet-a>'"),
+    ("4.trigger=creature", "already a word of this model's vocabulary"),
+    ("4.steps=0", "smaller than the minimum"),
+])
+def test_the_concept_memory_workflow_refuses_bad_input_with_one_line(override, words, tmp_path, capsys):
+    code, err = run(["run", str(CONCEPT_MEMORY), "--out", str(tmp_path / "out"), "--models", str(tmp_path / "models"),
+                     "-q", "--set", override], capsys)
+    assert code == 2 and "Traceback" not in err and err.startswith("conceptkit: error:"), err
+    assert err.count("error:") == 1, err
+    assert words in err, err
+    assert written(tmp_path / "out") == []
+
+
 def test_ctrl_c_during_training_says_how_to_resume_and_the_rerun_resumes(tmp_path):
     import os
     import signal

@@ -32,8 +32,10 @@ class MemoryBank:
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # trigger -> stored features [D]
     prompts: dict[str, list[str]] = field(default_factory=dict)  # trigger -> its prompts (with the trigger)
     images: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 3, 1, 1))  # short-term [M, 3, H, W] -1..1
+    # (stored on disk as uint8, as images are)
     image_prompts: list[str] = field(default_factory=list)
     owners: list[str] = field(default_factory=list)  # the trigger each image shows
+    backbone: str = ""  # the image backbone the features are from ("" before the first concept)
 
     @classmethod
     def empty(cls) -> MemoryBank:
@@ -56,14 +58,15 @@ class MemoryBank:
         old = self.images[keep] if keep else images[:0]
         return MemoryBank(dict(self.features), dict(self.prompts), torch.cat([old, images.float().cpu()]),
                           [self.image_prompts[i] for i in keep] + list(prompts),
-                          [self.owners[i] for i in keep] + [owner] * len(images))
+                          [self.owners[i] for i in keep] + [owner] * len(images), self.backbone)
 
     def save(self, path: Path) -> Path:
         triggers = list(self.features)
-        tensors = {"images": self.images.float().contiguous()}
+        pixels = ((self.images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # 4x smaller on disk
+        tensors = {"images": pixels.contiguous()}
         tensors.update({f"features.{i}": self.features[t].float().contiguous() for i, t in enumerate(triggers)})
         info = {"triggers": triggers, "prompts": [self.prompts.get(t, []) for t in triggers],
-                "image_prompts": self.image_prompts, "owners": self.owners}
+                "image_prompts": self.image_prompts, "owners": self.owners, "backbone": self.backbone}
         return write_safetensors(Path(path), tensors, {METADATA_KEY: json.dumps(info)})
 
     @classmethod
@@ -74,8 +77,9 @@ class MemoryBank:
             info = json.loads(metadata[METADATA_KEY])
             tensors = load_safetensors(path)
             triggers = list(info["triggers"])
+            images = tensors["images"].float() / 127.5 - 1
             return cls({t: tensors[f"features.{i}"] for i, t in enumerate(triggers)},
-                       {t: list(p) for t, p in zip(triggers, info["prompts"], strict=True)}, tensors["images"],
-                       list(info["image_prompts"]), list(info["owners"]))
+                       {t: list(p) for t, p in zip(triggers, info["prompts"], strict=True)}, images,
+                       list(info["image_prompts"]), list(info["owners"]), str(info.get("backbone", "")))
         except (KeyError, ValueError, TypeError) as e:
             raise ModelLoadError(f"{path}: the memory bank is damaged ({e}).") from None

@@ -154,6 +154,10 @@ def learn(store: MemoryStore, model: Model, images, trigger: str, class_word: st
         pixels = prepare_images(images, model.default_size)
         bank = state.bank
         new_features = bank_features(backbone, pixels).mean(0)
+        made_with = f"{backbone.name}:{len(new_features)}"
+        if bank.backbone and bank.backbone != made_with:
+            raise InputError(f"memory '{store.name}' scores its bank with {bank.backbone} features; these are "
+                             f"{made_with}. Connect the same image model (CLIP vision) it was made with.")
         before = apply_concept(model, state.concept) if state.concept is not None else model
         terms = _loss_terms(bank, new_features, settings)
         config = TrainConfig(trigger=trigger, class_word=class_word, captions=captions, trainable="lora",
@@ -168,7 +172,7 @@ def learn(store: MemoryStore, model: Model, images, trigger: str, class_word: st
         bank = MemoryBank({**bank.features, trigger: new_features},
                           {**bank.prompts, trigger: [t.replace("{trigger}", trigger).replace("{class}", class_word)
                                                      for t in BANK_TEMPLATES]},
-                          bank.images, bank.image_prompts, bank.owners)
+                          bank.images, bank.image_prompts, bank.owners, made_with)
         bank = refresh_bank(apply_concept(model, merged), backbone, bank, settings)
         return store.commit(merged, bank, trigger, {**asdict(settings), "final_loss": learned.losses[-1],
                                                     "identity": identity})
