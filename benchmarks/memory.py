@@ -158,4 +158,7 @@ def _curve_plot(curves: dict[str, list[float]]):
         draw.line([point(k, v) for k, v in enumerate(curve)], fill=colour, width=2)
         draw.text((pad + 5, pad - 30 + 10 * list(curves).index(name)), name, fill=colour)
     draw.text((width // 2 - 40, height - pad + 10), "after task 1..N", fill="black")
+    draw.text((2, pad - 6), f"{high:.2f}", fill="black")
+    draw.text((2, height - pad - 6), f"{low:.2f}", fill="black")
+    draw.text((2, height // 2 - 6), "mean\nfidelity", fill="black")
     return image

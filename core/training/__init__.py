@@ -15,6 +15,7 @@ from .fewshot import (
     first_caption,
     instance_captions,
     run_identity,
+    settings_signature,
     train_concept,
 )
 from .images import prepare_images
@@ -26,4 +27,5 @@ __all__ = ["DEFAULT_PREVIEW_SHARE", "MIXED_PRECISION", "Batch", "DataSource", "D
            "LossTerm", "Noised", "PreviewBudget", "PriorPreservation", "RunOutcome", "RunSettings", "Stream",
            "TrainConfig", "TrainResult", "TrainableSet", "TrainingEngine", "TrainingRun", "caption_lines",
            "class_captions", "first_caption", "fill_template", "instance_captions", "loss_curve", "prepare_images",
-           "register_trainable", "run_identity", "step_generator", "train_concept", "trainable_kinds"]
+           "register_trainable", "run_identity", "settings_signature", "step_generator", "train_concept",
+           "trainable_kinds"]

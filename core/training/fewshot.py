@@ -74,9 +74,7 @@ class TrainConfig:
 
     def signature(self) -> str:
         """What a checkpoint must agree on to be resumed (not the step count: a run may be extended)."""
-        values = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("steps", "checkpoint_every",
-                                                                                 "keep_checkpoints")}
-        return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return settings_signature(self, ("steps", "checkpoint_every", "keep_checkpoints"))
 
 
 @dataclass
@@ -84,6 +82,12 @@ class TrainResult:
     concept: Concept
     losses: list[float]
     resumed_from: int
+
+
+def settings_signature(settings, exclude: tuple[str, ...] = ("checkpoint_every",)) -> str:
+    """A short hash of a settings dataclass's values but `exclude`: what a run's checkpoints must agree on."""
+    values = {k: v for k, v in dataclasses.asdict(settings).items() if k not in exclude}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class Signed(Protocol):

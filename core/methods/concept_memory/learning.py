@@ -27,7 +27,7 @@ from ...errors import InputError
 from ...model import Model, encode_text, unet_denoiser
 from ...model.image_features import ImageBackbone, backbone_for
 from ...sampling import CFG, sample
-from ...training import TrainConfig, prepare_images, train_concept
+from ...training import TrainConfig, prepare_images, settings_signature, train_concept
 from ...training.objective import DenoisingObjective
 from .bank import DEFAULT_BETA, MemoryBank
 from .store import MemoryState, MemoryStore
@@ -55,11 +55,7 @@ class LearnSettings:
     checkpoint_every: int = 100
 
     def signature(self) -> str:
-        import hashlib
-        import json
-
-        values = {k: v for k, v in asdict(self).items() if k != "checkpoint_every"}
-        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_signature(self)
 
 
 @dataclass

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ...errors import InputError
 from ...model import Conditioning, Model, encode_negative, encode_prompts, unet_denoiser
 from ...sampling.preview import preview_image
-from ...training import RunSettings, TrainingEngine, prepare_images, step_generator
+from ...training import RunSettings, TrainingEngine, prepare_images, settings_signature, step_generator
 from .sge import SGESet
 from .window import MAPPINGS, Window, map_window
 
@@ -54,11 +54,7 @@ class InvertSettings:
     checkpoint_every: int = 300
 
     def signature(self) -> str:
-        import hashlib
-        import json
-
-        values = {k: v for k, v in self.__dict__.items() if k != "checkpoint_every"}
-        return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return settings_signature(self)
 
 
 def eps_of(output: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
