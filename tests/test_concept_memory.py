@@ -183,3 +183,14 @@ def test_the_memory_nodes_learn_in_sequence_apply_and_export_under_comfyuis_infe
     assert [Path(p).name for p in written] == ["pets.safetensors", "pets_p0.safetensors", "pets_p1.safetensors"]
     assert Path(written[0]).parent.name == "loras" and Path(written[1]).parent.name == "embeddings"
     assert not list((tmp_path / "conceptkit" / "checkpoints").glob("*/step_*"))
+
+
+def test_an_applied_memory_samples_with_the_personalization_guidance_sampler(world, two_concepts):
+    from conceptkit.core.methods.personalization_guidance import personalization_sample
+
+    memory = memory_model(world, two_concepts)
+    prompt = "a <p0> creature at the top and a <p1> creature at the bottom, red background"
+    guided = personalization_sample(world, prompt, finetuned=memory, mode="personalization", steps=6, seed=2).images
+    cfg = personalization_sample(world, prompt, finetuned=memory, mode="cfg", steps=6, seed=2).images
+    assert guided.shape == (1, 64, 64, 3) and torch.isfinite(guided).all()
+    assert not torch.allclose(guided, cfg, atol=1e-3)  # the weak model is the memory at strength omega
