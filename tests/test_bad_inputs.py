@@ -365,8 +365,14 @@ def encoder_models(tmp_path_factory):
 ])
 def test_the_concept_encoder_workflow_refuses_bad_input_with_one_line(override, words, encoder_models, tmp_path,
                                                                        capsys):
-    code, err = run(["run", str(CONCEPT_ENCODER), "--out", str(tmp_path / "out"), "--models", str(encoder_models),
-                     "-q", "--set", override], capsys)
+    refused_with_one_line(CONCEPT_ENCODER, override, words, encoder_models, tmp_path, capsys)
+
+
+def refused_with_one_line(workflow: Path, override: str, words: str, models: Path, tmp_path: Path, capsys) -> None:
+    """`conceptkit run WORKFLOW --set OVERRIDE` exits 2 with one "conceptkit: error:" line saying `words`, no
+    traceback, and nothing in the output folder."""
+    code, err = run(["run", str(workflow), "--out", str(tmp_path / "out"), "--models", str(models), "-q", "--set",
+                     override], capsys)
     assert code == 2 and "Traceback" not in err and err.startswith("conceptkit: error:"), err
     assert err.count("error:") == 1, err
     assert words in err, err
@@ -386,12 +392,7 @@ SGE_INVERTER = WORKFLOWS / "sge_inverter.json"
     ("4.count=0", "smaller than the minimum"),
 ])
 def test_the_sge_inverter_workflow_refuses_bad_input_with_one_line(override, words, tmp_path, capsys):
-    code, err = run(["run", str(SGE_INVERTER), "--out", str(tmp_path / "out"), "--models", str(tmp_path / "models"),
-                     "-q", "--set", override], capsys)
-    assert code == 2 and "Traceback" not in err and err.startswith("conceptkit: error:"), err
-    assert err.count("error:") == 1, err
-    assert words in err, err
-    assert written(tmp_path / "out") == []
+    refused_with_one_line(SGE_INVERTER, override, words, tmp_path / "models", tmp_path, capsys)
 
 
 # --- the Concept Memory's workflow through `conceptkit run` -------------------------------------------------------
@@ -406,12 +407,7 @@ CONCEPT_MEMORY = WORKFLOWS / "concept_memory.json"
     ("4.steps=0", "smaller than the minimum"),
 ])
 def test_the_concept_memory_workflow_refuses_bad_input_with_one_line(override, words, tmp_path, capsys):
-    code, err = run(["run", str(CONCEPT_MEMORY), "--out", str(tmp_path / "out"), "--models", str(tmp_path / "models"),
-                     "-q", "--set", override], capsys)
-    assert code == 2 and "Traceback" not in err and err.startswith("conceptkit: error:"), err
-    assert err.count("error:") == 1, err
-    assert words in err, err
-    assert written(tmp_path / "out") == []
+    refused_with_one_line(CONCEPT_MEMORY, override, words, tmp_path / "models", tmp_path, capsys)
 
 
 def test_ctrl_c_during_training_says_how_to_resume_and_the_rerun_resumes(tmp_path):
