@@ -5,6 +5,7 @@ from .extensions import (
     AttentionStore,
     ChainedAttention,
     ConditioningProvider,
+    RecordingAttention,
     StaticConditioning,
     attention_map,
 )
@@ -15,7 +16,7 @@ from .schedulers import SAMPLER_NAMES, make_scheduler
 
 __all__ = [
     "CFG", "SAMPLER_NAMES", "AttentionController", "AttentionStore", "ChainedAttention", "ConditioningProvider",
-    "Guidance",
+    "Guidance", "RecordingAttention",
     "SampleResult", "SamplingContext", "StaticConditioning", "Step", "decode_latents", "make_scheduler",
     "attention_map", "preview_image", "sample",
 ]

@@ -73,17 +73,40 @@ class AttentionController:
         return latents
 
 
+class RecordingAttention(AttentionController):
+    """Base of the controllers that read cross-attention maps: `attach` wraps every cross-attention processor so
+    that, while `recording` is true, `record(layer, probs)` gets the layer's map (`attention_map`, with gradients
+    if the pass has them); `detach` puts the processors back. Subclasses declare `recording` and `_originals`."""
+
+    recording: bool
+    _originals: dict | None
+
+    def attach(self, unet):
+        self._originals = dict(unet.attn_processors)
+        unet.set_attn_processor({name: _RecordingProcessor(self, name, p) if name.endswith("attn2.processor") else p
+                                 for name, p in self._originals.items()})
+
+    def detach(self, unet):
+        if self._originals is not None:
+            unet.set_attn_processor(self._originals)
+            self._originals = None
+        self.recording = False
+
+    def record(self, layer: str, probs: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
 class _RecordingProcessor:
-    """Runs the layer's own processor, and while its store records, the softmax map of the layer's queries
+    """Runs the layer's own processor, and while its owner records, the softmax map of the layer's queries
     over the prompt's tokens, softmax(q k^T / sqrt(d)) averaged over heads: [batch, pixels, tokens]."""
 
-    def __init__(self, store: AttentionStore, name: str, original):
-        self.store, self.name, self.original = store, name, original
+    def __init__(self, owner: RecordingAttention, name: str, original):
+        self.owner, self.name, self.original = owner, name, original
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
                  **kwargs):
-        if self.store.recording and encoder_hidden_states is not None:
-            self.store.record(self.name, attention_map(attn, hidden_states, encoder_hidden_states, temb))
+        if self.owner.recording and encoder_hidden_states is not None:
+            self.owner.record(self.name, attention_map(attn, hidden_states, encoder_hidden_states, temb))
         return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
 
 
@@ -106,7 +129,7 @@ def attention_map(attn, hidden_states, context, temb) -> torch.Tensor:
 
 
 @dataclass
-class AttentionStore(AttentionController):
+class AttentionStore(RecordingAttention):
     """Records the cross-attention maps of `tokens` (positions in the prompt; None: all) at the steps in
     `steps` (None: every step): `maps[step][layer]` is [batch, pixels, tokens] (CFG's batch is
     [unconditional, conditional]); each map sums to 1 over all the prompt's tokens."""
@@ -117,17 +140,6 @@ class AttentionStore(AttentionController):
     recording: bool = False
     _step: int = 0
     _originals: dict | None = None
-
-    def attach(self, unet):
-        self._originals = dict(unet.attn_processors)
-        unet.set_attn_processor({name: _RecordingProcessor(self, name, p) if name.endswith("attn2.processor") else p
-                                 for name, p in self._originals.items()})
-
-    def detach(self, unet):
-        if self._originals is not None:
-            unet.set_attn_processor(self._originals)
-            self._originals = None
-        self.recording = False
 
     def before_step(self, step, latents, denoise, cond):
         self._step = step.index

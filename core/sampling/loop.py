@@ -77,9 +77,7 @@ def sample(
         if not 0 <= start_step < steps:
             raise InputError(f"start_step must be between 0 and {steps - 1} (got {start_step}).")
         guidance = guidance or CFG()
-        controllers = [c for c in (attention, *patches.attention) if c is not None]
-        attention = controllers[0] if len(controllers) == 1 else ChainedAttention(controllers) if controllers \
-            else AttentionController()
+        attention = ChainedAttention([c for c in (attention, *patches.attention) if c is not None])
         attention.begin(model, prompts)
         scheduler = make_scheduler(model.scheduler_config, sampler)
         scheduler.set_timesteps(steps, device=model.device)

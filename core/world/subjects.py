@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .scenes import Scene, WorldObject
-from .vocabulary import COLOURS, HELDOUT_INSTANCE_SEEDS, INSTANCE_CLASS_WORD, PATTERNS, POSITIONS
+from .vocabulary import COLOURS, HELDOUT_INSTANCE_SEEDS, INSTANCE_CLASS_WORD, PAIRED_POSITIONS, PATTERNS, POSITIONS
 
 TRIGGER_SLOT, CLASS_SLOT = "{trigger}", "{class}"
 
@@ -50,8 +50,6 @@ def evaluation_scenes(index: int, token: str, count: int = 8) -> list[Scene]:
 
 def pair_scenes(first: tuple[int, str], second: tuple[int, str], count: int = 8, seed: int = 30_000) -> list[Scene]:
     """Scenes with two subjects ((index, token) each) at a pair of places, their captions naming both by token."""
-    from .vocabulary import PAIRED_POSITIONS
-
     rng = np.random.default_rng([seed, first[0], second[0]])
     colours = list(COLOURS)
     scenes = []

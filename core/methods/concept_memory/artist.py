@@ -20,14 +20,14 @@ import torch.nn.functional as F
 
 from ...model import Model
 from ...model.inference_mode import leave_inference_mode
-from ...sampling import AttentionController, attention_map
+from ...sampling import RecordingAttention
 
 DEFAULT_ACTIVE_SHARE = 0.25  # of the steps, from the first
 DEFAULT_STEP_SIZE = 20.0
 
 
 @dataclass
-class ConceptAttentionArtist(AttentionController):
+class ConceptAttentionArtist(RecordingAttention):
     concepts: tuple[tuple[str, str], ...]  # (trigger, class word)
     active_share: float = DEFAULT_ACTIVE_SHARE
     step_size: float = DEFAULT_STEP_SIZE
@@ -38,7 +38,8 @@ class ConceptAttentionArtist(AttentionController):
     _positions: list[list[tuple[int, int | None]]] = field(default_factory=list)  # per prompt: (trigger, class) pos
     _lengths: list[int] = field(default_factory=list)
     _originals: dict | None = None
-    _maps: dict[str, torch.Tensor] | None = None
+    recording: bool = False
+    _maps: dict[str, torch.Tensor] = field(default_factory=dict)
     last_losses: list[float] = field(default_factory=list)
 
     def begin(self, model, prompts):
@@ -62,38 +63,29 @@ class ConceptAttentionArtist(AttentionController):
     def attach(self, unet):
         if not any(self._positions):
             return
-        self._originals = dict(unet.attn_processors)
-        unet.set_attn_processor({name: _Collecting(self, name, p) if name.endswith("attn2.processor") else p
-                                 for name, p in self._originals.items()})
-
-    def detach(self, unet):
-        if self._originals is not None:
-            unet.set_attn_processor(self._originals)
-            self._originals = None
+        with torch.inference_mode(False):  # once per run: the gradient passes need ordinary weights
+            leave_inference_mode(self._model)
+        super().attach(unet)
 
     def before_step(self, step, latents, denoise, cond):
         active = max(1, round(self.active_share * step.total))
         if self._originals is None or step.index >= active:
             return latents
         with torch.inference_mode(False), torch.enable_grad():
-            leave_inference_mode(self._model)
             x = latents.detach().clone().requires_grad_(True)
-            self._maps = {}
+            self.recording = True
             try:
                 denoise(x, step.timestep, cond)
                 loss = self._loss(x.shape[-2:])
             finally:
-                maps, self._maps = self._maps, None
-            del maps
+                self.recording = False
+                self._maps = {}
             if loss is None:
                 return latents
             (grad,) = torch.autograd.grad(loss, x)
         self.last_losses.append(float(loss.detach()))
         size = self.step_size * (1 - 0.5 * step.index / active)
         return (latents - size * grad.to(latents)).detach()
-
-    def collecting(self) -> bool:
-        return self._maps is not None
 
     def record(self, layer: str, probs: torch.Tensor) -> None:
         self._maps[layer] = probs
@@ -124,15 +116,3 @@ class ConceptAttentionArtist(AttentionController):
             total.append(loss)
         return torch.stack(total).sum() if total else None
 
-
-class _Collecting:
-    """Runs the layer's own processor; while the artist collects, it also forms the layer's map (with gradients)."""
-
-    def __init__(self, artist: ConceptAttentionArtist, name: str, original):
-        self.artist, self.name, self.original = artist, name, original
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
-                 **kwargs):
-        if self.artist.collecting() and encoder_hidden_states is not None:
-            self.artist.record(self.name, attention_map(attn, hidden_states, encoder_hidden_states, temb))
-        return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)

@@ -13,7 +13,7 @@ At each new task candidates are generated for every concept's prompts and scored
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -56,9 +56,9 @@ class MemoryBank:
         """This bank with `owner`'s short-term samples replaced by `images`."""
         keep = [i for i, o in enumerate(self.owners) if o != owner]
         old = self.images[keep] if keep else images[:0]
-        return MemoryBank(dict(self.features), dict(self.prompts), torch.cat([old, images.float().cpu()]),
-                          [self.image_prompts[i] for i in keep] + list(prompts),
-                          [self.owners[i] for i in keep] + [owner] * len(images), self.backbone)
+        return replace(self, images=torch.cat([old, images.float().cpu()]),
+                       image_prompts=[self.image_prompts[i] for i in keep] + list(prompts),
+                       owners=[self.owners[i] for i in keep] + [owner] * len(images))
 
     def save(self, path: Path) -> Path:
         triggers = list(self.features)

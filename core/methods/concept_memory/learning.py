@@ -16,7 +16,7 @@ Old training images are not kept: the bank is regenerated for every concept's pr
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -165,10 +165,9 @@ def learn(store: MemoryStore, model: Model, images, trigger: str, class_word: st
         learned = train_concept(before, images, config, terms, name=trigger.strip("<>") or "concept",
                                 checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel, preview=preview)
         merged = consolidate(state.concept, learned.concept, store.name)
-        bank = MemoryBank({**bank.features, trigger: new_features},
-                          {**bank.prompts, trigger: [t.replace("{trigger}", trigger).replace("{class}", class_word)
-                                                     for t in BANK_TEMPLATES]},
-                          bank.images, bank.image_prompts, bank.owners, made_with)
+        prompts = [t.replace("{trigger}", trigger).replace("{class}", class_word) for t in BANK_TEMPLATES]
+        bank = replace(bank, features={**bank.features, trigger: new_features},
+                       prompts={**bank.prompts, trigger: prompts}, backbone=made_with)
         bank = refresh_bank(apply_concept(model, merged), backbone, bank, settings)
         return store.commit(merged, bank, trigger, {**asdict(settings), "final_loss": learned.losses[-1],
                                                     "identity": identity})
@@ -197,7 +196,7 @@ def refresh_bank(memory_model: Model, backbone: ImageBackbone, bank: MemoryBank,
         chosen = [prompts[i % len(prompts)] for i in range(settings.candidates)]
         with torch.no_grad():
             result = sample(memory_model, chosen, seed=settings.seed, steps=25, guidance=CFG(5.0))
-        images = result.images.permute(0, 3, 1, 2) * 2 - 1  # ComfyUI layout -> [N, 3, H, W] in -1..1
+        images = prepare_images(result.images, memory_model.default_size)
         best = bank.scores(bank_features(backbone, images), owner, settings.beta).argsort(descending=True)
         best = best[:settings.keep].tolist()
         bank = bank.with_samples(owner, images[best], [chosen[i] for i in best])

@@ -15,7 +15,7 @@ import torch
 from ...errors import InputError
 from ...model import Model
 from ...sampling import Guidance, SamplingContext, sample
-from .inversion import eps_of, output_of, prediction
+from .inversion import eps_of, fixed_q_noise, output_of, prediction
 from .sge import SGESet
 
 DEFAULT_RELAX = 0.05  # a, the official value
@@ -67,7 +67,7 @@ def sample_sge(model: Model, sge: SGESet, count: int = 4, seed: int = 0, relax: 
     picks = [int(torch.randint(0, sge.count, (1,), generator=torch.Generator().manual_seed((seed + i) % 2**64 ^ 0x5CE)))
              for i in range(count)]
     init = sge.targets[picks].to(model.device, model.dtype)
-    fixed = torch.randn(sge.targets.shape, generator=torch.Generator().manual_seed(0))[picks]  # the inversion's q noise
+    fixed = fixed_q_noise(sge.targets.shape)[picks]
     return sample(model, sge.prompt, batch_size=count, seed=seed, steps=sge.window.steps,
                   start_step=sge.window.first_loop_index, init_latents=init, init_noise=fixed,
                   guidance=RelaxedSGE(sge, relax),

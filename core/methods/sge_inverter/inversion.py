@@ -57,6 +57,12 @@ class InvertSettings:
         return settings_signature(self)
 
 
+def fixed_q_noise(shape) -> torch.Tensor:
+    """The one noise x_t, y and the generation start are made with (official `random_q_noise: False`): target i's
+    is row i of a seed-0 draw for the whole set, so inversion and generation agree on it."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
 def eps_of(output: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
     """The model output as a noise prediction (v-prediction: eps = sqrt(1 - abar) x + sqrt(abar) v)."""
     if prediction_type == "v_prediction":
@@ -153,7 +159,7 @@ def _invert(model, images, settings, checkpoint_dir, progress, cancel, name) -> 
     clean_first = timesteps.flip(0).long()  # DDIM timestep of each step counted from the clean end
     final_alpha = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float32, device=model.device)
     latest: dict[str, torch.Tensor] = {}
-    fixed_noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)).to(x0)  # official: fixed q noise
+    fixed_noise = fixed_q_noise(x0.shape).to(x0)
 
     def step_loss(segment: int, j: int) -> torch.Tensor:
         """One guided DDIM step from x_t (step j from the clean end) to step j - 1, against q(x0) at both."""
