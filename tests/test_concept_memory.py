@@ -67,7 +67,15 @@ def test_the_memory_applies_as_one_concept_with_both_triggers(world, two_concept
         assert state.lora_hooks
 
 
-def test_consolidation_joins_two_loras_exactly():
+def test_two_concepts_of_one_class_are_told_apart_by_their_triggers(world, two_concepts):
+    # each concept's trigger has its own trained vector: "a <p0> creature" and "a <p1> creature" are not the
+    # same prompt to the model (with the class word's vector they encoded alike, and learning <p1> rewrote <p0>)
+    concept = two_concepts.current().concept
+    first, second = concept.embeddings(0)[0], concept.embeddings(1)[0]
+    assert not torch.allclose(first, second)
+    memory = memory_model(world, two_concepts, artist=False)
+    first_image, second_image = (sample(memory, f"a {t} creature", seed=3, steps=6).images for t in ("<p0>", "<p1>"))
+    assert (first_image - second_image).abs().mean() > 0.01
     g = torch.Generator().manual_seed(0)
 
     def lora_concept(word, rank, alpha):

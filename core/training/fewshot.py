@@ -57,6 +57,7 @@ class TrainConfig:
     rank: int = 4
     lora_alpha: float | None = None  # None: = rank
     train_text_encoder: bool = False
+    train_token: bool = False  # also train the trigger's vector (always for "embedding", and with the text encoder)
     token_init: str = "class"  # "class": start from the class word's vector; "rare": a random vector of typical norm
     steps: int = 400
     learning_rate: float = 1e-3
@@ -295,7 +296,8 @@ def _train(model, images, config, loss_terms, name, objective, data, checkpoint_
             trainable = own_trainable(model, token_init)
         else:
             trainable = build_trainable(model, config.trainable, token_init,
-                                        train_token=config.trainable == "embedding" or config.train_text_encoder,
+                                        train_token=config.trainable == "embedding" or config.train_token
+                                        or config.train_text_encoder,
                                         train_text_encoder=config.train_text_encoder, rank=config.rank, alpha=alpha,
                                         seed=config.seed)
         unet_mode, checkpointing = model.unet.training, model.unet.is_gradient_checkpointing

@@ -156,8 +156,11 @@ def learn(store: MemoryStore, model: Model, images, trigger: str, class_word: st
                              f"{made_with}. Connect the same image model (CLIP vision) it was made with.")
         before = apply_concept(model, state.concept) if state.concept is not None else model
         terms = _loss_terms(bank, new_features, settings)
+        # the trigger's own vector, distinct from the start and trained: two concepts of one class must not read
+        # alike (with the class word's vector untrained, "a <a> dog" and "a <b> dog" encode the same)
         config = TrainConfig(trigger=trigger, class_word=class_word, captions=captions, trainable="lora",
-                             rank=settings.rank, steps=settings.steps, learning_rate=settings.learning_rate,
+                             token_init="rare", train_token=True, rank=settings.rank, steps=settings.steps,
+                             learning_rate=settings.learning_rate,
                              batch_size=settings.batch_size, seed=settings.seed,
                              checkpoint_every=settings.checkpoint_every, method=METHOD,
                              parameters={k: v for k, v in asdict(settings).items()
