@@ -23,7 +23,7 @@ log = logging.getLogger("conceptkit.bench")
 
 SUBJECTS = {False: (20, 21, 22, 23, 24), True: (20, 21)}
 STEPS = {False: 200, True: 30}
-TRAIN = dict(rank=4, learning_rate=5e-3, batch_size=4)
+TRAIN = dict(rank=16, learning_rate=5e-3, batch_size=4)
 PAIR_IMAGES = {False: 8, True: 2}
 METHODS = ("concept_memory", "naive_sequential", "lora_per_concept")
 

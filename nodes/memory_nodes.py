@@ -92,7 +92,7 @@ class ConceptKitMemoryLearn:
         }
 
     def learn(self, memory, model, images, trigger, class_word, steps, seed, captions="", learning_rate=5e-3,
-              rank=4, replay_weight=1.0, distill_weight=1.0, checkpoint_every=100, clip_vision=None):
+              rank=16, replay_weight=1.0, distill_weight=1.0, checkpoint_every=100, clip_vision=None):
         settings = LearnSettings(steps=steps, rank=rank, learning_rate=learning_rate, replay_weight=replay_weight,
                                  distill_weight=distill_weight, seed=seed, checkpoint_every=checkpoint_every)
         lines = caption_lines(captions) or None

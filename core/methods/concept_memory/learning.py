@@ -43,7 +43,7 @@ BANK_TEMPLATES = ("a {trigger} {class}", "a {trigger} {class} on the left", "a {
 @dataclass
 class LearnSettings:
     steps: int = 300
-    rank: int = 4
+    rank: int = 16
     learning_rate: float = 5e-3
     batch_size: int = 4
     replay_weight: float = 1.0  # mu
@@ -168,7 +168,9 @@ def learn(store: MemoryStore, model: Model, images, trigger: str, class_word: st
         learned = train_concept(before, images, config, terms, name=trigger.strip("<>") or "concept",
                                 checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel, preview=preview)
         merged = consolidate(state.concept, learned.concept, store.name)
-        prompts = [t.replace("{trigger}", trigger).replace("{class}", class_word) for t in BANK_TEMPLATES]
+        # the bank draws a concept with the prompts it was learned from (its captions' text is kept, its images not)
+        prompts = [t.replace("{trigger}", trigger).replace("{class}", class_word)
+                   for t in dict.fromkeys(captions or BANK_TEMPLATES)]
         bank = replace(bank, features={**bank.features, trigger: new_features},
                        prompts={**bank.prompts, trigger: prompts}, backbone=made_with)
         bank = refresh_bank(apply_concept(model, merged), backbone, bank, settings)
