@@ -149,6 +149,16 @@ def test_a_trigger_already_in_the_memory_is_refused_and_nothing_changes(world, t
     assert snapshot(two_concepts.folder) == before
 
 
+def test_a_memory_deleted_after_it_was_opened_is_a_clear_error(world, tmp_path):
+    store = MemoryStore.open_or_create(tmp_path, "gone", world)
+    for path in sorted(store.folder.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    store.folder.rmdir()
+    images, captions = subject(10)
+    with pytest.raises(InputError, match="no longer at"):
+        learn(store, world, images, "<g>", "creature", TINY, captions=captions)
+
+
 def test_a_corrupt_manifest_is_a_clear_error_and_nothing_changes(world, tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()

@@ -123,6 +123,9 @@ class MemoryStore:
     def writer(self, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
         """Hold the memory's lock for the block: one writer at a time. A second writer waits up to `wait`
         seconds, then fails with a message; a lock left by a process that no longer runs is taken over."""
+        if not self.folder.is_dir():
+            raise InputError(f"memory '{self.name}' is no longer at {self.folder} (deleted or moved after it was "
+                             "opened); put the folder back, or change the memory's name to start a new one.")
         path = self.folder / LOCK
         deadline = time.monotonic() + wait
         while True:
