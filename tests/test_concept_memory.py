@@ -203,6 +203,21 @@ def test_the_memory_nodes_learn_in_sequence_apply_and_export_under_comfyuis_infe
     assert not list((tmp_path / "conceptkit" / "checkpoints").glob("*/step_*"))
 
 
+def test_comfyui_opens_the_memory_again_when_it_changed_on_disk(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONCEPTKIT_MODELS_DIR", str(tmp_path))
+    node = NODE_CLASS_MAPPINGS["ConceptKitConceptMemory"]
+    (memory,) = node().open(world, "shared")
+    opened = node.IS_CHANGED(name="shared")
+    assert node.IS_CHANGED(name="shared") == opened  # nothing changed: ComfyUI keeps its cached output
+    images, captions = subject(10)
+    learn(memory, world, images, "<s>", "creature", TINY, captions=captions)  # e.g. by another workflow
+    learned = node.IS_CHANGED(name="shared")
+    assert learned != opened
+    for path in sorted(memory.folder.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    assert node.IS_CHANGED(name="shared") not in (opened, learned)
+
+
 def test_an_applied_memory_samples_with_the_personalization_guidance_sampler(world, two_concepts):
     from conceptkit.core.methods.personalization_guidance import personalization_sample
 

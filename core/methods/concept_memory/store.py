@@ -60,6 +60,11 @@ class MemoryStore:
 
     # --- reading ------------------------------------------------------------------------------------------------
 
+    def on_disk(self) -> str:
+        """What the memory's folder holds now, as a token that changes with every write (or its removal)."""
+        path = self.folder / MANIFEST
+        return f"{path.stat().st_mtime_ns}:{path.stat().st_size}" if path.is_file() else "absent"
+
     def manifest(self) -> dict:
         path = self.folder / MANIFEST
         try:
