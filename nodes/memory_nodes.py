@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.files import safe_file_name
+from ..core.errors import InputError
 from ..core.methods.concept_memory import LearnSettings, MemoryStore, export_memory, learn, memory_model
 from ..core.methods.concept_memory.artist import DEFAULT_ACTIVE_SHARE, DEFAULT_STEP_SIZE
 from ..core.recipes import TrainingPreview
@@ -43,9 +43,10 @@ class ConceptKitConceptMemory:
     def IS_CHANGED(cls, name, **_):
         """ComfyUI opens the memory again (and re-runs what uses it) when it changed on disk: a concept learned by
         another workflow, the folder removed or put back."""
-        if _valid_name(name, "memory name") is not True:
+        try:
+            return MemoryStore.named(comfy.writable_folder(MEMORIES), name).on_disk()
+        except InputError:  # a bad name: VALIDATE_INPUTS says so on the node
             return name
-        return MemoryStore(comfy.writable_folder(MEMORIES) / safe_file_name(name, "memory name")).on_disk()
 
     def open(self, model, name):
         return (MemoryStore.open_or_create(comfy.writable_folder(MEMORIES), name, model),)

@@ -76,6 +76,9 @@ def test_two_concepts_of_one_class_are_told_apart_by_their_triggers(world, two_c
     memory = memory_model(world, two_concepts, artist=False)
     first_image, second_image = (sample(memory, f"a {t} creature", seed=3, steps=6).images for t in ("<p0>", "<p1>"))
     assert (first_image - second_image).abs().mean() > 0.01
+
+
+def test_consolidation_joins_two_loras_exactly():
     g = torch.Generator().manual_seed(0)
 
     def lora_concept(word, rank, alpha):

@@ -62,8 +62,11 @@ class MemoryStore:
 
     def on_disk(self) -> str:
         """What the memory's folder holds now, as a token that changes with every write (or its removal)."""
-        path = self.folder / MANIFEST
-        return f"{path.stat().st_mtime_ns}:{path.stat().st_size}" if path.is_file() else "absent"
+        try:
+            stat = (self.folder / MANIFEST).stat()
+        except FileNotFoundError:
+            return "absent"
+        return f"{stat.st_mtime_ns}:{stat.st_size}"
 
     def manifest(self) -> dict:
         path = self.folder / MANIFEST
@@ -112,9 +115,14 @@ class MemoryStore:
     # --- writing ------------------------------------------------------------------------------------------------
 
     @classmethod
+    def named(cls, root: Path, name: str) -> MemoryStore:
+        """The memory `name` under `root`, as it is on disk (nothing is created)."""
+        return cls(Path(root) / safe_file_name(name, "memory name"))
+
+    @classmethod
     def open_or_create(cls, root: Path, name: str, model: Model) -> MemoryStore:
         """The memory `name` under `root`; a new, empty one (version 0, made for `model`) if there is none."""
-        store = cls(Path(root) / safe_file_name(name, "memory name"))
+        store = cls.named(root, name)
         if not (store.folder / MANIFEST).exists():
             store.folder.mkdir(parents=True, exist_ok=True)
             with store.writer():
