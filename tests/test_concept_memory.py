@@ -16,10 +16,20 @@ import torch
 from conceptkit import NODE_CLASS_MAPPINGS
 from conceptkit.core.concepts import Concept, Trigger, apply_concept
 from conceptkit.core.errors import ConceptKitError, InputError
-from conceptkit.core.methods.concept_memory import LearnSettings, MemoryStore, consolidate, learn, memory_model
+from conceptkit.core.methods.concept_memory import (
+    LearnSettings,
+    MemoryBank,
+    MemoryStore,
+    consolidate,
+    learn,
+    memory_model,
+)
+from conceptkit.core.methods.concept_memory.learning import bank_features, refresh_bank
 from conceptkit.core.model import EMBEDDED, load_model
+from conceptkit.core.model.image_features import backbone_for
 from conceptkit.core.model.patches import patches_in_effect
 from conceptkit.core.sampling import sample
+from conceptkit.core.training import prepare_images
 from conceptkit.core.world.subjects import training_renders
 
 TINY = LearnSettings(steps=4, candidates=2, keep=1)
@@ -76,6 +86,18 @@ def test_two_concepts_of_one_class_are_told_apart_by_their_triggers(world, two_c
     memory = memory_model(world, two_concepts, artist=False)
     first_image, second_image = (sample(memory, f"a {t} creature", seed=3, steps=6).images for t in ("<p0>", "<p1>"))
     assert (first_image - second_image).abs().mean() > 0.01
+
+
+def test_a_bank_sample_drawn_when_its_concept_was_fresh_stays_until_a_better_one_comes(world):
+    images, _ = subject(10)
+    pixels = prepare_images(images, world.default_size)
+    backbone = backbone_for(world, None, "Concept Memory")
+    prompt = "a <p0> creature on the left, red background"
+    # the concept's stored features are the held sample's own: no candidate can score higher
+    held = MemoryBank({"<p0>": bank_features(backbone, pixels[:1])[0]}, {"<p0>": [prompt]}, pixels[:1], [prompt],
+                      ["<p0>"], backbone.name)
+    refreshed = refresh_bank(world, backbone, held, TINY)
+    assert torch.equal(refreshed.images, pixels[:1]) and refreshed.owners == ["<p0>"]
 
 
 def test_consolidation_joins_two_loras_exactly():

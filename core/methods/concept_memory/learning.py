@@ -195,13 +195,18 @@ def _loss_terms(bank: MemoryBank, new_features: torch.Tensor, settings: LearnSet
 
 def refresh_bank(memory_model: Model, backbone: ImageBackbone, bank: MemoryBank, settings: LearnSettings
                  ) -> MemoryBank:
-    """For every concept: `candidates` samples of its prompts from the memory as it now is, scored; the best
-    `keep` become its short-term samples."""
+    """For every concept: `candidates` samples of its prompts from the memory as it now is, scored together with
+    its short-term samples so far; the best `keep` become its short-term samples. A sample drawn while its concept
+    was fresh stays until a better one comes: the bank does not follow a concept that fades."""
     for owner, prompts in bank.prompts.items():
         chosen = [prompts[i % len(prompts)] for i in range(settings.candidates)]
         with torch.no_grad():
             result = sample(memory_model, chosen, seed=settings.seed, steps=25, guidance=CFG(5.0))
         images = prepare_images(result.images, memory_model.default_size)
+        held = [i for i, o in enumerate(bank.owners) if o == owner]
+        if held:
+            images = torch.cat([bank.images[held].to(images), images])
+            chosen = [bank.image_prompts[i] for i in held] + chosen
         best = bank.scores(bank_features(backbone, images), owner, settings.beta).argsort(descending=True)
         best = best[:settings.keep].tolist()
         bank = bank.with_samples(owner, images[best], [chosen[i] for i in best])
