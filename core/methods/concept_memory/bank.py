@@ -7,7 +7,8 @@
   learned (task-aware memory enhancement).
 At each new task candidates are generated for every concept's prompts and scored
     score = cos(f, stored features of its concept) - beta * max over other concepts cos(f, their features)
-(our reading of "similarity to the concept against other concepts'"); the best `keep` per concept are kept.
+(our reading of "similarity to the concept against other concepts'"); the best `keep` per concept, among the
+new candidates and the samples it holds, are kept.
 """
 
 from __future__ import annotations

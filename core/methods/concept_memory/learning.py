@@ -10,7 +10,8 @@ frozen), with two loss terms beside the denoising loss on the new images:
   (our reading: concepts that look like the new one are the ones it would overwrite, so they weigh more).
 The new LoRA is then consolidated into the memory's: LoRA deltas add, so the two are joined along the rank
 (down = [d_old; d_new], up = [u_old, u_new] with each one's scale folded into its up) — exact, one LoRA.
-Old training images are not kept: the bank is regenerated for every concept's prompts and scored (bank.py).
+Old training images are not kept: at every task new samples are drawn for every concept's prompts and
+compete with the ones the bank holds (bank.py).
 """
 
 from __future__ import annotations
