@@ -1,9 +1,11 @@
 """Bench suite `memory`: Concept Memory (L2DM, METHODS.md §5) against naive sequential fine-tuning and one LoRA per
 concept applied together, on 5 held-out creatures (20-24, no other suite's) learned in sequence, 4 images each.
 
-- concept_memory: `learn` with the defaults (replay, elastic distillation, the bank), sampled with the artist.
-- naive_sequential: the same sequence with nothing protecting earlier concepts (replay and distillation off, no
-  artist): each task's LoRA is trained on top of the previous ones (what one LoRA trained on and on can change).
+- concept_memory: `learn` with the defaults (replay, elastic distillation, the bank, the bound on each task's
+  weight offset), sampled with the artist.
+- naive_sequential: the same sequence with nothing protecting earlier concepts (replay, distillation and the
+  offset bound off, no artist): each task's LoRA is trained on top of the previous ones (what one LoRA trained
+  on and on can change).
 - lora_per_concept: one LoRA per concept trained on the base model alone, all applied together.
 Every method trains with the same LoRA rank, learning rate, steps and batch. After each task: the subject
 fidelity of every concept so far (8 evaluation prompts each) and drift on prompts without triggers; at the end,
@@ -67,8 +69,8 @@ def run_method(method: str, model_source, quick: bool, seed: int) -> dict:
                 learned_model = apply_concept(learned_model, concept)
         else:
             protect = method == "concept_memory"
-            settings = LearnSettings(steps=STEPS[quick], seed=seed, replay_weight=1.0 if protect else 0.0,
-                                     distill_weight=1.0 if protect else 0.0, **TRAIN)
+            protection = {} if protect else {"replay_weight": 0.0, "distill_weight": 0.0, "offset_penalty": 0.0}
+            settings = LearnSettings(steps=STEPS[quick], seed=seed, **protection, **TRAIN)
             learn(store, model, pixels, token(subject), "creature", settings, captions=captions)
             learned_model = memory_model(model, store, artist=protect)
         seconds += time.perf_counter() - start

@@ -7,11 +7,12 @@ import logging
 from pathlib import Path
 
 from ..core.concepts import load_concept, save_concept
-from ..core.methods.lipschitz_finetune import DEFAULT_LAMBDA, NORMS, TRAINABLES, finetune
+from ..core.methods.lipschitz_finetune import DEFAULT_LAMBDA, TRAINABLES, finetune
 from ..core.recipes import TrainingPreview
 from ..core.training import (
     DEFAULT_PREVIEW_SHARE,
     MIXED_PRECISION,
+    OFFSET_NORMS,
     TrainConfig,
     TrainResult,
     caption_lines,
@@ -62,7 +63,7 @@ class ConceptKitLipschitzFinetune:
                                                "penalty. 0 is plain DreamBooth; higher keeps the model closer to "
                                                "the base (less drift, less likeness). Our default; the paper's "
                                                "value is not public."}),
-                "norm": (list(NORMS), {"default": "frobenius", "tooltip": "How a layer's offset is measured: "
+                "norm": (list(OFFSET_NORMS), {"default": "frobenius", "tooltip": "How a layer's offset is measured: "
                          "Frobenius (sum of squares, the paper's L2 form) or spectral (the layer's Lipschitz "
                          "constant, by power iteration)."}),
                 "steps": ("INT", {"default": 300, "min": 1, "max": 100000, "tooltip": "Training steps."}),

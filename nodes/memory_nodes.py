@@ -93,6 +93,12 @@ class ConceptKitMemoryLearn:
                 "distill_weight": ("FLOAT", {"default": defaults.distill_weight, "min": 0.0, "max": 100.0,
                                              "step": 0.1, "tooltip": "Weight of matching the memory before this "
                                              "concept on earlier concepts' prompts (0: off)."}),
+                "offset_penalty": ("FLOAT", {"default": defaults.offset_penalty, "min": 0.0, "max": 100.0,
+                                             "step": 0.00001, "round": 1e-6, "tooltip": "lambda of the bound on "
+                                             "how far this concept may move the model's weights (lambda x "
+                                             "||delta W||^2, as Lipschitz Finetune): higher keeps earlier concepts "
+                                             "and the base model's prompts, lower learns the new concept more freely "
+                                             "(0: off)."}),
                 "checkpoint_every": ("INT", {"default": defaults.checkpoint_every, "min": 0, "max": 100000,
                                              "tooltip": "Write a resumable checkpoint every N steps (0: only on "
                                                         "Cancel). Removed when the concept is learned."}),
@@ -102,9 +108,11 @@ class ConceptKitMemoryLearn:
         }
 
     def learn(self, memory, model, images, trigger, class_word, steps, seed, captions="", learning_rate=5e-3,
-              rank=16, replay_weight=1.0, distill_weight=1.0, checkpoint_every=100, clip_vision=None):
+              rank=16, replay_weight=1.0, distill_weight=1.0, offset_penalty=LearnSettings.offset_penalty,
+              checkpoint_every=100, clip_vision=None):
         settings = LearnSettings(steps=steps, rank=rank, learning_rate=learning_rate, replay_weight=replay_weight,
-                                 distill_weight=distill_weight, seed=seed, checkpoint_every=checkpoint_every)
+                                 distill_weight=distill_weight, offset_penalty=offset_penalty, seed=seed,
+                                 checkpoint_every=checkpoint_every)
         lines = caption_lines(captions) or None
         identity = run_identity(images, _Identity(memory.name, trigger.strip(), class_word.strip(), lines, settings),
                                 model.fingerprint())

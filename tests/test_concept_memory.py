@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,23 @@ def test_a_bank_sample_drawn_when_its_concept_was_fresh_stays_until_a_better_one
                       ["<p0>"], backbone.name)
     refreshed = refresh_bank(world, backbone, held, TINY)
     assert torch.equal(refreshed.images, pixels[:1]) and refreshed.owners == ["<p0>"]
+
+
+def test_the_offset_bound_keeps_prompts_without_a_trigger_closer_to_the_base_model(world, tmp_path):
+    images, captions = subject(12)
+    prompts = ["a creature on the left, blue background", "a creature at the top, yellow background"]
+    base = sample(world, prompts, seed=0, steps=8).images
+    moved = {}
+    for penalty in (0.0, 1e3):
+        store = MemoryStore.open_or_create(tmp_path / str(penalty), "bound", world)
+        settings = replace(TINY, steps=10, offset_penalty=penalty)
+        state = learn(store, world, images, "<b0>", "creature", settings, captions=captions)
+        offsets = [(up @ down).norm() ** 2 for down, up in state.concept.lora_modules().values()]
+        drawn = sample(memory_model(world, store, artist=False), prompts, seed=0, steps=8).images
+        moved[penalty] = (float(sum(offsets)) ** 0.5, float((drawn - base).abs().mean()))
+        assert store.learned_by("<b0>")["offset_penalty"] == penalty
+    assert moved[1e3][0] < 0.5 * moved[0.0][0]  # the weights move less ...
+    assert moved[1e3][1] < moved[0.0][1]  # ... and so do images of prompts that name no concept
 
 
 def test_consolidation_joins_two_loras_exactly():

@@ -12,11 +12,11 @@ from safetensors.torch import load_file
 
 from conceptkit.core.concepts import apply_concept, save_concept
 from conceptkit.core.errors import Cancelled, InputError
-from conceptkit.core.methods.lipschitz_finetune import LipschitzPenalty, finetune
+from conceptkit.core.methods.lipschitz_finetune import finetune
 from conceptkit.core.model import load_model
 from conceptkit.core.recipes import train_recipe
 from conceptkit.core.sampling import CFG, sample
-from conceptkit.core.training import TrainConfig, train_concept
+from conceptkit.core.training import OffsetPenalty, TrainConfig, train_concept
 from conceptkit.core.training.trainable import DenseOffset, LowRankOffset
 from conceptkit.core.world.scenes import Scene, WorldObject
 
@@ -54,15 +54,15 @@ def same_tensors(a: dict, b: dict) -> bool:
 
 @pytest.mark.parametrize("trainable", ["lora", "full"])
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(world, subject_images, tmp_path, trainable):
-    whole = train_concept(world, subject_images, config(trainable=trainable), [LipschitzPenalty(0.1)]).concept
+    whole = train_concept(world, subject_images, config(trainable=trainable), [OffsetPenalty(0.1)]).concept
 
     stop_at = iter(range(100))
     with pytest.raises(Cancelled, match="step 4 of 8"):
         train_concept(world, subject_images, config(trainable=trainable, checkpoint_every=4),
-                      [LipschitzPenalty(0.1)], checkpoint_dir=tmp_path, cancel=lambda: next(stop_at) == 4)
+                      [OffsetPenalty(0.1)], checkpoint_dir=tmp_path, cancel=lambda: next(stop_at) == 4)
     assert (tmp_path / "step_4").is_dir()
     resumed = train_concept(world, subject_images, config(trainable=trainable, checkpoint_every=4),
-                            [LipschitzPenalty(0.1)], checkpoint_dir=tmp_path)
+                            [OffsetPenalty(0.1)], checkpoint_dir=tmp_path)
     assert resumed.resumed_from == 4 and len(resumed.losses) == 8
     assert same_tensors(resumed.concept.tensors, whole.tensors)
 
@@ -106,8 +106,8 @@ def test_the_penalty_is_lambda_times_the_squared_offset_norms():
     offsets = {"a": LowRankOffset(down, up, 0.5), "b": DenseOffset(dense)}
     run = type("Run", (), {"trainable": type("T", (), {"offsets": lambda self: offsets})()})()
     expected_f = 0.1 * ((up @ down * 0.5).pow(2).sum() + dense.pow(2).sum())
-    torch.testing.assert_close(LipschitzPenalty(0.1)(run, 0, gen), expected_f)
-    spectral = LipschitzPenalty(0.1, "spectral", power_iterations=1000)
+    torch.testing.assert_close(OffsetPenalty(0.1)(run, 0, gen), expected_f)
+    spectral = OffsetPenalty(0.1, "spectral", power_iterations=1000)
     expected_s = 0.1 * (torch.linalg.matrix_norm(up @ down * 0.5, ord=2) ** 2
                         + torch.linalg.matrix_norm(dense.reshape(5, -1), ord=2) ** 2)
     torch.testing.assert_close(spectral(run, 0, gen), expected_s, rtol=1e-4, atol=1e-5)

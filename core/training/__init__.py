@@ -19,13 +19,13 @@ from .fewshot import (
     train_concept,
 )
 from .images import prepare_images
-from .losses import LossTerm, PriorPreservation
+from .losses import OFFSET_NORMS, LossTerm, OffsetPenalty, PriorPreservation
 from .objective import Batch, DenoisingObjective, Noised
 from .trainable import TrainableSet, register_trainable, trainable_kinds
 
 __all__ = ["DEFAULT_PREVIEW_SHARE", "MIXED_PRECISION", "Batch", "DataSource", "DenoisingObjective", "FewShotImages",
-           "LossTerm", "Noised", "PreviewBudget", "PriorPreservation", "RunOutcome", "RunSettings", "Stream",
-           "TrainConfig", "TrainResult", "TrainableSet", "TrainingEngine", "TrainingRun", "caption_lines",
-           "class_captions", "first_caption", "fill_template", "instance_captions", "loss_curve", "prepare_images",
-           "register_trainable", "run_identity", "settings_signature", "step_generator", "train_concept",
-           "trainable_kinds"]
+           "LossTerm", "Noised", "OFFSET_NORMS", "OffsetPenalty", "PreviewBudget", "PriorPreservation", "RunOutcome",
+           "RunSettings", "Stream", "TrainConfig", "TrainResult", "TrainableSet", "TrainingEngine", "TrainingRun",
+           "caption_lines", "class_captions", "first_caption", "fill_template", "instance_captions", "loss_curve",
+           "prepare_images", "register_trainable", "run_identity", "settings_signature", "step_generator",
+           "train_concept", "trainable_kinds"]

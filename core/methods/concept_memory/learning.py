@@ -8,6 +8,10 @@ frozen), with two loss terms beside the denoising loss on the new images:
   on earlier concepts' prompts (eps matching on their bank samples, noised), each concept weighted by its
   elastic weight  w_c = distill_weight * (1 + cos(f_c, f_new)) / mean over earlier c (1 + cos)
   (our reading: concepts that look like the new one are the ones it would overwrite, so they weigh more).
+A bound on each task's weight offset is added (ours, not the paper's): the parameter-offset penalty
+offset_penalty * ||delta W||^2 on the new LoRA, from the first concept on. Without it each task moved the whole
+model (drift grew task by task and every concept with it); with it the memory keeps its concepts and the base
+model's prompts (README: the scratch ablation).
 The new LoRA is then consolidated into the memory's: LoRA deltas add, so the two are joined along the rank
 (down = [d_old; d_new], up = [u_old, u_new] with each one's scale folded into its up) — exact, one LoRA.
 Old training images are not kept: at every task new samples are drawn for every concept's prompts and
@@ -28,7 +32,7 @@ from ...errors import InputError
 from ...model import Model, encode_text, unet_denoiser
 from ...model.image_features import ImageBackbone, backbone_for
 from ...sampling import CFG, sample
-from ...training import TrainConfig, prepare_images, settings_signature, train_concept
+from ...training import OffsetPenalty, TrainConfig, prepare_images, settings_signature, train_concept
 from ...training.objective import DenoisingObjective
 from .bank import DEFAULT_BETA, MemoryBank
 from .store import MemoryState, MemoryStore
@@ -49,6 +53,7 @@ class LearnSettings:
     batch_size: int = 4
     replay_weight: float = 1.0  # mu
     distill_weight: float = 1.0
+    offset_penalty: float = 3e-5  # lambda of each task's ||delta W||^2 (0: off)
     beta: float = DEFAULT_BETA
     candidates: int = 8  # generated per concept at each task
     keep: int = 4  # kept per concept in the short-term memory
@@ -165,7 +170,7 @@ def learn(store: MemoryStore, model: Model, images, trigger: str, class_word: st
                              batch_size=settings.batch_size, seed=settings.seed,
                              checkpoint_every=settings.checkpoint_every, method=METHOD,
                              parameters={k: v for k, v in asdict(settings).items()
-                                         if k in ("replay_weight", "distill_weight", "beta")})
+                                         if k in ("replay_weight", "distill_weight", "offset_penalty", "beta")})
         learned = train_concept(before, images, config, terms, name=trigger.strip("<>") or "concept",
                                 checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel, preview=preview)
         merged = consolidate(state.concept, learned.concept, store.name)
@@ -180,9 +185,10 @@ def learn(store: MemoryStore, model: Model, images, trigger: str, class_word: st
 
 
 def _loss_terms(bank: MemoryBank, new_features: torch.Tensor, settings: LearnSettings) -> list:
+    bound = [OffsetPenalty(settings.offset_penalty)] if settings.offset_penalty else []
     images, prompts, owners = bank.replay()
     if not len(images):
-        return []
+        return bound
     similarity = {t: 1 + float(F.cosine_similarity(f, new_features, dim=0)) for t, f in bank.features.items()}
     mean = sum(similarity[o] for o in set(owners)) / len(set(owners))
     weights = [settings.distill_weight * similarity[o] / mean for o in owners]
@@ -191,7 +197,7 @@ def _loss_terms(bank: MemoryBank, new_features: torch.Tensor, settings: LearnSet
         terms.append(Replay(images, prompts, settings.replay_weight))
     if settings.distill_weight:
         terms.append(ElasticDistillation(images, prompts, weights))
-    return terms
+    return terms + bound
 
 
 def refresh_bank(memory_model: Model, backbone: ImageBackbone, bank: MemoryBank, settings: LearnSettings

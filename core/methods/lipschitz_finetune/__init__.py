@@ -1,7 +1,6 @@
 """Lipschitz Finetune (METHODS.md §4; Kim, Park & Kim, ICLR 2026): personalization fine-tuning whose
-parameter-offset penalty bounds the drift away from the base model."""
+parameter-offset penalty (the training service's OffsetPenalty) bounds the drift away from the base model."""
 
 from .finetune import DEFAULT_LAMBDA, METHOD, TRAINABLES, finetune
-from .penalty import NORMS, LipschitzPenalty
 
-__all__ = ["DEFAULT_LAMBDA", "METHOD", "NORMS", "TRAINABLES", "LipschitzPenalty", "finetune"]
+__all__ = ["DEFAULT_LAMBDA", "METHOD", "TRAINABLES", "finetune"]

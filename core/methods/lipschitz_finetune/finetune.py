@@ -7,8 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from ...model import Model
-from ...training import TrainConfig, TrainResult, train_concept
-from .penalty import LipschitzPenalty
+from ...training import OffsetPenalty, TrainConfig, TrainResult, train_concept
 
 METHOD = "lipschitz"
 TRAINABLES = ("lora", "attention", "full")  # what it fine-tunes (the penalty bounds each)
@@ -27,4 +26,5 @@ def finetune(
     """Personalize `model` on `images` (what trains: `config.trainable`); returns the concept and the losses."""
     config = dataclasses.replace(config, method=METHOD,
                                  parameters={**config.parameters, "lambda": lipschitz_lambda, "norm": norm})
-    return train_concept(model, images, config, [LipschitzPenalty(lipschitz_lambda, norm)], **train_options)
+    penalty = OffsetPenalty(lipschitz_lambda, norm, name="lipschitz_penalty")
+    return train_concept(model, images, config, [penalty], **train_options)
