@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 OFFSET_NORMS = ("frobenius", "spectral")
 
+
 class LossTerm(Protocol):
     name: str
 

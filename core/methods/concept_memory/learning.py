@@ -11,7 +11,7 @@ frozen), with two loss terms beside the denoising loss on the new images:
 A bound on each task's weight offset is added (ours, not the paper's): the parameter-offset penalty
 offset_penalty * ||delta W||^2 on the new LoRA, from the first concept on. Without it each task moved the whole
 model (drift grew task by task and every concept with it); with it the memory keeps its concepts and the base
-model's prompts (README: the scratch ablation).
+model's prompts (README: the memory bench with and without it).
 The new LoRA is then consolidated into the memory's: LoRA deltas add, so the two are joined along the rank
 (down = [d_old; d_new], up = [u_old, u_new] with each one's scale folded into its up) — exact, one LoRA.
 Old training images are not kept: at every task new samples are drawn for every concept's prompts and
