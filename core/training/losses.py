@@ -90,5 +90,3 @@ class OffsetPenalty:
             self._vectors[name] = v
         sigma = (offset.matvec(v)).norm()  # = u . (delta v) at the fixed point; differentiable in delta
         return sigma**2
-
-
