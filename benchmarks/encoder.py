@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from .finetune import EVAL_CFG, EVAL_IMAGES, EVAL_STEPS, _generate, run_isolated, train_method
+from .common import EVAL_CFG, EVAL_IMAGES, EVAL_STEPS, generate, run_isolated, train_method
 
 log = logging.getLogger("conceptkit.bench")
 
@@ -76,7 +76,7 @@ def run_one(method: str, images_count: int, steps: int | None, model_source, qui
         seconds += cost.seconds
         peak = max(peak, cost.peak_mb)
         scenes = evaluation_scenes(subject, token, EVAL_IMAGES)
-        generated = _generate(apply_concept(model, concept), scenes, seed)
+        generated = generate(apply_concept(model, concept), scenes, seed)
         fidelity.append(subject_fidelity(generated, reference_renders(subject)))
         text.append(mean_text_fidelity(generated, scenes))
         shown.append(generated[:4])

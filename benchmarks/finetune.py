@@ -11,60 +11,32 @@ level before)."""
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from ..core.methods.lipschitz_finetune import DEFAULT_LAMBDA
+from .common import (
+    DRIFT_IMAGES,
+    EVAL_IMAGES,
+    SETTINGS,
+    STEPS,
+    SUBJECTS,
+    TRAIN_FIELDS,
+    TRAINING_IMAGES,
+    drift_scenes,
+    generate,
+    run_isolated,
+    train_method,
+)
 
 log = logging.getLogger("conceptkit.bench")
 
 METHODS = ("lipschitz", "dreambooth_lora", "dreambooth_prior", "textual_inversion")
-SUBJECTS = {False: 4, True: 1}
 CALIBRATION_SUBJECTS = (10, 11)
 LAMBDA_GRID = (0.0, 1e-5, 3e-5, 1e-4)
 CALIBRATION_TOLERANCE = 0.02
-STEPS = {False: 300, True: 60}
-TRAINING_IMAGES, EVAL_IMAGES, DRIFT_IMAGES = 4, 8, 24
-EVAL_STEPS, EVAL_CFG = 25, 5.0
-# One setting per method, chosen once (see README); never tuned per run.
-SETTINGS = {
-    "lipschitz": dict(trainable="lora", rank=8, learning_rate=5e-3, lipschitz_lambda=DEFAULT_LAMBDA),
-    "dreambooth_lora": dict(trainable="lora", rank=8, learning_rate=5e-3),
-    "dreambooth_prior": dict(trainable="lora", rank=8, learning_rate=5e-3, prior_weight=1.0, class_image_count=16),
-    "textual_inversion": dict(embedding_learning_rate=5e-3),
-}
-TRAIN_FIELDS = {"trainable", "rank", "learning_rate", "embedding_learning_rate"}
-
-
-def drift_scenes():
-    """Prompts WITHOUT a personal token: shape scenes of the training distribution and plain class prompts."""
-    from ..core.world import evaluation_scenes
-    from ..core.world.subjects import evaluation_scenes as subject_scenes
-
-    creatures = [s for i in range(DRIFT_IMAGES // 3) for s in subject_scenes(50 + i, "", 1)]
-    return evaluation_scenes("seen", DRIFT_IMAGES - len(creatures), seed=77) + creatures
-
-
-def _generate(model, scenes, seed: int):
-    from ..core.sampling import CFG, sample
-    from ..core.world.metrics import as_uint8
-
-    captions = [s.caption() for s in scenes]
-    return as_uint8(sample(model, captions, seed=seed, steps=EVAL_STEPS, guidance=CFG(EVAL_CFG)).images)
-
-
-def train_method(model, images, config, method: str, **settings):
-    """Lipschitz Finetune, or one of the baseline recipes, on the same training service."""
-    from ..core.methods import lipschitz_finetune
-    from ..core.recipes import train_recipe
-
-    if method == lipschitz_finetune.METHOD:
-        return lipschitz_finetune.finetune(model, images, config, **settings)
-    return train_recipe(model, images, config, method, **settings)
 
 
 def run_method(method: str, model_source: str | None, quick: bool, seed: int, subjects: tuple[int, ...],
@@ -85,7 +57,7 @@ def run_method(method: str, model_source: str | None, quick: bool, seed: int, su
     train = {k: settings.pop(k) for k in list(settings) if k in TRAIN_FIELDS}
     scores = {"subject_fidelity": [], "text_fidelity": [], "drift_text": [], "drift_fd": []}
     seconds, peak, shown = 0.0, 0.0, []
-    base_drift = _generate(model, drift_scenes(), seed)
+    base_drift = generate(model, drift_scenes(), seed)
     with tempfile.TemporaryDirectory() as cache:  # class images are made fresh: their cost is the method's
         for subject in subjects:
             images, captions = training_renders(subject, TRAINING_IMAGES)
@@ -100,10 +72,10 @@ def run_method(method: str, model_source: str | None, quick: bool, seed: int, su
             peak = max(peak, cost.peak_mb)
             tuned = apply_concept(model, result.concept)
             scenes = evaluation_scenes(subject, token, EVAL_IMAGES)
-            generated = _generate(tuned, scenes, seed)
+            generated = generate(tuned, scenes, seed)
             scores["subject_fidelity"].append(subject_fidelity(generated, reference_renders(subject)))
             scores["text_fidelity"].append(mean_text_fidelity(generated, scenes))
-            moved = drift(base_drift, _generate(tuned, drift_scenes(), seed), drift_scenes())
+            moved = drift(base_drift, generate(tuned, drift_scenes(), seed), drift_scenes())
             scores["drift_text"].append(moved["drift_text"])
             scores["drift_fd"].append(moved["drift_fd"])
             shown.append(generated[:4])
@@ -111,12 +83,6 @@ def run_method(method: str, model_source: str | None, quick: bool, seed: int, su
     row = {"method": method, **{k: float(np.mean(v)) for k, v in scores.items()},
            "seconds": seconds / len(subjects), "peak_mb": peak, "subjects": len(subjects)}
     return row, np.concatenate(shown)
-
-
-def run_isolated(function, *args):
-    """function(*args) in a fresh process, so its wall time and peak memory are its own."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
 
 
 def _isolated(method: str, options, subjects: tuple[int, ...], overrides: dict | None = None):

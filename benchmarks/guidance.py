@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from .finetune import SETTINGS, STEPS, SUBJECTS, TRAIN_FIELDS, TRAINING_IMAGES, run_isolated, train_method
+from .common import SETTINGS, STEPS, SUBJECTS, TRAIN_FIELDS, TRAINING_IMAGES, run_isolated, train_method
 
 log = logging.getLogger("conceptkit.bench")
 

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from .finetune import EVAL_CFG, EVAL_IMAGES, EVAL_STEPS, _generate, drift_scenes, run_isolated
+from .common import EVAL_CFG, EVAL_IMAGES, EVAL_STEPS, drift_scenes, generate, run_isolated
 
 log = logging.getLogger("conceptkit.bench")
 
@@ -51,7 +51,7 @@ def run_method(method: str, model_source, quick: bool, seed: int) -> dict:
     torch.manual_seed(seed)
     model = load_model(model_source)
     subjects = SUBJECTS[quick]
-    base_drift = _generate(model, drift_scenes(), seed)
+    base_drift = generate(model, drift_scenes(), seed)
     rows, seconds, concepts, shown = [], 0.0, [], {}
     folder = Path(tempfile.mkdtemp())
     store = MemoryStore.open_or_create(folder, "bench", model)
@@ -75,12 +75,12 @@ def run_method(method: str, model_source, quick: bool, seed: int) -> dict:
             learned_model = memory_model(model, store, artist=protect)
         seconds += time.perf_counter() - start
         for earlier in subjects[:task + 1]:
-            generated = _generate(learned_model, evaluation_scenes(earlier, token(earlier), EVAL_IMAGES), seed)
+            generated = generate(learned_model, evaluation_scenes(earlier, token(earlier), EVAL_IMAGES), seed)
             rows.append({"method": method, "task": task + 1, "concept": earlier,
                          "subject_fidelity": subject_fidelity(generated, reference_renders(earlier))})
             if task == len(subjects) - 1:
                 shown[earlier] = generated[:4]
-        moved = drift(base_drift, _generate(learned_model, drift_scenes(), seed), drift_scenes())
+        moved = drift(base_drift, generate(learned_model, drift_scenes(), seed), drift_scenes())
         for row in rows:
             if row["task"] == task + 1:
                 row.update(moved)
@@ -95,7 +95,7 @@ def run_method(method: str, model_source, quick: bool, seed: int) -> dict:
         scores, images = [], []
         for a, b in zip(subjects, subjects[1:], strict=False):
             scenes = pair_scenes((a, token(a)), (b, token(b)), PAIR_IMAGES[quick])
-            generated = _generate(tuned, scenes, seed)
+            generated = generate(tuned, scenes, seed)
             scores.append(pair_fidelity(generated, scenes, references))
             images.append(generated[:2])
         pairs[suffix] = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}

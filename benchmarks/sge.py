@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from .finetune import EVAL_CFG, EVAL_STEPS, run_isolated
+from .common import EVAL_CFG, EVAL_STEPS, run_isolated
 
 log = logging.getLogger("conceptkit.bench")
 

@@ -1,9 +1,10 @@
-"""ComfyUI nodes: a thin skin over core. One module per capability."""
+"""ComfyUI nodes: a thin skin over core. One module per method (and per shared capability: models, sampling,
+concept files, the world)."""
 
 from .comfy_adapter import warn_missing_dependencies
 from .comfy_bridge_nodes import ConceptKitModelFromComfy
 from .concept_nodes import ConceptKitApplyConcept, ConceptKitExportConcept, ConceptKitLoadConcept, ConceptKitSaveConcept
-from .encoder_nodes import ConceptKitConceptEncoder, ConceptKitLoadConceptEncoder
+from .encoder_nodes import ConceptKitConceptEncoder, ConceptKitLoadConceptEncoder, ConceptKitPretrainConceptEncoder
 from .finetune_nodes import ConceptKitLipschitzFinetune
 from .guidance_nodes import ConceptKitPersonalizationGuidanceSampler
 from .memory_nodes import ConceptKitApplyMemory, ConceptKitConceptMemory, ConceptKitExportMemory, ConceptKitMemoryLearn
@@ -14,9 +15,8 @@ from .sge_nodes import (
     ConceptKitSaveSGE,
     ConceptKitSGEInverter,
     ConceptKitSGESample,
-    ConceptKitWorldDomain,
 )
-from .world_nodes import ConceptKitWorldSubject
+from .world_nodes import ConceptKitWorldDomain, ConceptKitWorldSubject
 
 NODE_CLASS_MAPPINGS = {
     "ConceptKitLoadModel": ConceptKitLoadModel,
@@ -31,6 +31,7 @@ NODE_CLASS_MAPPINGS = {
     "ConceptKitWorldSubject": ConceptKitWorldSubject,
     "ConceptKitLoadConceptEncoder": ConceptKitLoadConceptEncoder,
     "ConceptKitConceptEncoder": ConceptKitConceptEncoder,
+    "ConceptKitPretrainConceptEncoder": ConceptKitPretrainConceptEncoder,
     "ConceptKitWorldDomain": ConceptKitWorldDomain,
     "ConceptKitSGEInverter": ConceptKitSGEInverter,
     "ConceptKitSGESample": ConceptKitSGESample,
@@ -54,6 +55,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ConceptKitWorldSubject": "ConceptKit World Subject",
     "ConceptKitLoadConceptEncoder": "ConceptKit Load Concept Encoder",
     "ConceptKitConceptEncoder": "Concept Encoder",
+    "ConceptKitPretrainConceptEncoder": "Pretrain Concept Encoder",
     "ConceptKitWorldDomain": "ConceptKit World Domain",
     "ConceptKitSGEInverter": "SGE Inverter",
     "ConceptKitSGESample": "SGE Sample",

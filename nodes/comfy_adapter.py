@@ -20,6 +20,8 @@ from pathlib import Path
 from PIL import Image
 
 from ..core.errors import InputError
+from ..core.files import safe_file_name
+from ..core.training import RunFolder
 
 log = logging.getLogger("conceptkit")
 
@@ -131,6 +133,22 @@ def writable_folder(kind: str) -> Path:
         folder = _headless_dir(kind)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def valid_file_name(name: str, what: str) -> bool | str:
+    """A node's VALIDATE_INPUTS for a file name: True, or the message ComfyUI shows on the node before the
+    prompt runs."""
+    try:
+        safe_file_name(name, what)
+    except InputError as e:
+        return str(e)
+    return True
+
+
+def run_folder(images, settings, model) -> RunFolder:
+    """Where a node's training run checkpoints and keeps its result: named from its images, settings (anything
+    with a `signature()`) and base model, in the conceptkit_checkpoints folder, so queueing it again resumes."""
+    return RunFolder.named(writable_folder("conceptkit_checkpoints"), images, settings, model.fingerprint())
 
 
 def written_file_result(path: Path, what: str) -> dict:

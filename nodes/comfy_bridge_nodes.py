@@ -71,9 +71,10 @@ class ConceptKitModelFromComfy:
                     "tooltip": "Where the ConceptKit copy runs. 'auto' picks the GPU when there is one.",
                 }),
                 "dtype": (list(DTYPES), {
-                    "default": "fp16",
-                    "tooltip": "Precision of the ConceptKit copy. fp16/bf16 halve memory on a GPU; the VAE stays "
-                               "fp32 with fp16 to avoid black images.",
+                    "default": "auto",
+                    "tooltip": "Precision of the ConceptKit copy. 'auto': fp32 on a CPU (half precision is many "
+                               "times slower there), half on a GPU (fp16; bf16 for SD 2.x). The VAE stays fp32 "
+                               "with fp16 to avoid black images.",
                 }),
             }
         }

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from ..core.concepts import apply_concept, concept_path, load_concept, save_concept
-from ..core.concepts.export import EXPORT_FORMATS, export_concept
+from ..core.concepts import EXPORT_FORMATS, apply_concept, concept_path, export_concept, load_concept, save_concept
 from ..core.errors import InputError
-from ..core.files import safe_file_name
 from . import comfy_adapter as comfy
 from .sockets import CATEGORY, CK_CONCEPT, CK_MODEL, IF_EXISTS
 
@@ -57,7 +55,7 @@ class ConceptKitSaveConcept:
     @classmethod
     def VALIDATE_INPUTS(cls, name):
         """Checked before anything in the prompt runs, so a bad name never costs a training run."""
-        return _valid_name(name, "concept name")
+        return comfy.valid_file_name(name, "concept name")
 
     def save(self, concept, name, if_exists):
         path = save_concept(concept, concept_path(comfy.writable_folder(CONCEPTS), name), if_exists)
@@ -108,19 +106,10 @@ class ConceptKitExportConcept:
 
     @classmethod
     def VALIDATE_INPUTS(cls, name):
-        return _valid_name(name, "export name")
+        return comfy.valid_file_name(name, "export name")
 
     def export(self, model, concept, format, name, if_exists):  # noqa: A002 - ComfyUI input name
         if format not in EXPORT_FOLDERS:
             raise InputError(f"format '{format}' is not one of {', '.join(EXPORT_FORMATS)}.")
         path = export_concept(concept, model, format, comfy.writable_folder(EXPORT_FOLDERS[format]), name, if_exists)
         return comfy.written_file_result(path, f"{format} export")
-
-
-def _valid_name(name: str, what: str) -> bool | str:
-    """True, or the message ComfyUI shows on the node before the prompt runs."""
-    try:
-        safe_file_name(name, what)
-    except InputError as e:
-        return str(e)
-    return True

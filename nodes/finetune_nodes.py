@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
-from pathlib import Path
 
-from ..core.concepts import load_concept, save_concept
 from ..core.methods.lipschitz_finetune import DEFAULT_LAMBDA, TRAINABLES, finetune
 from ..core.recipes import TrainingPreview
 from ..core.training import (
@@ -14,13 +11,12 @@ from ..core.training import (
     MIXED_PRECISION,
     OFFSET_NORMS,
     TrainConfig,
-    TrainResult,
     caption_lines,
     first_caption,
+    keep_result,
+    kept_result,
     loss_curve,
-    run_identity,
 )
-from ..core.training.checkpoints import RESULT_FILE
 from . import comfy_adapter as comfy
 from .sockets import CATEGORY, CK_CONCEPT, CK_MODEL, PREVIEW_SHARE, TRAINING_SEED
 
@@ -98,34 +94,12 @@ class ConceptKitLipschitzFinetune:
                              gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision,
                              checkpoint_every=checkpoint_every)
         identity = dataclasses.replace(config, parameters={"lambda": lipschitz_lambda, "norm": norm})
-        folder = comfy.writable_folder("conceptkit_checkpoints") / run_identity(images, identity, model.fingerprint())
+        folder = comfy.run_folder(images, identity, model)
         if (kept := kept_result(folder, steps)) is not None:  # this run finished before (a later node may have failed)
             return (kept.concept, loss_curve(kept.losses))
         result = finetune(model, images, config, lipschitz_lambda=lipschitz_lambda, norm=norm,
-                          name=config.trigger.strip("<>") or "concept", checkpoint_dir=folder,
+                          name=config.trigger.strip("<>") or "concept", checkpoint_dir=folder.path,
                           progress=comfy.Progress(steps, "Lipschitz Finetune"), cancel=comfy.cancel_requested,
                           preview=TrainingPreview(first_caption(config), seed), preview_share=preview_share,
                           on_finished=lambda finished: keep_result(folder, finished))
         return (result.concept, loss_curve(result.losses))
-
-
-log = logging.getLogger("conceptkit")
-
-
-def keep_result(folder: Path, result: TrainResult) -> None:
-    """A finished run's concept and losses, kept in its folder until `conceptkit checkpoints` removes them: a
-    Save or Export that fails after training loses nothing, and the next queue returns the result at once."""
-    concept = dataclasses.replace(result.concept, parameters={**result.concept.parameters, "losses": result.losses})
-    folder.mkdir(parents=True, exist_ok=True)
-    save_concept(concept, folder / RESULT_FILE, "overwrite")
-
-
-def kept_result(folder: Path, steps: int) -> TrainResult | None:
-    """The kept result of this run, if it finished with `steps` steps (more steps asked: it trains again)."""
-    if not (folder / RESULT_FILE).is_file():
-        return None
-    concept = load_concept(folder / RESULT_FILE)
-    if concept.parameters.get("steps") != steps:
-        return None
-    log.info("Lipschitz Finetune: this run finished before; its result is kept in %s", folder / RESULT_FILE)
-    return TrainResult(concept, list(concept.parameters.get("losses", [])), concept.parameters.get("steps", 0))

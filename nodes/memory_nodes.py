@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from ..core.errors import InputError
-from ..core.methods.concept_memory import LearnSettings, MemoryStore, export_memory, learn, memory_model
-from ..core.methods.concept_memory.artist import DEFAULT_ACTIVE_SHARE, DEFAULT_STEP_SIZE
+from ..core.methods.concept_memory import (
+    DEFAULT_ACTIVE_SHARE,
+    DEFAULT_STEP_SIZE,
+    IF_LEARNED,
+    LearnSettings,
+    MemoryStore,
+    export_memory,
+    learn,
+    memory_model,
+)
 from ..core.recipes import TrainingPreview
-from ..core.training import caption_lines, run_identity
+from ..core.training import caption_lines
 from . import comfy_adapter as comfy
-from .concept_nodes import _valid_name
 from .encoder_nodes import comfy_backbone
 from .sockets import CATEGORY, CK_MEMORY, CK_MODEL, IF_EXISTS, TRAINING_SEED
 
@@ -37,7 +44,7 @@ class ConceptKitConceptMemory:
 
     @classmethod
     def VALIDATE_INPUTS(cls, name):
-        return _valid_name(name, "memory name")
+        return comfy.valid_file_name(name, "memory name")
 
     @classmethod
     def IS_CHANGED(cls, name, **_):
@@ -104,24 +111,30 @@ class ConceptKitMemoryLearn:
                                                         "Cancel). Removed when the concept is learned."}),
                 "clip_vision": ("CLIP_VISION", {"tooltip": "For SD models: a CLIP vision model (Load CLIP Vision) "
                                 "whose image embeddings score the memory bank. The embedded model needs none."}),
+                "if_learned": (list(IF_LEARNED), {"default": IF_LEARNED[0], "tooltip": "When the memory already "
+                               "holds this trigger from another learning (other images or settings): new_version "
+                               "learns it again as a new version of the memory (the earlier versions stay on "
+                               "disk); error refuses. The same learning queued again returns the memory as is."}),
             },
         }
 
-    def learn(self, memory, model, images, trigger, class_word, steps, seed, captions="", learning_rate=5e-3,
-              rank=16, replay_weight=1.0, distill_weight=1.0, offset_penalty=LearnSettings.offset_penalty,
-              checkpoint_every=100, clip_vision=None):
+    def learn(self, memory, model, images, trigger, class_word, steps, seed, captions="",
+              learning_rate=LearnSettings.learning_rate, rank=LearnSettings.rank,
+              replay_weight=LearnSettings.replay_weight, distill_weight=LearnSettings.distill_weight,
+              offset_penalty=LearnSettings.offset_penalty, checkpoint_every=LearnSettings.checkpoint_every,
+              clip_vision=None, if_learned=IF_LEARNED[0]):
         settings = LearnSettings(steps=steps, rank=rank, learning_rate=learning_rate, replay_weight=replay_weight,
                                  distill_weight=distill_weight, offset_penalty=offset_penalty, seed=seed,
                                  checkpoint_every=checkpoint_every)
         lines = caption_lines(captions) or None
-        identity = run_identity(images, _Identity(memory.name, trigger.strip(), class_word.strip(), lines, settings),
-                                model.fingerprint())
-        folder = comfy.writable_folder("conceptkit_checkpoints") / identity
+        folder = comfy.run_folder(images, _Identity(memory.name, trigger.strip(), class_word.strip(), lines, settings),
+                                  model)
         backbone = None if clip_vision is None else comfy_backbone(clip_vision)
         learn(memory, model, images, trigger, class_word, settings, captions=lines, clip_vision=backbone,
-              checkpoint_dir=folder,
+              checkpoint_dir=folder.path,
               progress=comfy.Progress(steps, "Memory Learn"), cancel=comfy.cancel_requested,
-              preview=TrainingPreview(f"a {trigger.strip()} {class_word.strip()}", seed), identity=identity)
+              preview=TrainingPreview(f"a {trigger.strip()} {class_word.strip()}", seed), identity=folder.identity,
+              if_learned=if_learned)
         return (memory,)
 
 
@@ -187,7 +200,7 @@ class ConceptKitExportMemory:
 
     @classmethod
     def VALIDATE_INPUTS(cls, name):
-        return _valid_name(name, "export name")
+        return comfy.valid_file_name(name, "export name")
 
     def export(self, model, memory, name, if_exists):
         memory.check_fits(model)

@@ -59,9 +59,10 @@ class ConceptKitLoadModel:
                     "default": "auto", "tooltip": "Where the model runs. 'auto' picks the GPU when there is one.",
                 }),
                 "dtype": (list(DTYPES), {
-                    "default": "fp32",
-                    "tooltip": "Precision of the weights. fp16/bf16 halve memory on a GPU; the VAE stays fp32 "
-                               "with fp16 to avoid black images.",
+                    "default": "auto",
+                    "tooltip": "Precision of the weights. 'auto': fp32 on a CPU (half precision is many times "
+                               "slower there), half on a GPU (fp16; bf16 for SD 2.x). fp16/bf16 halve memory on a "
+                               "GPU; the VAE stays fp32 with fp16 to avoid black images.",
                 }),
                 "prediction_type": (list(PREDICTION_TYPES), {
                     "default": "auto",

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import torch
-
 from ..core.errors import InputError
 from ..core.methods.sge_inverter import (
+    DEFAULT_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_MAPPING,
+    DEFAULT_PENALTY,
     DEFAULT_RELAX,
+    DEFAULT_SCALE,
+    DEFAULT_STEPS,
     MAPPINGS,
     MAX_IMAGES,
     InvertSettings,
@@ -16,45 +20,11 @@ from ..core.methods.sge_inverter import (
     save_sge,
     sge_path,
 )
-from ..core.methods.sge_inverter.inversion import (
-    DEFAULT_EPOCHS,
-    DEFAULT_LR,
-    DEFAULT_MAPPING,
-    DEFAULT_PENALTY,
-    DEFAULT_SCALE,
-    DEFAULT_STEPS,
-)
-from ..core.training import run_identity
-from ..core.world.scenes import style_renders
 from . import comfy_adapter as comfy
-from .concept_nodes import _valid_name
 from .sockets import CATEGORY, CK_MODEL, CK_SGE, IF_EXISTS, MAX_SEED, TRAINING_SEED
 
 SGE_FOLDER = "conceptkit_sge"
 NO_SGE = "(no SGE sets saved yet)"
-
-
-class ConceptKitWorldDomain:
-    DESCRIPTION = ("Renders a few images of the embedded world's unseen domain: its creatures and shapes on the "
-                   "zigzag background the embedded model never saw. A stand-in for your own few images of a new "
-                   "domain in the SGE Inverter's example workflow.")
-    CATEGORY = f"{CATEGORY}/world"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
-    OUTPUT_TOOLTIPS = ("The renders (64x64).",)
-    FUNCTION = "render"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "count": ("INT", {"default": MAX_IMAGES, "min": 1, "max": 16, "tooltip": "How many images."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": False,
-                             "tooltip": "Which scenes (fixed: an inversion downstream resumes only on the same "
-                                        "images)."}),
-        }}
-
-    def render(self, count, seed):
-        return (torch.from_numpy(style_renders(count, seed)).float() / 255,)
 
 
 class ConceptKitSGEInverter:
@@ -109,8 +79,8 @@ class ConceptKitSGEInverter:
         settings = InvertSettings(steps=steps, mapping=window, window=explicit, scale=scale, epochs=epochs,
                                   learning_rate=learning_rate, penalty=penalty, seed=seed,
                                   checkpoint_every=checkpoint_every)
-        folder = comfy.writable_folder("conceptkit_checkpoints") / run_identity(images, settings, model.fingerprint())
-        return (invert(model, images, settings, checkpoint_dir=folder,
+        folder = comfy.run_folder(images, settings, model)
+        return (invert(model, images, settings, checkpoint_dir=folder.path,
                        progress=comfy.Progress(epochs, "SGE Inverter"), cancel=comfy.cancel_requested),)
 
 
@@ -163,7 +133,7 @@ class ConceptKitSaveSGE:
 
     @classmethod
     def VALIDATE_INPUTS(cls, name):
-        return _valid_name(name, "SGE set name")
+        return comfy.valid_file_name(name, "SGE set name")
 
     def save(self, sge, name, if_exists):
         path = save_sge(sge, sge_path(comfy.writable_folder(SGE_FOLDER), name), if_exists)

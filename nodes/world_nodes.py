@@ -1,12 +1,13 @@
-"""The world's personal subjects as images, so example workflows run as shipped with no files to find."""
+"""The world's personal subjects and few-shot domains as images, so example workflows run as shipped with no
+files to find."""
 
 from __future__ import annotations
 
 import torch
 
 from ..core.errors import InputError
-from ..core.world.subjects import training_renders
-from ..core.world.vocabulary import HELDOUT_INSTANCE_SEEDS
+from ..core.methods.sge_inverter import MAX_IMAGES
+from ..core.world import HELDOUT_INSTANCE_SEEDS, style_renders, training_renders
 from .sockets import CATEGORY, MAX_SEED
 
 
@@ -37,3 +38,26 @@ class ConceptKitWorldSubject:
         except ValueError as e:
             raise InputError(str(e)) from None
         return (torch.from_numpy(images).float() / 255, "\n".join(captions))
+
+
+class ConceptKitWorldDomain:
+    DESCRIPTION = ("Renders a few images of the embedded world's unseen domain: its creatures and shapes on the "
+                   "zigzag background the embedded model never saw. A stand-in for your own few images of a new "
+                   "domain in the SGE Inverter's example workflow.")
+    CATEGORY = f"{CATEGORY}/world"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("The renders (64x64).",)
+    FUNCTION = "render"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "count": ("INT", {"default": MAX_IMAGES, "min": 1, "max": 16, "tooltip": "How many images."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": False,
+                             "tooltip": "Which scenes (fixed: an inversion downstream resumes only on the same "
+                                        "images)."}),
+        }}
+
+    def render(self, count, seed):
+        return (torch.from_numpy(style_renders(count, seed)).float() / 255,)

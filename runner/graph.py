@@ -33,10 +33,6 @@ class Node:
         return f"node {self.id} ({self.title or self.class_type})"
 
 
-def load_workflow(path: Path, registry: dict) -> dict[str, Node]:
-    return parse_workflow(read_workflow_json(path), registry)
-
-
 def read_workflow_json(path: Path) -> object:
     """The JSON of a workflow file (UTF-8, a byte-order mark allowed), or a WorkflowError saying what is wrong."""
     path = Path(path)

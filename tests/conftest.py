@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))  # the helpers package beside the tests
+sys.path.insert(0, str(Path(__file__).parents[1] / "tools" / "world"))  # the world's build scripts
 
 from helpers import ldm_layout, tiny_models  # noqa: E402
 

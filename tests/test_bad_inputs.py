@@ -368,11 +368,13 @@ def test_the_concept_encoder_workflow_refuses_bad_input_with_one_line(override, 
     refused_with_one_line(CONCEPT_ENCODER, override, words, encoder_models, tmp_path, capsys)
 
 
-def refused_with_one_line(workflow: Path, override: str, words: str, models: Path, tmp_path: Path, capsys) -> None:
-    """`conceptkit run WORKFLOW --set OVERRIDE` exits 2 with one "conceptkit: error:" line saying `words`, no
-    traceback, and nothing in the output folder."""
-    code, err = run(["run", str(workflow), "--out", str(tmp_path / "out"), "--models", str(models), "-q", "--set",
-                     override], capsys)
+def refused_with_one_line(workflow: Path, override: str | tuple[str, ...], words: str, models: Path, tmp_path: Path,
+                          capsys) -> None:
+    """`conceptkit run WORKFLOW --set OVERRIDE` (one or several) exits 2 with one "conceptkit: error:" line saying
+    `words`, no traceback, and nothing in the output folder."""
+    sets = [option for value in ((override,) if isinstance(override, str) else override) for option in ("--set", value)]
+    code, err = run(["run", str(workflow), "--out", str(tmp_path / "out"), "--models", str(models), "-q", *sets],
+                    capsys)
     assert code == 2 and "Traceback" not in err and err.startswith("conceptkit: error:"), err
     assert err.count("error:") == 1, err
     assert words in err, err
@@ -402,7 +404,7 @@ CONCEPT_MEMORY = WORKFLOWS / "concept_memory.json"
 
 @pytest.mark.parametrize("override,words", [
     ("2.name=../elsewhere", "memory name"),
-    ("6.trigger=<pet-a>", "already holds '<pet-a>'"),
+    (("6.trigger=<pet-a>", "6.if_learned=error"), "already holds '<pet-a>'"),
     ("4.trigger=creature", "already a word of this model's vocabulary"),
     ("4.steps=0", "smaller than the minimum"),
 ])

@@ -297,3 +297,30 @@ def test_encoder_nodes_personalize_from_one_image_under_comfyuis_inference_mode(
     assert concept.method == "e4t" and concept.parameters["tuning_steps"] == 2 and torch.isfinite(images).all()
     with pytest.raises(InputError, match="ONE image"):
         N["ConceptKitConceptEncoder"]().encode(model, encoder, torch.cat([image, image]), "<pet3>", 0, 0)
+
+
+def test_the_pretraining_node_resumes_after_a_cancel_and_writes_the_encoder(world, tmp_path, monkeypatch):
+    from conceptkit import NODE_CLASS_MAPPINGS
+    from conceptkit.nodes import comfy_adapter
+
+    node = NODE_CLASS_MAPPINGS["ConceptKitPretrainConceptEncoder"]()
+    args = dict(model=world, name="mine", class_word="creature", steps=4, batch_size=2, learning_rate=2e-4, seed=0,
+                if_exists="overwrite", checkpoint_every=0, preview_share=0.0)
+
+    def written(result) -> dict:
+        path = Path(result["ui"]["text"][0])
+        assert path.parent.name == "encoders" and result["result"][0].for_model(world).steps == 4
+        return load_encoder(path, world).encoder.state_dict()
+
+    monkeypatch.setenv("CONCEPTKIT_MODELS_DIR", str(tmp_path / "straight"))
+    straight = written(node.pretrain(**args))
+    monkeypatch.setenv("CONCEPTKIT_MODELS_DIR", str(tmp_path / "interrupted"))
+    asked = iter(range(100))
+    monkeypatch.setattr(comfy_adapter, "cancel_requested", lambda: next(asked) == 2)  # Cancel before step 2
+    with pytest.raises(Cancelled, match="step 2 of 4"):
+        node.pretrain(**args)
+    assert not (tmp_path / "interrupted" / "conceptkit" / "encoders").exists()  # nothing written on Cancel
+    monkeypatch.setattr(comfy_adapter, "cancel_requested", lambda: False)
+    resumed = written(node.pretrain(**args))  # queued again: resumes at step 2
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert not list((tmp_path / "interrupted").rglob("step_*"))  # checkpoints gone; the result is kept

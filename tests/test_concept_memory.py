@@ -185,11 +185,11 @@ def test_a_memory_made_on_another_model_is_refused_and_left_untouched(world, two
     assert snapshot(folder) == before
 
 
-def test_a_trigger_already_in_the_memory_is_refused_and_nothing_changes(world, two_concepts):
+def test_a_trigger_already_in_the_memory_is_refused_if_asked_and_nothing_changes(world, two_concepts):
     before = snapshot(two_concepts.folder)
     images, _ = subject(12)
     with pytest.raises(InputError, match="already holds '<p1>'"):
-        learn(two_concepts, world, images, "<p1>", "creature", TINY)
+        learn(two_concepts, world, images, "<p1>", "creature", TINY, if_learned="error")
     assert snapshot(two_concepts.folder) == before
 
 
@@ -234,11 +234,26 @@ def test_the_memory_nodes_learn_in_sequence_apply_and_export_under_comfyuis_infe
             (memory,) = nodes["ConceptKitMemoryLearn"].learn(memory, world, images, f"<p{k}>", "creature", steps=3,
                                                              seed=0)
         again = nodes["ConceptKitMemoryLearn"].learn(memory, world, images, "<p1>", "creature", steps=3, seed=0)
+        version_again, version_2 = again[0].current().version, memory.current().concept
+        with pytest.raises(InputError, match="already holds '<p1>'.*if_learned"):  # new settings, learning refused
+            nodes["ConceptKitMemoryLearn"].learn(memory, world, images, "<p1>", "creature", steps=4, seed=0,
+                                                 if_learned="error")
+        (relearned,) = nodes["ConceptKitMemoryLearn"].learn(memory, world, images, "<p1>", "creature", steps=4,
+                                                            seed=0)  # new settings, queued again: learned again
         (applied,) = nodes["ConceptKitApplyMemory"].apply(world, memory, 1.0, True, 20.0, 0.25)
         (images,) = nodes["ConceptKitSample"].generate(applied, "a <p0> creature at the top and a <p1> creature at "
                                                        "the bottom, red background", "", 0, 4, 5.0, "ddim", 0, 0, 1)
         written = nodes["ConceptKitExportMemory"].export(world, memory, "pets", "counter")["ui"]["text"]
-    assert again[0].current().version == 2  # the same learning queued again: the memory as it was
+    assert version_again == 2  # the same learning queued again: the memory as it was
+    state = relearned.current()
+    assert state.version == 3 and state.triggers == ["<p0>", "<p1>"] and (relearned.folder / "v0002").is_dir()
+    assert [v["learned"] for v in relearned.manifest()["versions"]] == ["<p0>", "<p1>", "<p1>"]
+    assert state.concept.lora_rank == version_2.lora_rank and sorted(state.bank.features) == ["<p0>", "<p1>"]
+    rank = LearnSettings().rank  # <p0>'s slice of the joined LoRA and its vector are kept exactly; <p1>'s are new
+    for module, (down, _up) in version_2.lora_modules().items():
+        assert torch.equal(state.concept.lora_modules()[module][0][:rank], down[:rank])
+        assert not torch.equal(state.concept.lora_modules()[module][0][rank:], down[rank:])
+    assert torch.equal(state.concept.embeddings(0)[0], version_2.embeddings(0)[0])
     assert images.shape == (1, 64, 64, 3) and torch.isfinite(images).all()
     assert [Path(p).name for p in written] == ["pets.safetensors", "pets_p0.safetensors", "pets_p1.safetensors"]
     assert Path(written[0]).parent.name == "loras" and Path(written[1]).parent.name == "embeddings"

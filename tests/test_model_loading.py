@@ -39,6 +39,23 @@ def test_dtype_option_casts_weights(models_dir):
     assert loaded.unet.dtype == torch.bfloat16 and loaded.text_encoders[0].dtype == torch.bfloat16
 
 
+def test_auto_precision_is_fp32_on_a_cpu_and_half_on_a_gpu_where_the_family_supports_it(models_dir):
+    """The default everywhere a precision is chosen: a CPU never gets fp16 (many times slower, Cancel waits)."""
+    from conceptkit.core.model.loading import resolve_dtype
+    from conceptkit.nodes.comfy_bridge_nodes import ConceptKitModelFromComfy
+    from conceptkit.nodes.model_nodes import ConceptKitLoadModel
+
+    checkpoint = load_model(models_dir / "checkpoints" / "tiny_sd1.safetensors", device="cpu",
+                            tokenizer_dir=models_dir / "clip_tokenizer")
+    assert checkpoint.unet.dtype == torch.float32 and checkpoint.text_encoders[0].dtype == torch.float32
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_dtype("auto", gpu, "sd1") == resolve_dtype("auto", gpu, "sdxl") == torch.float16
+    assert resolve_dtype("auto", gpu, "world") == torch.float32
+    assert all(resolve_dtype("auto", cpu, family) == torch.float32 for family in ("sd1", "sd2", "sdxl", "world"))
+    for node in (ConceptKitLoadModel, ConceptKitModelFromComfy):
+        assert node.INPUT_TYPES()["required"]["dtype"][1]["default"] == "auto"
+
+
 @pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".bin"])
 def test_pickle_checkpoints_are_refused_with_the_reason(tmp_path, suffix):
     path = tmp_path / f"model{suffix}"

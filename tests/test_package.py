@@ -129,7 +129,9 @@ def test_display_names_follow_one_scheme():
     names = conceptkit.NODE_DISPLAY_NAME_MAPPINGS
     method_nodes = {"ConceptKitLipschitzFinetune": "Lipschitz Finetune",
                     "ConceptKitPersonalizationGuidanceSampler": "Personalization Guidance Sampler",
-                    "ConceptKitConceptEncoder": "Concept Encoder", "ConceptKitSGEInverter": "SGE Inverter",
+                    "ConceptKitConceptEncoder": "Concept Encoder",
+                    "ConceptKitPretrainConceptEncoder": "Pretrain Concept Encoder",
+                    "ConceptKitSGEInverter": "SGE Inverter",
                     "ConceptKitSGESample": "SGE Sample", "ConceptKitConceptMemory": "Concept Memory",
                     "ConceptKitMemoryLearn": "Memory Learn", "ConceptKitApplyMemory": "Apply Memory"}
     assert len(set(names.values())) == len(names)
@@ -157,3 +159,19 @@ def test_the_web_extension_ships_for_the_nodes_that_write_files():
         assert node in conceptkit.NODE_CLASS_MAPPINGS and f'"{node}"' in script
     assert "web/*.js" in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
         "conceptkit"]
+
+
+def test_errors_show_a_clean_type_name_in_comfyui_and_survive_pickling():
+    """ComfyUI names an error `module.Class` (execution.full_type_name): ours say conceptkit, never the path the
+    pack was loaded from; an error from a bench's worker process unpickles to the same class and message."""
+    import pickle
+
+    from conceptkit.core.errors import Cancelled, Diverged, InputError
+
+    def full_type_name(klass):  # as ComfyUI's execution.py writes it
+        return klass.__qualname__ if klass.__module__ == "builtins" else f"{klass.__module__}.{klass.__qualname__}"
+
+    assert [full_type_name(c) for c in (InputError, Cancelled, Diverged)] == [
+        "conceptkit.InputError", "conceptkit.Cancelled", "conceptkit.Diverged"]
+    again = pickle.loads(pickle.dumps(Diverged("training diverged at step 3")))
+    assert type(again) is Diverged and str(again) == "training diverged at step 3"

@@ -8,7 +8,8 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, Dinov2Config
 
 from conceptkit.core.errors import ModelLoadError
 from conceptkit.core.metrics.real_models import ClipScorer, DinoScorer
-from conceptkit.core.tokenizer import write_clip_tokenizer
+
+from clip_tokenizer import write_clip_tokenizer
 
 WORDS = ["a", "red", "blue", "circle", "square", "on", "the", "left"]
 

@@ -77,12 +77,15 @@ def test_an_interrupted_inversion_resumed_equals_an_uninterrupted_one(world, dom
     assert not list(tmp_path.glob("step_*"))  # a finished inversion removes its checkpoint
 
 
-def test_inversion_reports_every_step_with_a_preview_of_its_current_estimate(world, domain):
+def test_inversion_reports_every_step_with_previews_of_its_current_estimate_within_their_budget(world, domain):
+    """A preview (the first target's x0_hat: one VAE decode, about one denoiser pass) costs at most a tenth of the
+    inversion: here an epoch is 3 forward passes (3 targets, 1 step per segment), so about every third step."""
     seen = []
     invert(world, domain, InvertSettings(**SMALL), progress=lambda step, total, preview: seen.append((step, total,
                                                                                                        preview())))
     assert [(step, total) for step, total, _ in seen] == [(i, 9) for i in range(1, 10)]  # 3 segments x 3 epochs
-    assert all(image.size == (64, 64) for _, _, image in seen)
+    shown = [image for _, _, image in seen if image is not None]
+    assert 2 <= len(shown) <= 3 and all(image.size == (64, 64) for image in shown)
 
 
 def test_the_embeddings_steer_generation_toward_their_target(world):

@@ -242,7 +242,7 @@ def test_previews_cost_at_most_their_share_of_the_training(world, subject_images
 
 
 def test_a_diverged_run_is_never_checkpointed_and_says_how_to_start_over(world, subject_images, tmp_path):
-    from conceptkit.core.training.engine import Diverged
+    from conceptkit.core.errors import Diverged
 
     wild = config(learning_rate=1e9, steps=30, checkpoint_every=1)
     with pytest.raises(Diverged, match="diverged at step") as failed:

@@ -1,5 +1,5 @@
-"""The training engine's extension points: an objective that conditions on x_t with a trainable set a method
-registers and a streamed data source (trains, resumes exactly), training on a model that carries concepts (they
+"""The training run's extension points: an objective that conditions on x_t with a method's own trainable set and
+a streamed data source (trains, resumes exactly), training on a model that carries concepts (they
 stay bitwise as they were; the teacher is the model before the run), and concept files of format 2."""
 
 from __future__ import annotations
@@ -15,30 +15,32 @@ from safetensors.torch import save_file
 from conceptkit.core.concepts import Concept, Trigger, apply_concept, load_concept, save_concept
 from conceptkit.core.errors import Cancelled
 from conceptkit.core.model import load_model, patches_in_effect
+from conceptkit.core.model.patches import class_word_vector
 from conceptkit.core.training import (
     Batch,
     DenoisingObjective,
+    RunHooks,
+    RunSettings,
+    StepSettings,
     Stream,
     TrainableSet,
     TrainConfig,
-    register_trainable,
+    TrainingRun,
     train_concept,
+    training_mode,
 )
-from conceptkit.core.training.trainable import TRAINABLES
 from conceptkit.core.world.scenes import Scene, WorldObject
 
 from helpers.concepts import delta_concept, lora_concept
-
-HEAD = "test_xt_head"
 
 
 class XtHead(TrainableSet):
     """A method's own trainable: a 1x1 convolution of the noisy latent x_t, added to the UNet's prediction."""
 
-    kind = HEAD
+    kind = "xt_head"
 
-    def __init__(self, model, token_init, **_):
-        super().__init__(model, token_init, False, False)
+    def __init__(self, model):
+        super().__init__(model, [class_word_vector(model, 0, "creature")], False, False)
         self.head = torch.nn.Conv2d(4, 4, 1)
         with torch.no_grad():
             self.head.weight.copy_(torch.randn(4, 4, 1, 1, generator=torch.Generator().manual_seed(0)) * 0.01)
@@ -62,10 +64,6 @@ class XtObjective(DenoisingObjective):
         return super().prediction(run, noised, captions, batch) + run.trainable.head(noised.noisy)
 
 
-if HEAD not in TRAINABLES:
-    register_trainable(HEAD, XtHead)
-
-
 def creature_stream(step: int, batch_size: int, generator: torch.Generator) -> Batch:
     """A fresh render of some creature at every step (a pre-training stream)."""
     rng = np.random.default_rng(int(torch.randint(0, 2**31, (), generator=generator)))
@@ -81,23 +79,32 @@ def world():
 
 
 def config(**changes) -> TrainConfig:
-    return dataclasses.replace(TrainConfig(trigger="<c1>", class_word="creature", trainable=HEAD, steps=6,
-                                           batch_size=2, learning_rate=1e-2), **changes)
+    return dataclasses.replace(TrainConfig(trigger="<c1>", class_word="creature", steps=6, batch_size=2,
+                                           learning_rate=1e-2), **changes)
+
+
+def train_head(world, folder=None, cancel=None):
+    """A run of a method's own: the x_t head on a stream, the run's word <c1>; returns (head weights, outcome)."""
+    with training_mode(world):
+        run = TrainingRun(world, XtHead, Stream(creature_stream), RunSettings(6, folder, signature="xt head"),
+                          StepSettings(batch_size=2, seed=0),
+                          optimizer=lambda t: torch.optim.AdamW(t.weight_parameters(), lr=1e-2, weight_decay=0.0),
+                          objective=XtObjective(), token="<c1>", hooks=RunHooks(cancel=cancel))
+        return run.train(lambda head, outcome: ({k: v.detach().clone() for k, v in head.head.state_dict().items()},
+                                                outcome))
 
 
 def test_an_objective_that_conditions_on_x_t_trains_from_a_stream_and_resumes_exactly(world, tmp_path):
-    run = dict(objective=XtObjective(), data=Stream(creature_stream))
-    whole = train_concept(world, None, config(), **run)
-    head = whole.concept.group("xt_head")
-    assert not torch.equal(head["weight"], XtHead(world, [torch.zeros(1)]).head.weight)  # it trained
-    assert whole.concept.parameters["trainable"] == HEAD and len(whole.losses) == 6
+    head, whole = train_head(world)
+    assert not torch.equal(head["weight"], XtHead(world).head.weight)  # it trained
+    assert len(whole.losses) == 6 and whole.finished
     (tmp_path / "notes.txt").write_text("mine")  # a user's file in the checkpoint folder
     stop_at = iter(range(100))
     with pytest.raises(Cancelled):
-        train_concept(world, None, config(), checkpoint_dir=tmp_path, cancel=lambda: next(stop_at) == 3, **run)
-    resumed = train_concept(world, None, config(), checkpoint_dir=tmp_path, **run)
+        train_head(world, tmp_path, cancel=lambda: next(stop_at) == 3)
+    resumed_head, resumed = train_head(world, tmp_path)
     assert resumed.resumed_from == 3 and resumed.losses == whole.losses
-    assert all(torch.equal(whole.concept.tensors[k], resumed.concept.tensors[k]) for k in whole.concept.tensors)
+    assert all(torch.equal(head[k], resumed_head[k]) for k in head)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # no checkpoint left; the user's file kept
 
 

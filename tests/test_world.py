@@ -10,10 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from conceptkit.core.metrics import diversity, frechet_distance
-from conceptkit.core.tokenizer import write_clip_tokenizer
 from conceptkit.core.world import CAPTION_WORDS, COLOURS, evaluation_scenes, random_scene, training_batch
 from conceptkit.core.world.checkers import attribute_accuracy, check_image
-from conceptkit.core.world.metric_nets import IDENTITY_VALIDATION_SEEDS, creature_view
+from conceptkit.core.world.metric_nets import IDENTITY_VALIDATION_SEEDS
 from conceptkit.core.world.metrics import (
     forgetting,
     identity_features,
@@ -23,6 +22,9 @@ from conceptkit.core.world.metrics import (
 )
 from conceptkit.core.world.scenes import Scene, WorldObject
 from conceptkit.core.world.vocabulary import HELDOUT_INSTANCE_SEEDS, HELDOUT_PAIRS, PATTERN_SHADE
+
+from clip_tokenizer import write_clip_tokenizer
+from train_metric_nets import creature_view
 
 
 def renders(scenes, seed=0):
@@ -162,7 +164,7 @@ TINY_WORLD = {
 
 
 def test_world_trainer_resumes_exactly_across_stages(tmp_path):
-    from conceptkit.core.world.train_model import main
+    from train_model import main
 
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY_WORLD))

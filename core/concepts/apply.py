@@ -5,13 +5,13 @@ as a patch (the model service's `add_patch`): its triggers become tokens, and wh
 has the patches in effect its token vectors, LoRA hooks and weight offsets change the model. So the same
 base model can be used by other nodes at the same time it is used with a concept.
 A method whose concepts hold tensors of their own (`group.{name}.*`) that change the model registers what
-applying them does with `register_concept_group` (e.g. a step hook that computes a token's vector from the current
-latents); other groups are data the method keeps (a memory's bank) and are carried along.
+applying them does with `register_concept_group` (in the methods' table; e.g. a step hook that computes a
+token's vector from the current latents); other groups are data the method keeps (a memory's bank) and are
+carried along.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +30,8 @@ _GROUPS: dict[str, GroupEnter] = {}
 
 
 def register_concept_group(name: str, enter: GroupEnter) -> None:
-    """What applying a concept's `group.{name}.*` tensors does, as a method defines it."""
+    """What applying a concept's `group.{name}.*` tensors does, as a method defines it (the methods' table is
+    installed when `conceptkit.core` loads)."""
     if name in _GROUPS and _GROUPS[name] is not enter:
         raise ValueError(f"a concept group '{name}' is already registered")
     _GROUPS[name] = enter
@@ -38,8 +39,6 @@ def register_concept_group(name: str, enter: GroupEnter) -> None:
 
 def group_enter(name: str) -> GroupEnter | None:
     """What applying group `name` does; None for a group that is data only (a memory's bank)."""
-    if name not in _GROUPS:
-        importlib.import_module("..methods", __package__)  # the methods register their groups on import
     return _GROUPS.get(name)
 
 

@@ -24,7 +24,10 @@ EMBEDDED = "embedded"
 V_PREDICTION_MARKER = "v_pred"  # the empty tensor ComfyUI writes into v-prediction checkpoints
 EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "world_model"
 DEVICES = ("auto", "cpu", "cuda")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+HALF_ON_GPU = {"sd1": "fp16", "sdxl": "fp16", "sd2": "bf16"}  # what "auto" picks on a GPU (SD 2.x's v-prediction
+# overflows in fp16 attention; where the GPU has no bf16 it stays fp32); the world model is fp32 everywhere
 PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
 
 
@@ -36,17 +39,24 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str) -> torch.dtype:
+def resolve_dtype(dtype: str, device: torch.device, family: str) -> torch.dtype:
+    """The weights' precision: as named, or for "auto" fp32 on a CPU (half precision there is many times slower
+    and Cancel waits for a step) and half precision on a GPU where the family supports it (HALF_ON_GPU)."""
     if dtype not in DTYPES:
         raise InputError(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}.")
-    return DTYPES[dtype]
+    if dtype != "auto":
+        return TORCH_DTYPES[dtype]
+    half = HALF_ON_GPU.get(family) if device.type == "cuda" else None
+    if half == "bf16" and not torch.cuda.is_bf16_supported():
+        half = None
+    return TORCH_DTYPES[half or "fp32"]
 
 
 def load_model(
     source: str | Path | None = None,
     *,
     device: str = "auto",
-    dtype: str = "fp32",
+    dtype: str = "auto",
     tokenizer_dir: str | Path | None = None,
     prediction_type: str = "auto",
 ) -> Model:
@@ -78,7 +88,7 @@ def load_ldm_state_dict(
     source: str,
     tokenizer_dir: str | Path | None,
     device: str = "auto",
-    dtype: str = "fp32",
+    dtype: str = "auto",
     prediction_type: str = "auto",
 ) -> Model:
     """A model from an LDM-layout state dict held in memory (a checkpoint's keys: what ComfyUI's MODEL,
@@ -96,7 +106,8 @@ def _ready(model: Model, device: str, dtype: str, prediction_type: str) -> Model
     model.vae.eval()
     for te in model.text_encoders:
         te.eval()
-    return model.to(resolve_device(device), resolve_dtype(dtype))
+    where = resolve_device(device)
+    return model.to(where, resolve_dtype(dtype, where, model.family))
 
 
 def load_embedded() -> Model:

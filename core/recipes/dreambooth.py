@@ -21,8 +21,8 @@ from ..files import atomic_write
 from ..model import Model
 from ..sampling import CFG, sample
 from ..training import (
+    ImageReplay,
     LossTerm,
-    PriorPreservation,
     TrainConfig,
     TrainResult,
     class_captions,
@@ -68,13 +68,13 @@ def class_images(model: Model, prompts: list[str], seed: int, cache_dir: Path | 
 
 
 def prior_preservation(model: Model, images, config: TrainConfig, weight: float, count: int,
-                       cache_dir: Path | None, cancel=None) -> PriorPreservation:
+                       cache_dir: Path | None, cancel=None) -> ImageReplay:
     """The prior-preservation term: `count` class images for the instance captions without the trigger."""
     n = len(prepare_images(images, model.default_size))
     prompts = class_captions(instance_captions(config, n), config.trigger)
     prompts = [prompts[i % len(prompts)] for i in range(count)]
     made = class_images(model, prompts, config.seed + 7919, cache_dir, cancel=cancel)
-    return PriorPreservation(made.permute(0, 3, 1, 2) * 2 - 1, prompts, weight)
+    return ImageReplay(made.permute(0, 3, 1, 2) * 2 - 1, prompts, weight, name="prior_preservation")
 
 
 def train_recipe(

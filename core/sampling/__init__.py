@@ -4,7 +4,6 @@ from .extensions import (
     AttentionController,
     AttentionStore,
     ChainedAttention,
-    ConditioningProvider,
     RecordingAttention,
     StaticConditioning,
     attention_map,
@@ -15,7 +14,7 @@ from .preview import decode_latents, preview_image
 from .schedulers import SAMPLER_NAMES, make_scheduler
 
 __all__ = [
-    "CFG", "SAMPLER_NAMES", "AttentionController", "AttentionStore", "ChainedAttention", "ConditioningProvider",
+    "CFG", "SAMPLER_NAMES", "AttentionController", "AttentionStore", "ChainedAttention",
     "Guidance", "RecordingAttention",
     "SampleResult", "SamplingContext", "StaticConditioning", "Step", "decode_latents", "make_scheduler",
     "attention_map", "preview_image", "sample",

@@ -1,8 +1,8 @@
 """The other extension points of the sampling loop, with their do-nothing defaults.
 
-- A conditioning provider gives each step's (cond, uncond): the same every step by default; when the
-  model's patches have step hooks (token vectors computed from the current latents, as an image
-  encoder's), `StepConditioning` runs the hooks and encodes the prompt again at every step.
+- Each step's (cond, uncond): the prompts encoded once (`StaticConditioning`); when the model's patches have
+  step hooks (token vectors computed from the current latents, as an image encoder's), `StepConditioning`
+  runs the hooks and encodes the prompt again at every step.
 - An attention controller is attached to the UNet for the run and may adjust the latents before a
   step (Attend-and-Excite style updates of the Concept Memory's artist). `AttentionStore` is one that
   records the cross-attention maps of chosen tokens: the default attention processor never forms them.
@@ -12,16 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 
 from ..model import Conditioning, Denoise
 from .guidance import Step
-
-
-class ConditioningProvider(Protocol):
-    def __call__(self, step: Step, latents: torch.Tensor) -> tuple[Conditioning, Conditioning]: ...
 
 
 @dataclass

@@ -36,7 +36,7 @@ class SamplingContext:
     patches: PatchState  # what the model's patches (applied concepts, ...) changed, while they are in effect
     scheduler: object
     generators: list[torch.Generator]
-    encode: Callable[[str], Conditioning] | None  # re-encode "prompt" / "negative" as the text encoders are now
+    encode: Callable[[str], Conditioning]  # re-encode "prompt" / "negative" as the text encoders are now
 
 
 class Guidance:

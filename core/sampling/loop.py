@@ -2,7 +2,8 @@
 
 It reads top to bottom as the algorithm does: check inputs, encode the prompts, prepare seeded
 latents (pure noise, or given latents noised to the first step run: img2img), set up the guidance,
-denoise (conditioning provider -> attention controller -> guidance -> scheduler step), decode.
+denoise (conditioning, with the patches' step hooks -> attention controller -> guidance -> scheduler step),
+decode.
 Image i of a batch is drawn from its own generator seeded `seed + i`, so one seed gives the same
 image whatever the batch size. The model's patches (applied concepts, ...) are in effect throughout.
 """
@@ -21,7 +22,6 @@ from ..model import Conditioning, Model, encode_negative, encode_prompts, patche
 from .extensions import (
     AttentionController,
     ChainedAttention,
-    ConditioningProvider,
     StaticConditioning,
     StepConditioning,
 )
@@ -56,7 +56,6 @@ def sample(
     init_latents: torch.Tensor | None = None,
     start_step: int = 0,
     init_noise: torch.Tensor | None = None,
-    conditioning: ConditioningProvider | None = None,
     attention: AttentionController | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
@@ -82,15 +81,14 @@ def sample(
         scheduler = make_scheduler(model.scheduler_config, sampler)
         scheduler.set_timesteps(steps, device=model.device)
         denoise = unet_denoiser(model, width, height)
-        encode = None
-        if conditioning is None:
-            def encode(reads: str) -> Conditioning:
-                return encode_prompts(model, prompts) if reads == "prompt" else encode_negative(model, negatives)
 
-            conditioning = StaticConditioning(encode("prompt"), encode("negative"))
-            if patches.step_hooks:
-                conditioning = StepConditioning(conditioning, patches, scheduler, denoise, encode,
-                                                _names_any(negatives, patches))
+        def encode(reads: str) -> Conditioning:
+            return encode_prompts(model, prompts) if reads == "prompt" else encode_negative(model, negatives)
+
+        conditioning = StaticConditioning(encode("prompt"), encode("negative"))
+        if patches.step_hooks:  # a patch's step hook serves its token per step (E4T): the prompt is encoded anew
+            conditioning = StepConditioning(conditioning, patches, scheduler, denoise, encode,
+                                            _names_any(negatives, patches))
         seeds = [(seed + i) % 2**64 for i in range(len(prompts))]
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         shape = (len(prompts), model.latent_channels, height // model.vae_scale_factor, width // model.vae_scale_factor)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 from ..errors import InputError
 
 SAMPLERS = {  # name -> (diffusers scheduler class, overrides); diffusers is imported on first use
@@ -24,6 +22,8 @@ def make_scheduler(scheduler_config: dict, sampler: str):
     if sampler not in SAMPLERS:
         raise InputError(f"sampler '{sampler}' is not one of {', '.join(SAMPLERS)}.")
     class_name, overrides = SAMPLERS[sampler]
-    cls = getattr(importlib.import_module("diffusers"), class_name)
+    import diffusers
+
+    cls = getattr(diffusers, class_name)
     config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
     return cls.from_config({**config, **overrides})

@@ -1,31 +1,35 @@
-"""The training service: one engine that owns a training run (resume, Cancel, checkpoints, progress,
-accelerate), the few-shot loop on it with its objective, data sources, loss terms and trainable sets."""
+"""The training service: a training run (`TrainingRun`: resume, Cancel, checkpoints, progress, previews,
+accelerate, what trains, its data, objective and loss terms) and the recipe most trainings share on it, learning a
+personal concept (`train_concept`)."""
 
-from .curves import loss_curve
-from .data import DataSource, FewShotImages, Stream
-from .engine import DEFAULT_PREVIEW_SHARE, PreviewBudget, RunOutcome, RunSettings, TrainingEngine, step_generator
-from .fewshot import (
-    MIXED_PRECISION,
+from .concept import (
     TrainConfig,
-    TrainingRun,
     TrainResult,
     caption_lines,
+    check_trigger,
     class_captions,
     fill_template,
     first_caption,
     instance_captions,
-    run_identity,
+    keep_result,
+    kept_result,
     settings_signature,
+    token_and_weight_optimizer,
     train_concept,
 )
+from .curves import loss_curve
+from .data import DataSource, FewShotImages, Stream
+from .engine import DEFAULT_PREVIEW_SHARE, PreviewBudget, RunOutcome, RunSettings, TrainingEngine, step_generator
 from .images import prepare_images
-from .losses import OFFSET_NORMS, LossTerm, OffsetPenalty, PriorPreservation
+from .losses import OFFSET_NORMS, ImageReplay, LossTerm, OffsetPenalty
 from .objective import Batch, DenoisingObjective, Noised
-from .trainable import TrainableSet, register_trainable, trainable_kinds
+from .run import MIXED_PRECISION, RunFolder, RunHooks, StepSettings, TrainingRun, training_mode
+from .trainable import TrainableSet, trainable_kinds
 
-__all__ = ["DEFAULT_PREVIEW_SHARE", "MIXED_PRECISION", "Batch", "DataSource", "DenoisingObjective", "FewShotImages",
-           "LossTerm", "Noised", "OFFSET_NORMS", "OffsetPenalty", "PreviewBudget", "PriorPreservation", "RunOutcome",
-           "RunSettings", "Stream", "TrainConfig", "TrainResult", "TrainableSet", "TrainingEngine", "TrainingRun",
-           "caption_lines", "class_captions", "first_caption", "fill_template", "instance_captions", "loss_curve",
-           "prepare_images", "register_trainable", "run_identity", "settings_signature", "step_generator",
-           "train_concept", "trainable_kinds"]
+__all__ = ["Batch", "DEFAULT_PREVIEW_SHARE", "DataSource", "DenoisingObjective", "FewShotImages", "ImageReplay",
+           "LossTerm", "MIXED_PRECISION", "Noised", "OFFSET_NORMS", "OffsetPenalty", "PreviewBudget", "RunFolder",
+           "RunHooks", "RunOutcome", "RunSettings", "StepSettings", "Stream", "TrainConfig", "TrainResult",
+           "TrainableSet", "TrainingEngine", "TrainingRun", "caption_lines", "check_trigger", "class_captions",
+           "fill_template", "first_caption", "instance_captions", "keep_result", "kept_result", "loss_curve",
+           "prepare_images", "settings_signature", "step_generator", "token_and_weight_optimizer", "train_concept",
+           "trainable_kinds", "training_mode"]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import Cancelled, ConceptKitError, InputError
+from ..errors import Cancelled, ConceptKitError, Diverged, InputError
 from .checkpoints import latest_checkpoint, load_training_state, prune_checkpoints, save_training_state
 
 if TYPE_CHECKING:
@@ -172,10 +172,6 @@ class TrainingEngine:
         return RunOutcome(losses, start, step >= s.steps)
 
 
-class Diverged(InputError):
-    """The loss stopped being a finite number."""
-
-
 def _all_finite(state: dict) -> bool:
     for module in state.values():
         for value in module.state_dict().values():
@@ -203,8 +199,10 @@ class PreviewBudget:
     step_passes: float
 
     @classmethod
-    def for_training(cls, share: float, preview_passes: float, batch_size: int) -> PreviewBudget:
-        return cls(share, preview_passes, batch_size * (1 + BACKWARD_PASSES))
+    def for_training(cls, share: float, preview_passes: float, batch_size: int, step_passes: float | None = None
+                     ) -> PreviewBudget:
+        """A step costs `step_passes`, or by default a forward and a backward pass of the batch."""
+        return cls(share, preview_passes, step_passes or batch_size * (1 + BACKWARD_PASSES))
 
     def shown_by(self, step: int) -> int:
         """How many previews the budget allows once `step` steps are done."""

@@ -2,20 +2,18 @@
 
 A term is called once per step with the run (model, trainable set, the denoising-loss function, the
 teacher) and that step's generator, and returns a scalar to add to the loss. Methods bring their own
-terms (replay, distillation); prior preservation and the parameter-offset penalty are here because several
+terms (distillation); image replay (prior preservation) and the parameter-offset penalty are here because several
 recipes and methods use them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 
 from ..errors import InputError
-
-if TYPE_CHECKING:
-    from .fewshot import TrainingRun
+from .objective import Run
 
 OFFSET_NORMS = ("frobenius", "spectral")
 
@@ -23,27 +21,27 @@ OFFSET_NORMS = ("frobenius", "spectral")
 class LossTerm(Protocol):
     name: str
 
-    def __call__(self, run: TrainingRun, step: int, generator: torch.Generator) -> torch.Tensor: ...
+    def __call__(self, run: Run, step: int, generator: torch.Generator) -> torch.Tensor: ...
 
 
 @dataclass
-class PriorPreservation:
-    """DreamBooth's prior-preservation loss: the denoising loss on class images the base model made for
-    class prompts (generated once and cached by the caller), weighted by `weight`."""
+class ImageReplay:
+    """The denoising loss on fixed images with their captions, weighted: DreamBooth's prior preservation (class
+    images the base model made for class prompts, generated once and cached by the caller) and a memory's replay
+    of earlier concepts' samples are this one loss under two names."""
 
-    class_images: torch.Tensor  # [M, 3, H, W] in -1..1
-    class_captions: list[str]
+    images: torch.Tensor  # [M, 3, H, W] in -1..1
+    captions: list[str]
     weight: float = 1.0
     name: str = "prior_preservation"
 
     def __post_init__(self):
-        if len(self.class_images) == 0 or len(self.class_images) != len(self.class_captions):
-            raise InputError("prior preservation needs class images, one caption each.")
+        if len(self.images) == 0 or len(self.images) != len(self.captions):
+            raise InputError(f"{self.name.replace('_', ' ')} needs images, one caption each.")
 
     def __call__(self, run, step, generator):
-        pick = torch.randint(0, len(self.class_images), (run.config.batch_size,), generator=generator)
-        return self.weight * run.denoising_loss(self.class_images[pick], [self.class_captions[i] for i in pick],
-                                                generator)
+        pick = torch.randint(0, len(self.images), (run.batch_size,), generator=generator)
+        return self.weight * run.denoising_loss(self.images[pick], [self.captions[i] for i in pick], generator)
 
 
 @dataclass

@@ -9,16 +9,32 @@ An objective that conditions on x_t (E4T's encoder reads the noisy latent) overr
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from ..model import encode_text, unet_denoiser
 
-if TYPE_CHECKING:
-    from .fewshot import TrainingRun
+
+class Run(Protocol):
+    """What an objective and a loss term see of the training run (a TrainingRun): the model as it trains, what
+    trains, and the run's helpers."""
+
+    model: Any  # the Model, its patches in effect
+    trainable: Any  # the TrainableSet
+    accelerator: Any
+    noise_scheduler: Any
+    batch_size: int
+
+    def denoising_loss(self, images: torch.Tensor, captions: list[str], generator: torch.Generator
+                       ) -> torch.Tensor: ...
+
+    def teacher(self) -> AbstractContextManager: ...
+
+    def serving_token(self, vectors: list[torch.Tensor]) -> AbstractContextManager: ...
 
 
 @dataclass
@@ -40,7 +56,7 @@ class Batch:
 class DenoisingObjective:
     """||eps - eps_theta(x_t, t, c)||^2 (or v for v-prediction models)."""
 
-    def noising(self, run: TrainingRun, images: torch.Tensor, generator: torch.Generator) -> Noised:
+    def noising(self, run: Run, images: torch.Tensor, generator: torch.Generator) -> Noised:
         model, scheduler = run.model, run.noise_scheduler
         with torch.no_grad():
             posterior = model.vae.encode(images.to(model.device, model.vae.dtype)).latent_dist
@@ -54,13 +70,13 @@ class DenoisingObjective:
         target = scheduler.get_velocity(latents, noise, t) if model.prediction_type == "v_prediction" else noise
         return Noised(latents, noise, t, noisy, target)
 
-    def prediction(self, run: TrainingRun, noised: Noised, captions: list[str], batch: Batch) -> torch.Tensor:
+    def prediction(self, run: Run, noised: Noised, captions: list[str], batch: Batch) -> torch.Tensor:
         size = batch.images.shape[-1]
         with run.accelerator.autocast():
             return unet_denoiser(run.model, size, size)(noised.noisy, noised.timesteps,
                                                         encode_text(run.model, captions))
 
-    def __call__(self, run: TrainingRun, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, run: Run, batch: Batch, generator: torch.Generator) -> torch.Tensor:
         noised = self.noising(run, batch.images, generator)
         prediction = self.prediction(run, noised, batch.captions, batch)
         return F.mse_loss(prediction.float(), noised.target.float())

@@ -2,7 +2,7 @@
 the full UNet (optionally the text encoder too). A TrainableSet owns its parameters, the offsets
 from the base weights (what a parameter-offset penalty bounds), the concept tensors it produces, the
 model as it was before the run (`disabled()`: a teacher), and putting the model back exactly as it was.
-Methods register sets of their own with `register_trainable`."""
+A method with a trainable set of its own (E4T's encoder) subclasses TrainableSet and gives it to its run."""
 
 from __future__ import annotations
 
@@ -135,14 +135,15 @@ class LoraSet(TrainableSet):
         if rank < 1:
             raise InputError(f"LoRA rank must be at least 1 (got {rank}).")
         self.rank, self.alpha = rank, alpha
-        torch.manual_seed(seed)  # peft initialises lora_A from the global generator
-        for name, part in self.parts():
-            suffixes = UNET_ATTENTION if name == "unet" else TEXT_ATTENTION
-            config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                target_modules=_target_names(part, suffixes))
-            inject_adapter_in_model(config, part, adapter_name=ADAPTER)
-            for pname, param in part.named_parameters():
-                param.requires_grad_("lora_" in pname)
+        with torch.random.fork_rng(devices=[]):  # peft draws lora_A from the global generator: seeded here, the
+            torch.manual_seed(seed)  # caller's random state untouched
+            for name, part in self.parts():
+                suffixes = UNET_ATTENTION if name == "unet" else TEXT_ATTENTION
+                config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                    target_modules=_target_names(part, suffixes))
+                inject_adapter_in_model(config, part, adapter_name=ADAPTER)
+                for pname, param in part.named_parameters():
+                    param.requires_grad_("lora_" in pname)
 
     def _layers(self):
         for part_name, part in self.parts():
@@ -253,13 +254,6 @@ TRAINABLES: dict[str, Builder] = {
     "full": lambda model, token_init, *, train_token, train_text_encoder, **_: DeltaSet(
         model, token_init, train_token, train_text_encoder, "full"),
 }
-
-
-def register_trainable(kind: str, builder: Builder) -> None:
-    """Add a trainable set a method needs (its builder takes build_trainable's arguments)."""
-    if kind in TRAINABLES:
-        raise ValueError(f"a trainable set '{kind}' is already registered")
-    TRAINABLES[kind] = builder
 
 
 def trainable_kinds() -> tuple[str, ...]:

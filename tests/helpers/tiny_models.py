@@ -15,7 +15,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from conceptkit.core.tokenizer import write_clip_tokenizer
+from clip_tokenizer import write_clip_tokenizer
 
 WORDS = "a photo of red blue green cat dog star circle on the left right small large background".split()
 

@@ -53,14 +53,22 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def folder_domain(folder: Path, resolution: int, trigger: str, class_word: str) -> Stream:
-    """A domain from a folder of images of one class (real models): each sample is one image, augmented twice,
-    the encoder reading one view and the loss taken on the other, captioned "a photo of <t> <class>"."""
+    """A domain from a folder of images of one class (real models), as `image_domain`."""
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
         if Path(folder).is_dir() else []
     if len(files) < 2:
         raise InputError(f"{folder} holds {len(files)} images (.png, .jpg, .webp); a domain needs many images of "
                          "one class (hundreds or more).")
-    pixels = prepare_images([Image.open(p).convert("RGB") for p in files], resolution)
+    return image_domain([Image.open(p).convert("RGB") for p in files], resolution, trigger, class_word)
+
+
+def image_domain(images, resolution: int, trigger: str, class_word: str) -> Stream:
+    """A domain from images of one class (any form prepare_images takes): each sample is one image, augmented
+    twice, the encoder reading one view and the loss taken on the other, captioned "a photo of <t> <class>"."""
+    pixels = prepare_images(images, resolution)
+    if len(pixels) < 2:
+        raise InputError(f"{len(pixels)} image was given; a domain needs many images of one class (hundreds or "
+                         "more).")
     caption = f"a photo of {trigger} {class_word}"
 
     def make(step: int, batch_size: int, generator: torch.Generator) -> Batch:

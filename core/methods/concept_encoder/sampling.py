@@ -1,6 +1,7 @@
 """E4T at sampling time (METHODS.md §1): at every step the encoder reads the concept image's features and the
 current latent's pooled UNet features, and the trigger's vector becomes that step's e* (one per image of the
-batch). Applying an E4T concept registers this as a step hook of the patch service; any sampler of the one
+batch). Applying an E4T concept adds this as a step hook of the patch service (the concept group 'e4t', in
+the methods' table); any sampler of the one
 sampling loop (ConceptKit Sample, the Personalization Guidance Sampler) runs it.
 
 Cost: the UNet features come from the unconditional pass that CFG (and personalization guidance) already
@@ -14,7 +15,6 @@ from __future__ import annotations
 import torch
 
 from ...concepts import Concept
-from ...concepts.apply import register_concept_group
 from ...model import Conditioning, Model, PatchState
 from .encoder import ConceptEncoder, UnetFeatureTap, placeholder_vectors
 from .files import GROUP, encoder_from
@@ -69,5 +69,3 @@ def enter_encoder_concept(concept: Concept, model: Model, state: PatchState, str
                         encoder.spec.scale * strength)
     state.add_step_hook(hook)
 
-
-register_concept_group(GROUP, enter_encoder_concept)

@@ -1,11 +1,12 @@
-"""E4T's two training phases on the training service's few-shot loop (METHODS.md §1):
+"""E4T's two training phases, each a training run (METHODS.md §1):
 
-- domain pre-training (`pretrain_encoder`): a stream of domain batches; the encoder reads a condition image
-  and the current noisy latent, its e* is served as each prompt's own trigger vector, and the loss
-  ||eps - eps(x_t, c(e*); theta + dW)||^2 + lambda_e ||E||^2 trains the encoder and the attention offsets;
+- domain pre-training (`pretrain_encoder`): a stream of domain batches whose captions name the placeholder word
+  S*; the encoder reads a condition image and the current noisy latent, its e* is served as each prompt's own
+  vector for S*, and the loss ||eps - eps(x_t, c(e*); theta + dW)||^2 + lambda_e ||E||^2 trains the encoder and
+  the attention offsets;
 - per-concept tuning (`tune_concept`): the same loss for a few steps on augmentations of ONE image, from
-  the pre-trained encoder and offsets; the result is a concept.
-Both get the engine's resume, Cancel, progress and accelerate for free.
+  the pre-trained encoder and offsets, with the user's trigger as S*; the result is a concept.
+Both get the run's resume, Cancel, progress and accelerate.
 """
 
 from __future__ import annotations
@@ -25,7 +26,24 @@ from ...errors import InputError
 from ...model import Conditioning, Model, encode_prompts
 from ...model.image_features import ImageBackbone
 from ...model.patches import class_word_vector
-from ...training import Batch, DenoisingObjective, Stream, TrainableSet, TrainConfig, TrainResult, train_concept
+from ...training import (
+    DEFAULT_PREVIEW_SHARE,
+    Batch,
+    DenoisingObjective,
+    FewShotImages,
+    RunHooks,
+    RunOutcome,
+    RunSettings,
+    StepSettings,
+    Stream,
+    TrainableSet,
+    TrainingRun,
+    check_trigger,
+    prepare_images,
+    settings_signature,
+    token_and_weight_optimizer,
+    training_mode,
+)
 from .domain import world_domain
 from .encoder import (
     DEFAULT_ENCODER_WEIGHT,
@@ -39,7 +57,7 @@ from .files import GROUP, Pretrained, concept_group_tensors, step_averaged_vecto
 
 log = logging.getLogger("conceptkit.concept_encoder")
 
-PRETRAIN_TRIGGER = "<e4t-domain>"
+PRETRAIN_TRIGGER = "<e4t-domain>"  # S*, the placeholder word of the domain captions
 
 
 class EncoderSet(TrainableSet):
@@ -136,41 +154,52 @@ class PretrainSettings:
     checkpoint_every: int = 200
     encoder_weight: float = WORLD_ENCODER_WEIGHT
 
+    def signature(self, start: Pretrained) -> str:
+        """What a checkpoint must agree on to be resumed: these settings (not the step count: a run may be
+        extended) and where the run started."""
+        return settings_signature(self, ("steps", "checkpoint_every")) + f"/{start.class_word}/{start.steps}"
+
 
 def pretrain_encoder(model: Model, backbone: ImageBackbone, pretrained: Pretrained, settings: PretrainSettings,
                      data: Stream | None = None, *, checkpoint_dir: Path | None = None, progress=None, cancel=None,
-                     snapshot: Callable[[int, Pretrained], None] | None = None, snapshot_every: int = 0
-                     ) -> tuple[Pretrained, TrainResult]:
+                     preview=None, preview_share: float = DEFAULT_PREVIEW_SHARE,
+                     snapshot: Callable[[int, Pretrained], None] | None = None, snapshot_every: int = 0,
+                     on_finished: Callable[[Pretrained], None] | None = None) -> tuple[Pretrained, RunOutcome]:
     """Train `pretrained` (a fresh or partly trained encoder + offsets) on a domain: `data` gives batches whose
     captions name PRETRAIN_TRIGGER and whose `extra["condition"]` holds the image the encoder reads (default:
-    the world's creature domain). `snapshot(step, encoder so far)` is called every `snapshot_every` steps.
-    Returns the trained encoder and the run's result (losses)."""
+    the world's creature domain). `snapshot(step, encoder so far)` is called every `snapshot_every` steps;
+    `on_finished(encoder)` when the run finished, before its checkpoints are removed (a caller that keeps it
+    loses nothing). Returns the trained encoder and the run's outcome (losses)."""
     data = data or Stream(world_domain(PRETRAIN_TRIGGER))
-    with torch.inference_mode(False):  # ordinary tensors, also when called from a ComfyUI node
+    with training_mode(model):
         encoder, offsets = copy.deepcopy(pretrained.encoder), copy.deepcopy(pretrained.offsets)
 
-    def so_far(step: int) -> Pretrained:
-        return Pretrained(encoder, offsets, pretrained.class_word, pretrained.backbone, model.family,
-                          model.fingerprint(), pretrained.steps + step, pretrained.offset_rank)
+        def so_far(step: int) -> Pretrained:
+            return Pretrained(encoder, offsets, pretrained.class_word, pretrained.backbone, model.family,
+                              model.fingerprint(), pretrained.steps + step, pretrained.offset_rank)
 
-    def report(step, total, preview):
-        if snapshot is not None and snapshot_every and step % snapshot_every == 0 and step < total:
-            snapshot(step, so_far(step))
-        if progress is not None:
-            progress(step, total, preview)
-    config = TrainConfig(trigger=PRETRAIN_TRIGGER, class_word=pretrained.class_word, trainable="e4t",
-                         steps=settings.steps, learning_rate=settings.learning_rate, batch_size=settings.batch_size,
-                         seed=settings.seed, checkpoint_every=settings.checkpoint_every, method="e4t_pretraining",
-                         parameters={"encoder_weight": settings.encoder_weight, "start_steps": pretrained.steps})
-    objective = EncoderObjective(encoder=encoder, backbone=backbone,
-                                 class_vectors=class_vectors(model, pretrained.class_word),
-                                 weight=settings.encoder_weight)
-    result = train_concept(model, None, config, data=data, objective=objective, checkpoint_dir=checkpoint_dir,
-                           progress=report, cancel=cancel, name="encoder",
-                           trainable=lambda m, token_init: EncoderSet(m, token_init, encoder, offsets))
-    encoder.eval().requires_grad_(False)
-    offsets.requires_grad_(False)
-    return so_far(settings.steps), result
+        def report(step, total, preview):
+            if snapshot is not None and snapshot_every and step % snapshot_every == 0 and step < total:
+                snapshot(step, so_far(step))
+            if progress is not None:
+                progress(step, total, preview)
+
+        vectors = class_vectors(model, pretrained.class_word)
+        run = TrainingRun(
+            model, lambda m: EncoderSet(m, vectors, encoder, offsets), data,
+            RunSettings(settings.steps, checkpoint_dir, settings.checkpoint_every,
+                        signature=settings.signature(pretrained), name="encoder"),
+            StepSettings(settings.batch_size, settings.seed),
+            optimizer=lambda t: token_and_weight_optimizer(t, settings.learning_rate, settings.learning_rate),
+            objective=EncoderObjective(encoder=encoder, backbone=backbone, class_vectors=vectors,
+                                       weight=settings.encoder_weight),
+            token=PRETRAIN_TRIGGER,
+            hooks=RunHooks(progress=report, cancel=cancel, preview=preview, preview_share=preview_share,
+                           on_finished=None if on_finished is None else lambda _: on_finished(so_far(settings.steps))))
+        outcome = run.train(lambda trainable, outcome: outcome)
+        encoder.eval().requires_grad_(False)
+        offsets.requires_grad_(False)
+    return so_far(settings.steps), outcome
 
 
 DEFAULT_TUNING_STEPS = 4
@@ -197,14 +226,18 @@ def tune_concept(model: Model, pretrained: Pretrained, backbone: ImageBackbone, 
     class_word = pretrained.class_word
     vectors = class_vectors(model, class_word)
     if settings.steps > 0:
-        config = TrainConfig(trigger=trigger, class_word=class_word, trainable="e4t", steps=settings.steps,
-                             learning_rate=settings.learning_rate, batch_size=settings.batch_size, seed=settings.seed,
-                             templates=("a {trigger} {class}",), method="e4t")
-        objective = EncoderObjective(encoder=encoder, backbone=backbone, class_vectors=vectors,
-                                     image_features=features, weight=settings.encoder_weight)
-        train_concept(model, image.permute(0, 2, 3, 1).add(1).div(2), config, objective=objective, name=name,
-                      progress=progress, cancel=cancel, preview=preview,
-                      trainable=lambda m, token_init: EncoderSet(m, token_init, encoder, offsets))
+        check_trigger(model, trigger)
+        with training_mode(model):
+            pixels = prepare_images(image.permute(0, 2, 3, 1).add(1).div(2), model.default_size)
+            run = TrainingRun(
+                model, lambda m: EncoderSet(m, vectors, encoder, offsets),
+                FewShotImages(pixels, [f"a {trigger} {class_word}"]),
+                RunSettings(settings.steps, name=name), StepSettings(settings.batch_size, settings.seed),
+                optimizer=lambda t: token_and_weight_optimizer(t, settings.learning_rate, settings.learning_rate),
+                objective=EncoderObjective(encoder=encoder, backbone=backbone, class_vectors=vectors,
+                                           image_features=features, weight=settings.encoder_weight),
+                token=trigger, hooks=RunHooks(progress=progress, cancel=cancel, preview=preview))
+            run.train(lambda trainable, outcome: outcome)
     encoder.eval()
     tensors = concept_group_tensors(model, encoder, offsets, features, vectors)
     averaged = step_averaged_vectors(model, encoder, offsets, features, vectors, image)

@@ -4,10 +4,10 @@ distillation, the rainbow bank), `memory_model` (every concept applied, with the
 `export_memory` (one kohya LoRA, an embedding per trigger)."""
 
 from .apply import export_memory, memory_model
-from .artist import ConceptAttentionArtist
+from .artist import DEFAULT_ACTIVE_SHARE, DEFAULT_STEP_SIZE, ConceptAttentionArtist
 from .bank import MemoryBank
-from .learning import LearnSettings, consolidate, learn
+from .learning import IF_LEARNED, LearnSettings, consolidate, learn
 from .store import MemoryState, MemoryStore
 
-__all__ = ["ConceptAttentionArtist", "LearnSettings", "MemoryBank", "MemoryState", "MemoryStore", "consolidate",
-           "export_memory", "learn", "memory_model"]
+__all__ = ["DEFAULT_ACTIVE_SHARE", "DEFAULT_STEP_SIZE", "IF_LEARNED", "ConceptAttentionArtist", "LearnSettings",
+           "MemoryBank", "MemoryState", "MemoryStore", "consolidate", "export_memory", "learn", "memory_model"]

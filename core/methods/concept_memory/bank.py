@@ -53,6 +53,14 @@ class MemoryBank:
         others = [F.cosine_similarity(candidates, f[None], dim=1) for t, f in self.features.items() if t != owner]
         return own - beta * torch.stack(others).amax(0) if others else own
 
+    def without(self, owner: str) -> MemoryBank:
+        """This bank without `owner`: its stored features, its prompts and its short-term samples."""
+        keep = [i for i, o in enumerate(self.owners) if o != owner]
+        return replace(self, features={t: f for t, f in self.features.items() if t != owner},
+                       prompts={t: p for t, p in self.prompts.items() if t != owner},
+                       images=self.images[keep], image_prompts=[self.image_prompts[i] for i in keep],
+                       owners=[self.owners[i] for i in keep])
+
     def with_samples(self, owner: str, images: torch.Tensor, prompts: list[str]) -> MemoryBank:
         """This bank with `owner`'s short-term samples replaced by `images`."""
         keep = [i for i, o in enumerate(self.owners) if o != owner]

@@ -32,8 +32,15 @@ from ...errors import InputError
 from ...model import Model, encode_text, unet_denoiser
 from ...model.image_features import ImageBackbone, backbone_for
 from ...sampling import CFG, sample
-from ...training import OffsetPenalty, TrainConfig, prepare_images, settings_signature, train_concept
-from ...training.objective import DenoisingObjective
+from ...training import (
+    DenoisingObjective,
+    ImageReplay,
+    OffsetPenalty,
+    TrainConfig,
+    prepare_images,
+    settings_signature,
+    train_concept,
+)
 from .bank import DEFAULT_BETA, MemoryBank
 from .store import MemoryState, MemoryStore
 
@@ -64,18 +71,7 @@ class LearnSettings:
         return settings_signature(self)
 
 
-@dataclass
-class Replay:
-    """The denoising loss on the bank's samples of earlier concepts, weight mu."""
-
-    images: torch.Tensor
-    prompts: list[str]
-    weight: float
-    name: str = "replay"
-
-    def __call__(self, run, step, generator):
-        pick = torch.randint(0, len(self.images), (run.config.batch_size,), generator=generator)
-        return self.weight * run.denoising_loss(self.images[pick], [self.prompts[i] for i in pick], generator)
+IF_LEARNED = ("new_version", "error")  # what learning a trigger the memory holds does
 
 
 @dataclass
@@ -88,7 +84,7 @@ class ElasticDistillation:
     name: str = "elastic_distillation"
 
     def __call__(self, run, step, generator):
-        pick = torch.randint(0, len(self.images), (run.config.batch_size,), generator=generator)
+        pick = torch.randint(0, len(self.images), (run.batch_size,), generator=generator)
         images, prompts = self.images[pick], [self.prompts[i] for i in pick]
         weights = torch.tensor([self.weights[i] for i in pick], device=run.model.device)
         noised = DenoisingObjective().noising(run, images, generator)
@@ -131,27 +127,64 @@ def consolidate(old: Concept | None, new: Concept, name: str) -> Concept:
         tensors[f"lora.{module}.down"] = torch.cat(downs)
         tensors[f"lora.{module}.up"] = torch.cat(ups, dim=1)
         rank = max(rank, sum(d.shape[0] for d in downs))
+    ranks = [*(old.parameters.get("ranks", []) if old is not None else []), new.lora_rank]
     return Concept(name, METHOD, new.family, new.base_fingerprint, (*old_triggers, *new.triggers), tensors,
-                   lora_rank=rank, lora_alpha=float(rank), parameters={"concepts": len(old_triggers) + 1})
+                   lora_rank=rank, lora_alpha=float(rank), parameters={"concepts": len(old_triggers) + 1,
+                                                                       "ranks": ranks})
+
+
+def without(memory: Concept, trigger: str, ranks: list[int]) -> Concept | None:
+    """The memory's concept without `trigger`: its vectors and its slice of the joined LoRA (`ranks`: each
+    trigger's rank, in the memory's order); None when it was the only one."""
+    words = [t.word for t in memory.triggers]
+    index = words.index(trigger)
+    kept = [k for k in range(len(words)) if k != index]
+    if not kept:
+        return None
+    start, stop = sum(ranks[:index]), sum(ranks[:index + 1])
+    tensors = {f"embedding.{new}.te{i}": vector for new, k in enumerate(kept)
+               for i, vector in enumerate(memory.embeddings(k))}
+    for module, (down, up) in memory.lora_modules().items():  # alpha = rank: the joined LoRA's scale is 1
+        tensors[f"lora.{module}.down"] = torch.cat([down[:start], down[stop:]])
+        tensors[f"lora.{module}.up"] = torch.cat([up[:, :start], up[:, stop:]], dim=1)
+    rank = sum(ranks) - ranks[index]
+    return Concept(memory.name, METHOD, memory.family, memory.base_fingerprint,
+                   tuple(memory.triggers[k] for k in kept), tensors, lora_rank=rank, lora_alpha=float(rank),
+                   parameters={"concepts": len(kept), "ranks": [r for k, r in enumerate(ranks) if k != index]})
+
+
+def _forgotten(store: MemoryStore, state: MemoryState, trigger: str) -> MemoryState:
+    """The memory as if `trigger` had never been learned (to learn it again as a new version; the versions on
+    disk stay as they are). A memory made before concepts recorded their ranks reads them from its versions."""
+    ranks = state.concept.parameters.get("ranks") or [int(store.learned_by(t.word)["rank"])
+                                                      for t in state.concept.triggers]
+    return replace(state, concept=without(state.concept, trigger, ranks), bank=state.bank.without(trigger))
 
 
 def learn(store: MemoryStore, model: Model, images, trigger: str, class_word: str,
           settings: LearnSettings | None = None, *, captions: list[str] | None = None,
           clip_vision: ImageBackbone | None = None, checkpoint_dir: Path | None = None, progress=None,
-          cancel: Callable[[], bool] | None = None, preview=None, identity: str = "") -> MemoryState:
+          cancel: Callable[[], bool] | None = None, preview=None, identity: str = "",
+          if_learned: str = "new_version") -> MemoryState:
     """Learn one concept into the memory: a new version, or nothing changed if anything fails or is cancelled.
     `identity` names this learning (images, settings): the same learning queued again after it finished returns
-    the memory as it is, a different one with a trigger the memory holds is refused."""
+    the memory as it is. A different learning of a trigger the memory holds (`if_learned`): "new_version" learns
+    it again, on the memory without it, as a new version (the earlier versions stay on disk); "error" refuses."""
     settings = settings or LearnSettings()
     trigger, class_word = trigger.strip(), class_word.strip()
+    if if_learned not in IF_LEARNED:
+        raise InputError(f"if_learned '{if_learned}' is not one of {', '.join(IF_LEARNED)}.")
     with store.writer():
         store.check_fits(model)
         state = store.current()
         if trigger in state.triggers:
             if identity and identity == store.learned_by(trigger).get("identity"):
                 return state
-            raise InputError(f"memory '{store.name}' already holds '{trigger}' (version {state.version}); choose a new "
-                             "trigger for a new concept.")
+            if if_learned == "error":
+                raise InputError(f"memory '{store.name}' already holds '{trigger}' (version {state.version}); choose "
+                                 "a new trigger for a new concept, or set if_learned to new_version to learn it "
+                                 "again.")
+            state = _forgotten(store, state, trigger)
         backbone = backbone_for(model, clip_vision, METHOD_NAME)
         pixels = prepare_images(images, model.default_size)
         bank = state.bank
@@ -194,7 +227,7 @@ def _loss_terms(bank: MemoryBank, new_features: torch.Tensor, settings: LearnSet
     weights = [settings.distill_weight * similarity[o] / mean for o in owners]
     terms = []
     if settings.replay_weight:
-        terms.append(Replay(images, prompts, settings.replay_weight))
+        terms.append(ImageReplay(images, prompts, settings.replay_weight, name="replay"))
     if settings.distill_weight:
         terms.append(ElasticDistillation(images, prompts, weights))
     return terms + bound

@@ -106,8 +106,8 @@ class MemoryStore:
                 from None
 
     def learned_by(self, trigger: str) -> dict:
-        """The parameters of the version that learned `trigger` ({} if none did)."""
-        for version in self.manifest()["versions"]:
+        """The parameters of the newest version that learned `trigger` ({} if none did)."""
+        for version in reversed(self.manifest()["versions"]):
             if version.get("learned") == trigger:
                 return dict(version.get("parameters") or {})
         return {}

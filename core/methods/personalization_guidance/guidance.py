@@ -29,7 +29,7 @@ class WeakPasses:
     """UNet evaluations on the weak model: `run(denoise, x, t, cond, omega)` with one omega per sample (1 is the
     fine-tuned model); `conditioning` encodes the weak model's prompt where its text encoders differ."""
 
-    def __init__(self, weak: WeakModel, encode: Callable[[str], Conditioning] | None):
+    def __init__(self, weak: WeakModel, encode: Callable[[str], Conditioning]):
         self.weak, self.encode = weak, encode
         self._encoded: dict[tuple[str, float], Conditioning] = {}
 
@@ -54,9 +54,6 @@ class WeakPasses:
         """The weak branch's conditioning of `reads` ('prompt' or 'negative'); `given` is the fine-tuned one."""
         if omega == 1.0 or not self.weak.changes_text:
             return given
-        if self.encode is None:
-            raise InputError("this conditioning provider cannot encode the weak model's prompt; use weak-model "
-                             "guidance with concepts that leave the text encoders unchanged.")
         key = (reads, omega)
         if key not in self._encoded:
             with self.weak.at(omega):

@@ -3,9 +3,20 @@
 relaxing."""
 
 from .generation import DEFAULT_RELAX, RelaxedSGE, sample_sge
-from .inversion import MAX_IMAGES, InvertSettings, invert
+from .inversion import (
+    DEFAULT_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_MAPPING,
+    DEFAULT_PENALTY,
+    DEFAULT_SCALE,
+    DEFAULT_STEPS,
+    MAX_IMAGES,
+    InvertSettings,
+    invert,
+)
 from .sge import SGESet, load_sge, save_sge, sge_path
 from .window import MAPPINGS, Window, map_window
 
-__all__ = ["DEFAULT_RELAX", "MAPPINGS", "MAX_IMAGES", "InvertSettings", "RelaxedSGE", "SGESet", "Window",
-           "invert", "load_sge", "map_window", "sample_sge", "save_sge", "sge_path"]
+__all__ = ["DEFAULT_EPOCHS", "DEFAULT_LR", "DEFAULT_MAPPING", "DEFAULT_PENALTY", "DEFAULT_RELAX", "DEFAULT_SCALE",
+           "DEFAULT_STEPS", "MAPPINGS", "MAX_IMAGES", "InvertSettings", "RelaxedSGE", "SGESet", "Window", "invert",
+           "load_sge", "map_window", "sample_sge", "save_sge", "sge_path"]

@@ -40,7 +40,7 @@ class _RelaxedSteps(Guidance):
 
     def __call__(self, denoise, x, t, cond, uncond, step):
         sge = self.strategy.sge
-        output = prediction(self.model, denoise, x, t, cond, uncond, sge.cfg)
+        output = prediction(denoise, x, t, cond, uncond, sge.cfg)
         segment = sge.window.segment_at(step.index)
         if segment is None:
             return output

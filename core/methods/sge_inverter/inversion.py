@@ -6,7 +6,7 @@ sub-range), x_t = q(x0, t, n) and y = q(x0, t_prev, n) with ONE fixed noise n (s
 t_prev the schedule's next DDIM step; one guided DDIM step from x_t gives x0_hat and x_{t_prev}; the loss, summed
 over those steps before the epoch's one optimizer step, is
     mse(x0_hat, x0) + mse(x_{t_prev}, y) + lambda * mean over elements of (G[i, k] - mean_j G[j, k])^2.
-G enters after the UNet call, so the UNet runs forward only and never changes. On the training engine: resume,
+G enters after the UNet call, so the UNet runs forward only and never changes. A training run: resume,
 Cancel, progress with a preview (the current x0_hat of the first target: a VAE decode, no UNet pass).
 A v-prediction model's output is converted to eps first, and back after guidance.
 """
@@ -23,8 +23,18 @@ import torch.nn.functional as F
 
 from ...errors import InputError
 from ...model import Conditioning, Model, encode_negative, encode_prompts, unet_denoiser
-from ...sampling.preview import preview_image
-from ...training import RunSettings, TrainingEngine, prepare_images, settings_signature, step_generator
+from ...sampling import CFG, preview_image
+from ...training import (
+    Batch,
+    RunHooks,
+    RunSettings,
+    StepSettings,
+    TrainableSet,
+    TrainingRun,
+    prepare_images,
+    settings_signature,
+    training_mode,
+)
 from .sge import SGESet
 from .window import MAPPINGS, Window, map_window
 
@@ -78,14 +88,21 @@ def output_of(eps: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor, predi
     return eps
 
 
-def prediction(model: Model, denoise, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, uncond: Conditioning,
+def prediction(denoise, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, uncond: Conditioning,
                cfg: float) -> torch.Tensor:
-    """eps(x_t, c): the conditional pass, or CFG at `cfg`; no gradients."""
+    """eps(x_t, c): the conditional pass, or CFG at `cfg` (the sampling service's); no gradients."""
     with torch.no_grad():
-        if cfg == 1.0:
-            return denoise(x, t, cond)
-        out_uncond, out_cond = denoise(torch.cat([x, x]), t, Conditioning.cat([uncond, cond])).chunk(2)
-        return out_uncond + cfg * (out_cond - out_uncond)
+        return CFG(cfg)(denoise, x, t, cond, uncond, None)
+
+
+def steps_per_epoch(first: int, last: int) -> int:
+    """How many of a segment's steps [first, last) an epoch takes: about 0.8 of them (the official code's)."""
+    return max(1, int(0.8 * (last - first)))
+
+
+def epoch_passes(window: Window) -> float:
+    """Forward passes per target of an epoch, over the segments on average (what a preview is weighed against)."""
+    return sum(steps_per_epoch(*window.segment_steps(k)) for k in range(window.segments)) / window.segments
 
 
 def target_pixels(images, resolution: int) -> torch.Tensor:
@@ -110,13 +127,30 @@ def _size(image) -> tuple[int, int]:
     return image.size[1], image.size[0]  # PIL
 
 
-class _Embeddings(torch.nn.Module):
-    """G as one parameter per segment ([N, C, h, w] each), so a finished segment's Adam state never moves it."""
+class SampleEmbeddings(TrainableSet):
+    """What the inversion trains: G as one parameter per segment ([N, C, h, w] each), so a finished segment's Adam
+    state never moves it. The model itself never changes."""
 
-    def __init__(self, count: int, segments: int, shape: tuple[int, ...], generator: torch.Generator):
-        super().__init__()
-        self.segments = torch.nn.ParameterList(torch.nn.Parameter(torch.randn(count, *shape, generator=generator))
-                                               for _ in range(segments))
+    kind = "sge"
+
+    def __init__(self, model: Model, count: int, segments: int, shape: tuple[int, ...], generator: torch.Generator):
+        super().__init__(model, [], train_token=False, train_text_encoder=False)
+        self.segments = [torch.nn.Parameter(torch.randn(count, *shape, generator=generator).to(model.device))
+                         for _ in range(segments)]
+
+    def weight_parameters(self):
+        return list(self.segments)
+
+    def state(self):
+        return {f"segments.{k}": p for k, p in enumerate(self.segments)}
+
+
+@dataclass
+class _Epochs:
+    """The inversion's data: every step is one epoch of one segment on all targets (the objective knows them)."""
+
+    def batch(self, step: int, batch_size: int, generator: torch.Generator) -> Batch:
+        return Batch(torch.empty(0), [], extra={"step": step})
 
 
 def invert(model: Model, images, settings: InvertSettings | None = None, *, checkpoint_dir: Path | None = None,
@@ -127,12 +161,11 @@ def invert(model: Model, images, settings: InvertSettings | None = None, *, chec
         raise InputError(f"window mapping '{settings.mapping}' is not one of {', '.join(MAPPINGS)}.")
     if settings.epochs < 1 or settings.steps < 2:
         raise InputError(f"epochs must be at least 1 and steps at least 2 (got {settings.epochs}, {settings.steps}).")
-    with torch.inference_mode(False), torch.enable_grad():  # ComfyUI runs nodes in inference mode
+    with training_mode(model):
         return _invert(model, images, settings, checkpoint_dir, progress, cancel, name)
 
 
 def _invert(model, images, settings, checkpoint_dir, progress, cancel, name) -> SGESet:
-    from accelerate import Accelerator
     from diffusers import DDIMScheduler
 
     pixels = target_pixels(images, model.default_size)
@@ -148,14 +181,8 @@ def _invert(model, images, settings, checkpoint_dir, progress, cancel, name) -> 
         cond = encode_prompts(model, [settings.prompt] * len(x0))
         uncond = encode_negative(model, [""] * len(x0))
     denoise = unet_denoiser(model, model.default_size, model.default_size)
-    embeddings = _Embeddings(len(x0), window.segments, tuple(x0.shape[1:]),
-                             torch.Generator().manual_seed(settings.seed)).to(model.device)
-    accelerator = Accelerator(cpu=model.device.type == "cpu")
-    engine = TrainingEngine(RunSettings(window.segments * settings.epochs, checkpoint_dir, settings.checkpoint_every,
-                                        signature=settings.signature(), name=name),
-                            accelerator, progress=progress, cancel=cancel)
-    optimizer = torch.optim.Adam(embeddings.parameters(), lr=settings.learning_rate)
-
+    embeddings = SampleEmbeddings(model, len(x0), window.segments, tuple(x0.shape[1:]),
+                                  torch.Generator().manual_seed(settings.seed))
     clean_first = timesteps.flip(0).long()  # DDIM timestep of each step counted from the clean end
     final_alpha = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float32, device=model.device)
     latest: dict[str, torch.Tensor] = {}
@@ -168,7 +195,7 @@ def _invert(model, images, settings, checkpoint_dir, progress, cancel, name) -> 
         x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * fixed_noise
         y = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * fixed_noise
         timestep = torch.full((len(x0),), t, device=model.device)
-        output = prediction(model, denoise, x_t.to(model.dtype), timestep, cond, uncond, settings.cfg).float()
+        output = prediction(denoise, x_t.to(model.dtype), timestep, cond, uncond, settings.cfg).float()
         eps = eps_of(output, x_t, a_t, model.prediction_type)
         g = embeddings.segments[segment]
         eps_hat = eps - (1 - a_t).sqrt() * settings.scale * g
@@ -178,23 +205,29 @@ def _invert(model, images, settings, checkpoint_dir, progress, cancel, name) -> 
         latest["x0"] = x0_hat.detach()
         return F.mse_loss(x0_hat, x0) + F.mse_loss(x_prev, y) + settings.penalty * centred
 
-    def loss_at(step: int) -> torch.Tensor:
+    def epoch_loss(run: TrainingRun, batch: Batch, generator: torch.Generator) -> torch.Tensor:
         """One epoch of one segment: the losses of ~0.8 x its steps (one in each equal sub-range), summed, as
         the official code accumulates them before its one optimizer step per epoch."""
-        segment = step // settings.epochs
+        segment = batch.extra["step"] // settings.epochs
         first, last = window.segment_steps(segment)
-        generator = step_generator(settings.seed, step, 0)
-        count = max(1, int(0.8 * (last - first)))
+        count = steps_per_epoch(first, last)
         width = (last - first) / count
         steps = [int(first + width * i + float(torch.rand((), generator=generator)) * width) for i in range(count)]
         return sum(step_loss(segment, j) for j in steps)
 
-    def preview_at(step: int):
-        return lambda: preview_image(model, latest["x0"].to(model.dtype)) if "x0" in latest else None
+    def preview(_model: Model):  # the first target's current x0_hat: a VAE decode, no UNet pass
+        return preview_image(model, latest["x0"].to(model.dtype)) if "x0" in latest else None
 
-    outcome = engine.run(loss_at, optimizer, {"sge": embeddings}, preview_at=preview_at)
-    if outcome.finished:
-        engine.remove_checkpoints()
+    preview.passes = 1  # what it costs, in denoiser passes over one sample (the PreviewBudget's unit)
+
+    run = TrainingRun(model, lambda _: embeddings, _Epochs(),
+                      RunSettings(window.segments * settings.epochs, checkpoint_dir, settings.checkpoint_every,
+                                  signature=settings.signature(), name=name),
+                      StepSettings(len(x0), settings.seed, passes=len(x0) * epoch_passes(window)),
+                      optimizer=lambda t: torch.optim.Adam(t.weight_parameters(), lr=settings.learning_rate),
+                      objective=epoch_loss, train_unet_mode=False,
+                      hooks=RunHooks(progress=progress, cancel=cancel, preview=preview))
+    outcome = run.train(lambda trainable, outcome: outcome)
     sge = torch.stack([p.detach() for p in embeddings.segments], dim=1).float().cpu()
     return SGESet(sge, x0.cpu(), window, settings.scale, settings.prompt, settings.cfg, model.family,
                   model.fingerprint(), model.prediction_type,

@@ -1,8 +1,9 @@
 """Train the embedded world model: VAE first, then UNet + text encoder on its latents.
 
-    python -m conceptkit.core.world.train_model --workdir DIR [--config C] [--minutes M] [--export DIR]
+    python tools/world/train_model.py --workdir DIR [--config C] [--minutes M] [--export DIR]
 
-`configs/world_model.json` is the first edition (from scratch, the first scene mix);
+A build script of the world, outside the installed package. `configs/world_model.json` is the first edition
+(from scratch, the first scene mix);
 `configs/world_model_edition2.json` continues from a trained model's folder (its `init_from`: the first
 edition's weights) with the second edition's scene mix, keeping that model's VAE and tokenizer.
 
@@ -29,11 +30,12 @@ from accelerate import Accelerator
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ..tokenizer import write_clip_tokenizer
-from ..training import RunSettings, TrainingEngine
-from ..training.checkpoints import latest_checkpoint, load_training_state
-from .scenes import MIXES, training_batch
-from .vocabulary import CAPTION_WORDS
+from conceptkit.core.training import RunSettings, TrainingEngine
+from conceptkit.core.training.checkpoints import latest_checkpoint, load_training_state
+from conceptkit.core.world.scenes import MIXES, training_batch
+from conceptkit.core.world.vocabulary import CAPTION_WORDS
+
+from clip_tokenizer import write_clip_tokenizer
 
 log = logging.getLogger("conceptkit.world.train")
 CONFIG_PATH = Path(__file__).parent / "configs" / "world_model.json"
