@@ -12,7 +12,6 @@ finished run's result until its caller has saved it.
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -43,7 +42,6 @@ from .trainable import TrainableSet
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-log = logging.getLogger("conceptkit.training")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
