@@ -9,8 +9,8 @@ import numpy as np
 from .render import background, creature_traits, instance_sprite, paste, shape_mask
 from .vocabulary import (
     COLOURS,
-    HELDOUT_PAIRS,
     CREATURE_NAMES,
+    HELDOUT_PAIRS,
     HELDOUT_STYLE,
     NAMED_CREATURE_SEEDS,
     PAIRED_POSITIONS,

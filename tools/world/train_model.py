@@ -164,7 +164,8 @@ def _decoder_finetuned(cfg: dict, vae: AutoencoderKL, workdir: Path, accelerator
         return F.l1_loss(recon, x) + F.mse_loss(recon, x)
 
     outcome = engine.run(loss_at, optimizer, {"vae_decoder": plain.decoder, "post_quant_conv": plain.post_quant_conv},
-                         params=params, before_step=_lr_schedule(optimizer, c), after_step=_log_every(50, "vae decoder"))
+                         params=params, before_step=_lr_schedule(optimizer, c),
+                         after_step=_log_every(50, "vae decoder"))
     return accelerator.unwrap_model(vae).requires_grad_(False) if outcome.finished else None
 
 
