@@ -16,7 +16,16 @@ import torch
 from .metric_nets import crop_mask, load_shape_classifier
 from .render import pattern_mask
 from .scenes import Scene
-from .vocabulary import COLOURS, HELDOUT_STYLE, IMAGE_SIZE, PATTERN_SHADE, PATTERNS, POSITIONS, SHAPES, SIZES
+from .vocabulary import (
+    COLOURS,
+    HELDOUT_DOMAINS,
+    IMAGE_SIZE,
+    PATTERN_SHADE,
+    PATTERNS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+)
 
 COLOUR_NAMES = list(COLOURS)
 # Reference colours: each colour and its pattern shade, both named by the colour.
@@ -56,7 +65,7 @@ def nearest_reference(image: np.ndarray) -> np.ndarray:
     return d.argmin(-1)
 
 
-ALL_PATTERNS = (*PATTERNS, HELDOUT_STYLE)
+ALL_PATTERNS = (*PATTERNS, *(d for d in HELDOUT_DOMAINS if d != "snowline"))  # the mark patterns
 PHASES = 8  # scenes shift their pattern by 0..7 pixels in x and y
 
 
@@ -97,6 +106,26 @@ def read_pattern(image: np.ndarray) -> tuple[str, tuple[int, int]]:
     """The background pattern of an image and its phase (exact on renders)."""
     reading = read_background_pattern(image)
     return reading.pattern, reading.phase
+
+
+SNOW_THIRD = 21  # rows: the frame's top and bottom thirds, where a snowline is read
+SNOW_SHARE, NO_SNOW_SHARE = 0.6, 0.3
+
+
+def read_domain(image: np.ndarray) -> str | None:
+    """Which held-out domain (HELDOUT_DOMAINS) an image's background shows, or None (exact on renders): a
+    snowline when the frame's bottom third is mostly white and its top third mostly not; else a held-out mark
+    pattern the pattern reader finds."""
+    white = nearest_reference(image) == COLOUR_NAMES.index("white")
+    frame = np.ones(white.shape, bool)
+    frame[BORDER:-BORDER, BORDER:-BORDER] = False
+    bottom, top = frame.copy(), frame.copy()
+    bottom[:IMAGE_SIZE - SNOW_THIRD] = False
+    top[SNOW_THIRD:] = False
+    if white[bottom].mean() >= SNOW_SHARE and white[top].mean() <= NO_SNOW_SHARE:
+        return "snowline"
+    pattern = read_background_pattern(image).pattern
+    return pattern if pattern in HELDOUT_DOMAINS else None
 
 
 def read_background(labels: np.ndarray) -> str:

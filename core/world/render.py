@@ -16,6 +16,7 @@ from .vocabulary import (
     INSTANCE_SIZE,
     MARKINGS,
     PATTERN_SHADE,
+    SNOWLINE_ROW,
 )
 
 SUPERSAMPLE = 4
@@ -62,8 +63,12 @@ def pattern_mask(pattern: str, phase: tuple[int, int] = (0, 0)) -> np.ndarray:
         return ((x // 8) + (y // 8)) % 2 == 0
     if pattern == "dotted":
         return ((x % 8) - 3.5) ** 2 + ((y % 8) - 3.5) ** 2 <= 4
-    if pattern == "zigzag":  # the held-out style
+    if pattern == "zigzag":  # a held-out domain
         return ((y + np.abs((x % 12) - 6)) // 4) % 2 == 0
+    if pattern == "big_checks":  # a held-out domain
+        return ((x // 16) + (y // 16)) % 2 == 0
+    if pattern == "snowline":  # a held-out domain: no marks; its white bottom third is painted by background()
+        return np.zeros((IMAGE_SIZE, IMAGE_SIZE), bool)
     raise ValueError(f"unknown pattern {pattern}")
 
 
@@ -71,6 +76,8 @@ def background(colour: str, pattern: str, phase: tuple[int, int] = (0, 0)) -> np
     base = np.array(COLOURS[colour], np.float32)
     image = np.broadcast_to(base, (IMAGE_SIZE, IMAGE_SIZE, 3)).copy()
     image[pattern_mask(pattern, phase)] = base * PATTERN_SHADE
+    if pattern == "snowline":
+        image[SNOWLINE_ROW:] = COLOURS["white"]
     return image
 
 

@@ -10,6 +10,7 @@ from .render import background, creature_traits, instance_sprite, paste, shape_m
 from .vocabulary import (
     COLOURS,
     CREATURE_NAMES,
+    HELDOUT_DOMAINS,
     HELDOUT_PAIRS,
     HELDOUT_STYLE,
     NAMED_CREATURE_SEEDS,
@@ -183,18 +184,32 @@ def evaluation_scenes(split: str, count: int, seed: int = 1234) -> list[Scene]:
 STYLE_STREAMS = {"targets": 3, "reference": 4}
 
 
-def style_scenes(count: int, seed: int = 0, stream: str = "targets") -> list[Scene]:
-    """Scenes of the unseen domain: what the base model was trained on (creatures and shapes) on the held-out
-    background pattern it never saw. "targets": the few images a user gives; "reference": other scenes of the
-    domain, to measure generated images against."""
-    rng = np.random.default_rng([seed, STYLE_STREAMS[stream]])
-    return [replace(random_scene(rng, "train"), pattern=HELDOUT_STYLE) for _ in range(count)]
+def _fits(scene: Scene, domain: str) -> bool:
+    """A snowline domain's scenes keep white for the snow: no white background, shape or creature body."""
+    if domain != "snowline":
+        return True
+    colours = [o.colour if o.instance is None else creature_traits(o.instance).colour for o in scene.objects]
+    return scene.background != "white" and "white" not in colours
 
 
-def style_renders(count: int, seed: int = 0, stream: str = "targets") -> np.ndarray:
+def style_scenes(count: int, seed: int = 0, stream: str = "targets", domain: str = HELDOUT_STYLE) -> list[Scene]:
+    """Scenes of an unseen domain (HELDOUT_DOMAINS): what the base model was trained on (creatures and shapes)
+    on the domain's background. "targets": the few images a user gives; "reference": other scenes of the domain,
+    to measure generated images against."""
+    rng = np.random.default_rng([seed, STYLE_STREAMS[stream]] + ([] if domain == HELDOUT_STYLE else
+                                                                  [HELDOUT_DOMAINS.index(domain)]))
+    scenes = []
+    while len(scenes) < count:
+        scene = replace(random_scene(rng, "train"), pattern=domain)
+        if _fits(scene, domain):
+            scenes.append(scene)
+    return scenes
+
+
+def style_renders(count: int, seed: int = 0, stream: str = "targets", domain: str = HELDOUT_STYLE) -> np.ndarray:
     """uint8 [count, 64, 64, 3] renders of `style_scenes` (pattern phases and places vary)."""
     rng = np.random.default_rng([seed, STYLE_STREAMS[stream], 1])
-    return np.stack([scene.render(rng) for scene in style_scenes(count, seed, stream)])
+    return np.stack([scene.render(rng) for scene in style_scenes(count, seed, stream, domain)])
 
 
 def training_batch(seed: int, step: int, batch_size: int, mix: SceneMix = THIRD_EDITION

@@ -57,8 +57,12 @@ ENCODER_DOMAIN_SEEDS = range(4_000_000, 4_100_000)  # the Concept Encoder's doma
 NAMED_CREATURE_COUNT = 512
 NAMED_CREATURE_SEEDS = range(5_000_000, 5_000_000 + NAMED_CREATURE_COUNT)
 
-# An unseen background style, as a few-shot target domain (never in training captions or images).
+# Unseen domains, as few-shot targets (never in training captions or images). "zigzag" (second edition) is a
+# fine texture the prior settles below the SGE guidance window; the third edition's are decided inside it:
+# "big_checks" (16 px checks) and "snowline" (the bottom third of the background white).
 HELDOUT_STYLE = "zigzag"
+HELDOUT_DOMAINS = ("zigzag", "big_checks", "snowline")
+SNOWLINE_ROW = 43  # the first white row of a snowline background
 
 
 def _creature_names(count: int, taken: set[str]) -> tuple[str, ...]:
