@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .scenes import Scene, WorldObject
-from .vocabulary import COLOURS, HELDOUT_INSTANCE_SEEDS, INSTANCE_CLASS_WORD, PAIRED_POSITIONS, PATTERNS, POSITIONS
+from .scenes import Scene, WorldObject, background_colours
+from .vocabulary import HELDOUT_INSTANCE_SEEDS, INSTANCE_CLASS_WORD, PAIRED_POSITIONS, PATTERNS, POSITIONS
 
 TRIGGER_SLOT, CLASS_SLOT = "{trigger}", "{class}"
 
@@ -20,7 +20,7 @@ def subject_seed(index: int) -> int:
 
 def _scenes(index: int, count: int, seed: int, token: str | None) -> list[Scene]:
     rng = np.random.default_rng([seed, index, 17])
-    colours, positions = list(COLOURS), list(POSITIONS)
+    colours, positions = background_colours(subject_seed(index)), list(POSITIONS)
     return [Scene(colours[int(rng.integers(len(colours)))], PATTERNS[int(rng.integers(2))],
                   (WorldObject(positions[int(rng.integers(len(positions)))], instance=subject_seed(index),
                                token=token),)) for _ in range(count)]
@@ -51,7 +51,8 @@ def evaluation_scenes(index: int, token: str, count: int = 8) -> list[Scene]:
 def pair_scenes(first: tuple[int, str], second: tuple[int, str], count: int = 8, seed: int = 30_000) -> list[Scene]:
     """Scenes with two subjects ((index, token) each) at a pair of places, their captions naming both by token."""
     rng = np.random.default_rng([seed, first[0], second[0]])
-    colours = list(COLOURS)
+    colours = [c for c in background_colours(subject_seed(first[0]))
+               if c in background_colours(subject_seed(second[0]))]
     scenes = []
     for _ in range(count):
         places = PAIRED_POSITIONS[int(rng.integers(len(PAIRED_POSITIONS)))]
