@@ -283,3 +283,26 @@ def test_an_applied_memory_samples_with_the_personalization_guidance_sampler(wor
     cfg = personalization_sample(world, prompt, finetuned=memory, mode="cfg", steps=6, seed=2).images
     assert guided.shape == (1, 64, 64, 3) and torch.isfinite(guided).all()
     assert not torch.allclose(guided, cfg, atol=1e-3)  # the weak model is the memory at strength omega
+
+
+def test_a_crash_between_training_and_commit_loses_nothing_and_the_rerun_commits_without_training(world, tmp_path,
+                                                                                                  monkeypatch):
+    store = MemoryStore.open_or_create(tmp_path / "memories", "pets", world)
+    images, captions = subject(12)
+    run = tmp_path / "run"
+
+    def crash(*args, **kwargs):
+        raise OSError("killed between training and commit")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(MemoryStore, "commit", crash)
+        with pytest.raises(OSError, match="killed"):
+            learn(store, world, images, "<p0>", "creature", TINY, captions=captions, checkpoint_dir=run)
+    assert store.current().version == 0 and (run / "result.safetensors").is_file()  # the training is kept
+    steps = []
+    state = learn(store, world, images, "<p0>", "creature", TINY, captions=captions, checkpoint_dir=run,
+                  progress=lambda step, total, preview: steps.append(step))
+    assert state.version == 1 and state.triggers == ["<p0>"] and steps == []  # committed, not trained again
+    fresh = MemoryStore.open_or_create(tmp_path / "other", "pets", world)
+    again = learn(fresh, world, images, "<p0>", "creature", TINY, captions=captions)
+    assert all(torch.equal(v, again.concept.tensors[k]) for k, v in state.concept.tensors.items())

@@ -36,7 +36,10 @@ from ...training import (
     DenoisingObjective,
     ImageReplay,
     OffsetPenalty,
+    RunFolder,
     TrainConfig,
+    keep_result,
+    kept_result,
     prepare_images,
     settings_signature,
     train_concept,
@@ -202,10 +205,17 @@ def learn(store: MemoryStore, model: Model, images, trigger: str, class_word: st
                              learning_rate=settings.learning_rate,
                              batch_size=settings.batch_size, seed=settings.seed,
                              checkpoint_every=settings.checkpoint_every, method=METHOD,
-                             parameters={k: v for k, v in asdict(settings).items()
-                                         if k in ("replay_weight", "distill_weight", "offset_penalty", "beta")})
-        learned = train_concept(before, images, config, terms, name=trigger.strip("<>") or "concept",
-                                checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel, preview=preview)
+                             parameters={**{k: v for k, v in asdict(settings).items()
+                                            if k in ("replay_weight", "distill_weight", "offset_penalty", "beta")},
+                                         "memory_version": state.version})
+        # a finished training is kept in its run folder until committed: a crash between the two loses nothing,
+        # and the learning queued again commits without training again (if the memory is still as it was)
+        folder = RunFolder(Path(checkpoint_dir)) if checkpoint_dir is not None else None
+        learned = kept_result(folder, settings.steps) if folder is not None else None
+        if learned is None or learned.concept.parameters.get("memory_version") != state.version:
+            learned = train_concept(before, images, config, terms, name=trigger.strip("<>") or "concept",
+                                    checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel, preview=preview,
+                                    on_finished=None if folder is None else lambda result: keep_result(folder, result))
         merged = consolidate(state.concept, learned.concept, store.name)
         # the bank draws a concept with the prompts it was learned from (its captions' text is kept, its images not)
         prompts = [t.replace("{trigger}", trigger).replace("{class}", class_word)
