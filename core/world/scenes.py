@@ -12,7 +12,9 @@ from .vocabulary import (
     CREATURE_NAMES,
     HELDOUT_DOMAINS,
     HELDOUT_PAIRS,
+    HELDOUT_PLACES,
     HELDOUT_STYLE,
+    LAYOUT_DOMAINS,
     NAMED_CREATURE_SEEDS,
     PAIRED_POSITIONS,
     PATTERN_WORDS,
@@ -59,7 +61,7 @@ class WorldObject:
     said: tuple[str, ...] = ()  # which of its TRAITS the caption says, when no word names it
 
     def phrase(self) -> str:
-        where = POSITION_PHRASES[self.position]
+        where = POSITION_PHRASES.get(self.position, self.position)  # a held-out place: its own name
         if self.instance is not None:
             if self.token:
                 return f"{self.token} {where}"  # a name stands for the creature, as "Tavi on the left"
@@ -83,7 +85,7 @@ class Scene:
         phase = tuple(int(v) for v in rng.integers(0, 8, size=2)) if rng is not None else (0, 0)
         image = background(self.background, self.pattern, phase)
         for obj in self.objects:
-            cx, cy = POSITIONS[obj.position]
+            cx, cy = POSITIONS[obj.position] if obj.position in POSITIONS else HELDOUT_PLACES[obj.position]
             cx, cy = cx + int(rng.integers(-JITTER, JITTER + 1)), cy + int(rng.integers(-JITTER, JITTER + 1))
             if obj.instance is not None:
                 mask, rgb = instance_sprite(obj.instance)
@@ -185,7 +187,10 @@ STYLE_STREAMS = {"targets": 3, "reference": 4}
 
 
 def _fits(scene: Scene, domain: str) -> bool:
-    """A snowline domain's scenes keep white for the snow: no white background, shape or creature body."""
+    """A snowline domain's scenes keep white for the snow: no white background, shape or creature body; a
+    layout domain's hold one object."""
+    if domain in LAYOUT_DOMAINS:
+        return len(scene.objects) == 1
     if domain != "snowline":
         return True
     colours = [o.colour if o.instance is None else creature_traits(o.instance).colour for o in scene.objects]
@@ -194,13 +199,17 @@ def _fits(scene: Scene, domain: str) -> bool:
 
 def style_scenes(count: int, seed: int = 0, stream: str = "targets", domain: str = HELDOUT_STYLE) -> list[Scene]:
     """Scenes of an unseen domain (HELDOUT_DOMAINS): what the base model was trained on (creatures and shapes)
-    on the domain's background. "targets": the few images a user gives; "reference": other scenes of the domain,
-    to measure generated images against."""
+    on the domain's background, or (a layout domain) with its one object at the domain's place. "targets": the
+    few images a user gives; "reference": other scenes of the domain, to measure generated images against."""
     rng = np.random.default_rng([seed, STYLE_STREAMS[stream]] + ([] if domain == HELDOUT_STYLE else
                                                                   [HELDOUT_DOMAINS.index(domain)]))
     scenes = []
     while len(scenes) < count:
-        scene = replace(random_scene(rng, "train"), pattern=domain)
+        scene = random_scene(rng, "train")
+        if domain in LAYOUT_DOMAINS:
+            scene = replace(scene, objects=tuple(replace(o, position=domain) for o in scene.objects))
+        else:
+            scene = replace(scene, pattern=domain)
         if _fits(scene, domain):
             scenes.append(scene)
     return scenes

@@ -57,11 +57,14 @@ ENCODER_DOMAIN_SEEDS = range(4_000_000, 4_100_000)  # the Concept Encoder's doma
 NAMED_CREATURE_COUNT = 512
 NAMED_CREATURE_SEEDS = range(5_000_000, 5_000_000 + NAMED_CREATURE_COUNT)
 
-# Unseen domains, as few-shot targets (never in training captions or images). "zigzag" (second edition) is a
-# fine texture the prior settles below the SGE guidance window; the third edition's are decided inside it:
-# "big_checks" (16 px checks) and "snowline" (the bottom third of the background white).
+# Unseen domains, as few-shot targets (never in training captions or images). Background domains: "zigzag"
+# (second edition), a fine texture the prior settles below the SGE guidance window; "big_checks" (16 px checks)
+# and "snowline" (the bottom third of the background white). Layout domains: the scene's one object in a corner,
+# a place no caption names (HELDOUT_PLACES): "top_left", "bottom_right".
 HELDOUT_STYLE = "zigzag"
-HELDOUT_DOMAINS = ("zigzag", "big_checks", "snowline")
+HELDOUT_DOMAINS = ("zigzag", "big_checks", "snowline", "top_left", "bottom_right")
+HELDOUT_PLACES: dict[str, tuple[int, int]] = {"top_left": (13, 13), "bottom_right": (51, 51)}  # centres (x, y)
+LAYOUT_DOMAINS = tuple(HELDOUT_PLACES)
 SNOWLINE_ROW = 43  # the first white row of a snowline background
 
 
