@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     encoder.add_argument("--init", type=Path, default=None, help="an encoder file to go on from")
     encoder.add_argument("-q", "--quiet", action="store_true")
 
+    world = commands.add_parser("world", help="the world's own checks")
+    world.add_argument("action", choices=["check"], help="check: the gates a world edition must pass")
+    world.add_argument("--quick", action="store_true", help="fewer images: a smoke run, not the reported numbers")
+    world.add_argument("--model", default=None, help="a model to check instead of the embedded one")
+    world.add_argument("--seed", type=int, default=0)
+    world.add_argument("-q", "--quiet", action="store_true")
+
     bench = commands.add_parser("bench", help="run a benchmark suite on the world and print its table")
     bench.add_argument("suite", choices=sorted(SUITES), help="which comparison to run")
     bench.add_argument("--quick", action="store_true", help="fewer images: a smoke run, not the reported numbers")
@@ -96,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(path)
     if args.command == "bench":
         return bench(args)
+    if args.command == "world":
+        from .benchmarks.world_check import table, world_check
+
+        gates, holds = world_check(args)
+        print(table(gates))
+        return 0 if holds else 1
     if args.command == "checkpoints":
         return checkpoints(args)
     if args.command == "pretrain-encoder":

@@ -20,7 +20,7 @@ SETTINGS = {
     "dreambooth_prior": dict(trainable="lora", rank=8, learning_rate=5e-3, prior_weight=1.0, class_image_count=16),
     "textual_inversion": dict(embedding_learning_rate=5e-3),
 }
-TRAIN_FIELDS = {"trainable", "rank", "learning_rate", "embedding_learning_rate"}
+TRAIN_FIELDS = {"trainable", "rank", "learning_rate", "embedding_learning_rate", "augment_scale", "token_init"}
 
 
 def drift_scenes():
@@ -48,6 +48,14 @@ def train_method(model, images, config, method: str, **settings):
     if method == lipschitz_finetune.METHOD:
         return lipschitz_finetune.finetune(model, images, config, **settings)
     return train_recipe(model, images, config, method, **settings)
+
+
+def subject_words(method: str, config) -> str:
+    """How prompts name the subject a method learns with `config` (the identifier rule, training.identifier)."""
+    from ..core.recipes import RECIPES, recipe_config
+    from ..core.training import identifier
+
+    return identifier(recipe_config(method, config) if method in RECIPES else config)
 
 
 def run_isolated(function, *args):

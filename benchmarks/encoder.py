@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from .common import EVAL_CFG, EVAL_IMAGES, EVAL_STEPS, generate, run_isolated, train_method
+from .common import EVAL_CFG, EVAL_IMAGES, EVAL_STEPS, generate, run_isolated, subject_words, train_method
 
 log = logging.getLogger("conceptkit.bench")
 
@@ -75,7 +75,7 @@ def run_one(method: str, images_count: int, steps: int | None, model_source, qui
                 concept = train_method(model, torch.from_numpy(renders).float() / 255, config, method).concept
         seconds += cost.seconds
         peak = max(peak, cost.peak_mb)
-        scenes = evaluation_scenes(subject, token, EVAL_IMAGES)
+        scenes = evaluation_scenes(subject, token if method == "e4t" else subject_words(method, config), EVAL_IMAGES)
         generated = generate(apply_concept(model, concept), scenes, seed)
         fidelity.append(subject_fidelity(generated, reference_renders(subject)))
         text.append(mean_text_fidelity(generated, scenes))
@@ -99,7 +99,7 @@ def sampling_cost(model_source, quick: bool, seed: int) -> dict:
 
     model = load_model(model_source)
     concept = encoder_concept(model, training_renders(0, 1)[0][0], "<s0>", 0, seed)
-    runs = {"e4t": (apply_concept(model, concept), "a <s0> creature on the left, red background"),
+    runs = {"e4t": (apply_concept(model, concept), "a <s0> on the left, red background"),
             "cfg": (model, "a creature on the left, red background")}
     times = dict.fromkeys(runs, 0.0)
     for round_ in range(COST_ROUNDS[quick] + 1):

@@ -28,12 +28,16 @@ from .common import (
     drift_scenes,
     generate,
     run_isolated,
+    subject_words,
     train_method,
 )
 
 log = logging.getLogger("conceptkit.bench")
 
 METHODS = ("lipschitz", "dreambooth_lora", "dreambooth_prior", "textual_inversion")
+OLD_DEFAULT_METHODS = ("lipschitz", "dreambooth_lora", "textual_inversion")  # rerun with the recipes before #31
+OLD_DEFAULTS = {"augment_scale": 0.9, "token_init": "class"}
+EVAL_SEEDS = 2
 CALIBRATION_SUBJECTS = (10, 11)
 LAMBDA_GRID = (0.0, 1e-5, 3e-5, 1e-4)
 CALIBRATION_TOLERANCE = 0.02
@@ -41,7 +45,9 @@ CALIBRATION_TOLERANCE = 0.02
 
 def run_method(method: str, model_source: str | None, quick: bool, seed: int, subjects: tuple[int, ...],
                overrides: dict | None = None) -> tuple[dict, np.ndarray]:
-    """Train and score one method on `subjects` (in its own process)."""
+    """Train and score one method on `subjects` (in its own process); scored at EVAL_SEEDS evaluation seeds, the
+    spreads over subjects and seeds. overrides["old_defaults"]: the recipe as it was before #31 (zoom-in crops
+    at scale 0.9, the trigger starting at the class word's vector and followed by the class word)."""
     import torch
 
     from ..core.concepts import apply_concept
@@ -53,7 +59,9 @@ def run_method(method: str, model_source: str | None, quick: bool, seed: int, su
 
     torch.manual_seed(seed)
     model = load_model(model_source)
-    settings = {**SETTINGS[method], **(overrides or {})}
+    overrides = dict(overrides or {})
+    old = overrides.pop("old_defaults", False)
+    settings = {**SETTINGS[method], **overrides, **(OLD_DEFAULTS if old else {})}
     train = {k: settings.pop(k) for k in list(settings) if k in TRAIN_FIELDS}
     scores = {"subject_fidelity": [], "text_fidelity": [], "drift_text": [], "drift_fd": []}
     seconds, peak, shown = 0.0, 0.0, []
@@ -62,6 +70,8 @@ def run_method(method: str, model_source: str | None, quick: bool, seed: int, su
         for subject in subjects:
             images, captions = training_renders(subject, TRAINING_IMAGES)
             token = f"<s{subject}>"
+            if old:
+                captions = [c.replace("{trigger}", "{trigger} creature") for c in captions]
             config = TrainConfig(trigger=token, class_word="creature", captions=captions, steps=STEPS[quick],
                                  batch_size=4, seed=seed, **train)
             with measure_cost(model.device) as cost:
@@ -71,16 +81,20 @@ def run_method(method: str, model_source: str | None, quick: bool, seed: int, su
             seconds += cost.seconds
             peak = max(peak, cost.peak_mb)
             tuned = apply_concept(model, result.concept)
-            scenes = evaluation_scenes(subject, token, EVAL_IMAGES)
-            generated = generate(tuned, scenes, seed)
-            scores["subject_fidelity"].append(subject_fidelity(generated, reference_renders(subject)))
-            scores["text_fidelity"].append(mean_text_fidelity(generated, scenes))
+            words = f"{token} creature" if old else subject_words(method, config)
+            scenes = evaluation_scenes(subject, words, EVAL_IMAGES)
+            for evaluation_seed in range(seed, seed + EVAL_SEEDS):
+                generated = generate(tuned, scenes, evaluation_seed)
+                scores["subject_fidelity"].append(subject_fidelity(generated, reference_renders(subject)))
+                scores["text_fidelity"].append(mean_text_fidelity(generated, scenes))
+                if evaluation_seed == seed:
+                    shown.append(generated[:4])
             moved = drift(base_drift, generate(tuned, drift_scenes(), seed), drift_scenes())
             scores["drift_text"].append(moved["drift_text"])
             scores["drift_fd"].append(moved["drift_fd"])
-            shown.append(generated[:4])
             log.info("finetune: %s subject %d: %s", method, subject, {k: round(v[-1], 4) for k, v in scores.items()})
-    row = {"method": method, **{k: float(np.mean(v)) for k, v in scores.items()},
+    row = {"method": method + (" (old defaults)" if old else ""), **{k: float(np.mean(v)) for k, v in scores.items()},
+           **{f"{k}_sd": float(np.std(scores[k])) for k in ("subject_fidelity", "text_fidelity")},
            "seconds": seconds / len(subjects), "peak_mb": peak, "subjects": len(subjects)}
     return row, np.concatenate(shown)
 
@@ -109,15 +123,20 @@ def lambda_suite(options):
 def finetune_suite(options):
     subjects = tuple(range(SUBJECTS[options.quick]))
     rows, grids = [], {}
-    for method in METHODS:
-        log.info("finetune: training %s on %d subjects", method, len(subjects))
-        row, images = _isolated(method, options, subjects)
+    runs = [(m, {}) for m in METHODS] + [(m, {"old_defaults": True}) for m in OLD_DEFAULT_METHODS]
+    for method, overrides in runs:
+        log.info("finetune: training %s %s on %d subjects", method, overrides, len(subjects))
+        row, images = _isolated(method, options, subjects, overrides)
         rows.append(row)
-        grids[method] = (images, [f"{method}: subject {i // 4}, evaluation prompt {i % 4}" for i in range(len(images))])
+        captions = [f"{row['method']}: subject {i // 4}, evaluation prompt {i % 4}" for i in range(len(images))]
+        grids[method + ("_old_defaults" if overrides else "")] = (images, captions)
     notes = (f"{len(subjects)} held-out creatures, {TRAINING_IMAGES} training renders each, "
              f"{STEPS[options.quick]} steps at batch 4 for every method; settings per method: {SETTINGS}. "
              f"Subject fidelity: identity-network cosine to fresh renders; text fidelity: background and position "
-             f"of {EVAL_IMAGES} new prompts per subject; drift: on {DRIFT_IMAGES} prompts without the token "
+             f"of {EVAL_IMAGES} new prompts per subject, each at {EVAL_SEEDS} evaluation seeds (the _sd columns: "
+             f"the spread over subjects and seeds); '(old defaults)': {OLD_DEFAULTS} and the identifier "
+             "'<s> creature' with the trigger starting at 'creature' (the recipes before #31); "
+             f"drift: on {DRIFT_IMAGES} prompts without the token "
              "(shape scenes and plain 'creature' prompts) against the base model. seconds and peak_mb: training "
              "only (class images included for prior preservation), per subject, each method in a fresh process.")
     return rows, grids, notes, {}

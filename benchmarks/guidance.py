@@ -17,7 +17,16 @@ import time
 
 import numpy as np
 
-from .common import SETTINGS, STEPS, SUBJECTS, TRAIN_FIELDS, TRAINING_IMAGES, run_isolated, train_method
+from .common import (
+    SETTINGS,
+    STEPS,
+    SUBJECTS,
+    TRAIN_FIELDS,
+    TRAINING_IMAGES,
+    run_isolated,
+    subject_words,
+    train_method,
+)
 
 log = logging.getLogger("conceptkit.bench")
 
@@ -94,7 +103,7 @@ def run_kind(kind: str, model_source: str | None, quick: bool, seed: int, subjec
                              batch_size=4, seed=seed, **train)
         concept = train_method(model, torch.from_numpy(images).float() / 255, config, method, **settings).concept
         tuned = apply_concept(model, concept)
-        scenes = evaluation_scenes(subject, token, EVAL_IMAGES)
+        scenes = evaluation_scenes(subject, subject_words(method, config), EVAL_IMAGES)
         prompts, references = [s.caption() for s in scenes], reference_renders(subject)
         sample(tuned, prompts[:2], seed=seed, steps=2)  # warm-up, not timed
         by_mode = {}

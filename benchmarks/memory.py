@@ -34,6 +34,11 @@ def token(subject: int) -> str:
     return f"<m{subject}>"
 
 
+def named(subject: int) -> str:
+    """The subject's identifier in prompts: its trigger beside the class word (both recipes start it rare)."""
+    return f"{token(subject)} creature"
+
+
 def run_method(method: str, model_source, quick: bool, seed: int) -> dict:
     import tempfile
     from pathlib import Path
@@ -75,7 +80,7 @@ def run_method(method: str, model_source, quick: bool, seed: int) -> dict:
             learned_model = memory_model(model, store, artist=protect)
         seconds += time.perf_counter() - start
         for earlier in subjects[:task + 1]:
-            generated = generate(learned_model, evaluation_scenes(earlier, token(earlier), EVAL_IMAGES), seed)
+            generated = generate(learned_model, evaluation_scenes(earlier, named(earlier), EVAL_IMAGES), seed)
             rows.append({"method": method, "task": task + 1, "concept": earlier,
                          "subject_fidelity": subject_fidelity(generated, reference_renders(earlier))})
             if task == len(subjects) - 1:
@@ -94,7 +99,7 @@ def run_method(method: str, model_source, quick: bool, seed: int) -> dict:
     for suffix, tuned in variants.items():
         scores, images = [], []
         for a, b in zip(subjects, subjects[1:], strict=False):
-            scenes = pair_scenes((a, token(a)), (b, token(b)), PAIR_IMAGES[quick])
+            scenes = pair_scenes((a, named(a)), (b, named(b)), PAIR_IMAGES[quick])
             generated = generate(tuned, scenes, seed)
             scores.append(pair_fidelity(generated, scenes, references))
             images.append(generated[:2])

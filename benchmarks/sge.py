@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from ..core.world.vocabulary import HELDOUT_STYLE
 from .common import EVAL_CFG, EVAL_STEPS, run_isolated
 
 log = logging.getLogger("conceptkit.bench")
@@ -31,27 +32,33 @@ CLOSEST_PATTERN = "striped"  # the known pattern nearest the zigzag (bands); the
 METHODS = ("sge (window by step)", "sge (window by noise)", "lora", "img2img", "text")
 
 
-def targets(shots: int):
+def targets(shots: int, domain: str = HELDOUT_STYLE):
     from ..core.world.scenes import style_renders, style_scenes
 
-    return style_renders(shots), style_scenes(shots)
+    return style_renders(shots, domain=domain), style_scenes(shots, domain=domain)
 
 
-def prompt_scenes(count: int, seed: int):
+def prompt_scenes(count: int, seed: int, domain: str = HELDOUT_STYLE):
     """Scenes of the domain the prompt-driven baselines draw (other than the targets)."""
     from ..core.world.scenes import style_scenes
 
-    return style_scenes(count, seed, "reference")
+    return style_scenes(count, seed, "reference", domain)
 
 
 def with_pattern_word(scene, word: str) -> str:
-    """The scene's caption with its pattern named `word` (a trigger, or a known pattern)."""
-    from ..core.world.vocabulary import HELDOUT_STYLE
+    """The scene's caption with what makes it the unseen domain named `word` (a trigger, or a known word): its
+    pattern ("a creature on the left, red <zz> background"), or its held-out place ("a creature <zz>, red
+    background")."""
+    from ..core.world.vocabulary import HELDOUT_PLACES, PATTERN_WORDS
 
-    return scene.caption().replace(f"{HELDOUT_STYLE} background", f"{word} background")
+    places = {o.position for o in scene.objects} & set(HELDOUT_PLACES)
+    if places:
+        return scene.caption().replace(f" {places.pop()},", f" {word},")
+    said = PATTERN_WORDS.get(scene.pattern, scene.pattern)
+    return scene.caption().replace(f"{said} background", f"{word} background")
 
 
-def run_method(method: str, shots: int, model_source, quick: bool, seed: int) -> dict:
+def run_method(method: str, shots: int, model_source, quick: bool, seed: int, domain: str = HELDOUT_STYLE) -> dict:
     """One method's samples and timings, in its own process."""
     import torch
 
@@ -62,7 +69,7 @@ def run_method(method: str, shots: int, model_source, quick: bool, seed: int) ->
 
     torch.manual_seed(seed)
     model = load_model(model_source)
-    images, scenes = targets(shots)
+    images, scenes = targets(shots, domain)
     pixels = torch.from_numpy(images).float() / 255
     count = SAMPLES[quick]
     seconds_invert, info = 0.0, {}
@@ -81,16 +88,18 @@ def run_method(method: str, shots: int, model_source, quick: bool, seed: int) ->
     elif method == "lora":
         from ..core.concepts import apply_concept
         from ..core.recipes import train_recipe
-        from ..core.training import TrainConfig
+        from ..core.training import TrainConfig, fill_template
+
+        def slotted(domain_scenes) -> list[str]:  # "{trigger}" names the domain: "red <zz> background" (its class)
+            return [with_pattern_word(s, "{trigger}").replace("{trigger} background", "{trigger}")
+                    for s in domain_scenes]
 
         config = TrainConfig(trigger=TRIGGER, class_word=CLASS_WORD, steps=LORA_STEPS[quick], seed=seed,
-                             captions=[with_pattern_word(s, "{trigger}").replace("{trigger} background",
-                                                                                 "{trigger} {class}") for s in scenes],
-                             **LORA)
+                             captions=slotted(scenes), **LORA)
         concept = train_recipe(model, pixels, config, "dreambooth_lora").concept
         seconds_invert = time.perf_counter() - start
         tuned = apply_concept(model, concept)
-        prompts = [with_pattern_word(s, TRIGGER) for s in prompt_scenes(count, seed)]
+        prompts = [fill_template(c, config) for c in slotted(prompt_scenes(count, seed, domain))]
         start = time.perf_counter()
         out = sample(tuned, prompts, seed=SAMPLE_SEED, steps=EVAL_STEPS, guidance=CFG(EVAL_CFG)).images
     elif method == "img2img":
@@ -109,7 +118,7 @@ def run_method(method: str, shots: int, model_source, quick: bool, seed: int) ->
         out = sample(model, "", batch_size=count, seed=SAMPLE_SEED, steps=EVAL_STEPS, init_latents=latents,
                      start_step=window.first_loop_index, guidance=CFG(1.0)).images
     elif method == "text":
-        prompts = [with_pattern_word(s, CLOSEST_PATTERN) for s in prompt_scenes(count, seed)]
+        prompts = [with_pattern_word(s, CLOSEST_PATTERN) for s in prompt_scenes(count, seed, domain)]
         out = sample(model, prompts, seed=SAMPLE_SEED, steps=EVAL_STEPS, guidance=CFG(EVAL_CFG)).images
     else:
         raise ValueError(method)

@@ -85,7 +85,8 @@ class ConceptKitConceptEncoder:
                 "image": ("IMAGE", {"tooltip": "ONE RGB image of the subject (any size: centre-cropped to a square "
                                                "at the model's resolution)."}),
                 "trigger": ("STRING", {"default": "<my-subject>", "tooltip": "A NEW word that will mean the "
-                                       "subject, e.g. '<my-cat>'. Its class word is the encoder's domain."}),
+                                       "subject, e.g. '<my-cat>'. It takes the class word's place in prompts: 'a "
+                                       "<my-cat> on the sofa'."}),
                 "tuning_steps": ("INT", {"default": DEFAULT_TUNING_STEPS, "min": 0, "max": 200, "tooltip":
                                  "Steps of tuning the encoder and offsets on augmentations of the image (0: the "
                                  "encoder as pre-trained, instant). The paper uses 5-15."}),
@@ -182,7 +183,7 @@ class ConceptKitPretrainConceptEncoder:
         trained = folder.kept(lambda path: load_encoder(path, model))  # this run finished before
         if trained is None:
             trained, _ = pretrain_encoder(
-                model, backbone, start, settings, _domain(model, images, class_word), checkpoint_dir=folder.path,
+                model, backbone, start, settings, _domain(model, images), checkpoint_dir=folder.path,
                 progress=comfy.Progress(steps, "Pretrain Concept Encoder"), cancel=comfy.cancel_requested,
                 preview=TrainingPreview(f"a {class_word}", seed), preview_share=preview_share,
                 on_finished=lambda encoder: folder.keep(lambda path: save_encoder(encoder, path, "overwrite")))
@@ -201,9 +202,9 @@ class _PretrainIdentity:
         return repr(self.values)
 
 
-def _domain(model, images, class_word: str) -> Stream:
+def _domain(model, images) -> Stream:
     if images is not None:
-        return image_domain(images, model.default_size, PRETRAIN_TRIGGER, class_word)
+        return image_domain(images, model.default_size, PRETRAIN_TRIGGER)
     if model.family != "world":
         raise InputError("give images of the domain (many images of one class): only the embedded model has a "
                          "domain of its own (the world's creatures).")

@@ -46,10 +46,12 @@ class ConceptKitLipschitzFinetune:
                 "trigger": ("STRING", {"default": "<my-subject>", "tooltip": "A NEW word that will mean your "
                                        "subject, e.g. '<my-dog>'. Words the model already knows are refused."}),
                 "class_word": ("STRING", {"default": "creature", "tooltip": "What kind of thing the subject is "
-                                          "('dog', 'person', 'creature'): the trigger is learned next to it."}),
+                                          "('dog', 'person', 'creature'): prompts name the subject as "
+                                          "'<trigger> <class word>', e.g. 'a <my-dog> dog on the beach'."}),
                 "captions": ("STRING", {"multiline": True, "default": "", "tooltip": "Optional: one caption per "
-                             "image, one per line, using {trigger} and {class}, e.g. 'a {trigger} {class} on the "
-                             "beach'. Empty: 'a {trigger} {class}' for every image."}),
+                             "image, one per line, with {trigger} where the subject is named, e.g. 'a {trigger} on "
+                             "the beach' (filled as 'a <my-dog> dog on the beach'). Empty: 'a {trigger}' for every "
+                             "image."}),
                 "trainable": (list(TRAINABLES), {"default": "lora", "tooltip": "What is fine-tuned: "
                               "LoRA adapters on the attention projections (small files), the attention weights, or "
                               "the whole UNet. The penalty is on the effective weight change in every case."}),

@@ -82,13 +82,15 @@ class ConceptKitMemoryLearn:
                 "trigger": ("STRING", {"default": "<my-subject>", "tooltip": "A NEW word for this concept, not "
                                        "already in the memory, e.g. '<my-dog>'."}),
                 "class_word": ("STRING", {"default": "creature", "tooltip": "What kind of thing it is ('dog', "
-                                          "'creature')."}),
+                                          "'creature'). Prompts name the concept as '<trigger> <class word>', e.g. "
+                                          "'a <my-dog> dog on the beach'."}),
                 "steps": ("INT", {"default": defaults.steps, "min": 1, "max": 100000, "tooltip": "Training steps."}),
                 "seed": TRAINING_SEED,
             },
             "optional": {
                 "captions": ("STRING", {"multiline": True, "default": "", "tooltip": "Optional: one caption per "
-                             "image, with {trigger} and {class} slots."}),
+                             "image, with {trigger} where the concept is named ('a {trigger} on the beach' is filled "
+                             "as 'a <my-dog> dog on the beach')."}),
                 "learning_rate": ("FLOAT", {"default": defaults.learning_rate, "min": 1e-7, "max": 1.0,
                                             "step": 1e-5, "round": 1e-7, "tooltip": "AdamW learning rate of the "
                                             "new LoRA (rank below) and the trigger's vector."}),

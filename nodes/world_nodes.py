@@ -7,7 +7,7 @@ import torch
 
 from ..core.errors import InputError
 from ..core.methods.sge_inverter import MAX_IMAGES
-from ..core.world import HELDOUT_INSTANCE_SEEDS, style_renders, training_renders
+from ..core.world import HELDOUT_DOMAINS, HELDOUT_INSTANCE_SEEDS, HELDOUT_STYLE, style_renders, training_renders
 from .sockets import CATEGORY, MAX_SEED
 
 
@@ -41,9 +41,9 @@ class ConceptKitWorldSubject:
 
 
 class ConceptKitWorldDomain:
-    DESCRIPTION = ("Renders a few images of the embedded world's unseen domain: its creatures and shapes on the "
-                   "zigzag background the embedded model never saw. A stand-in for your own few images of a new "
-                   "domain in the SGE Inverter's example workflow.")
+    DESCRIPTION = ("Renders a few images of one of the embedded world's unseen domains: its creatures and shapes "
+                   "on a background the embedded model never saw, or in a place no caption names. A stand-in for "
+                   "your own few images of a new domain in the SGE Inverter's example workflow.")
     CATEGORY = f"{CATEGORY}/world"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
@@ -57,7 +57,13 @@ class ConceptKitWorldDomain:
             "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": False,
                              "tooltip": "Which scenes (fixed: an inversion downstream resumes only on the same "
                                         "images)."}),
+        }, "optional": {
+            "domain": (list(HELDOUT_DOMAINS), {"default": HELDOUT_STYLE, "tooltip": "zigzag: a fine texture; "
+                       "big_checks: 16 px checks; snowline: the bottom third of the background white; top_left, "
+                       "bottom_right: the scene's object in that corner."}),
         }}
 
-    def render(self, count, seed):
-        return (torch.from_numpy(style_renders(count, seed)).float() / 255,)
+    def render(self, count, seed, domain=HELDOUT_STYLE):
+        if domain not in HELDOUT_DOMAINS:
+            raise InputError(f"domain '{domain}' is not one of {', '.join(HELDOUT_DOMAINS)}.")
+        return (torch.from_numpy(style_renders(count, seed, domain=domain)).float() / 255,)

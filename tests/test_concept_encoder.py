@@ -185,7 +185,7 @@ def pretrain(model, clip_folder, folder, steps, checkpoint_dir=None, cancel=None
 
     backbone = backbone_for(model, load_clip_vision(clip_folder))
     start = Pretrained.fresh(model, backbone, "cat", hidden=32)
-    data = folder_domain(folder, model.default_size, PRETRAIN_TRIGGER, "cat")
+    data = folder_domain(folder, model.default_size, PRETRAIN_TRIGGER)
     return pretrain_encoder(model, backbone, start, PretrainSettings(steps=steps, batch_size=2, checkpoint_every=2),
                             data, checkpoint_dir=checkpoint_dir, cancel=cancel)
 

@@ -79,4 +79,4 @@ def test_a_concept_made_on_the_first_edition_warns_on_the_shipped_model(caplog):
     with caplog.at_level("WARNING", logger="conceptkit"):
         apply_concept(model, old)
     assert "trained on another world model" in caplog.text and old.base_fingerprint in caplog.text
-    assert json.loads((EMBEDDED_DIR / "conceptkit.json").read_text())["stages"][-1]["mix"] == "second_edition"
+    assert json.loads((EMBEDDED_DIR / "conceptkit.json").read_text())["stages"][-1]["mix"] == "third_edition"

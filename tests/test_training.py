@@ -14,9 +14,9 @@ from conceptkit.core.concepts import apply_concept, save_concept
 from conceptkit.core.errors import Cancelled, InputError
 from conceptkit.core.methods.lipschitz_finetune import finetune
 from conceptkit.core.model import load_model
-from conceptkit.core.recipes import train_recipe
+from conceptkit.core.recipes import recipe_config, train_recipe
 from conceptkit.core.sampling import CFG, sample
-from conceptkit.core.training import OffsetPenalty, TrainConfig, train_concept
+from conceptkit.core.training import OffsetPenalty, TrainConfig, class_captions, instance_captions, train_concept
 from conceptkit.core.training.trainable import DenseOffset, LowRankOffset
 from conceptkit.core.world.scenes import Scene, WorldObject
 
@@ -139,6 +139,32 @@ def test_bad_words_are_refused(world, subject_images):
         train_concept(world, subject_images, config(trigger="my dog"))
     with pytest.raises(InputError, match="does not contain the trigger"):
         train_concept(world, subject_images, config(captions=["a creature"] * 3))
+
+
+@pytest.mark.parametrize("recipe,named", [("textual_inversion", "a <c1> on the left"),
+                                          ("dreambooth_lora", "a <c1> creature on the left")])
+def test_captions_name_the_subject_by_one_rule_and_never_say_the_class_word_twice(recipe, named):
+    """A trigger that starts at the class word's vector replaces the class word; a fixed rare one stands beside it."""
+    resolved = recipe_config(recipe, config(captions=["a {trigger} on the left, blue background"] * 3))
+    assert instance_captions(resolved, 3)[0] == f"{named}, blue background"
+    assert class_captions(instance_captions(resolved, 3), resolved)[0] == "a creature on the left, blue background"
+    legacy = dataclasses.replace(resolved, captions=[CAPTIONS[0]] * 3)  # "a {trigger} {class} on the left, ..."
+    assert instance_captions(legacy, 3) == instance_captions(resolved, 3)
+
+
+def test_augmentation_that_would_contradict_a_caption_is_off_by_default_and_warned_about(world, subject_images,
+                                                                                        caplog):
+    assert TrainConfig(trigger="<t>", class_word="dog").augment_scale == 1.0 and not TrainConfig("<t>", "dog").flip
+    with caplog.at_level("WARNING", logger="conceptkit"):
+        instance_captions(config(flip=True), 3)
+    assert "2 of 3 captions say where the subject is, which mirroring (flip) contradict (caption 1: " \
+           "'a <c1> creature on the left, blue background' says left)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="conceptkit"):
+        instance_captions(config(captions=["a {trigger}, blue background"] * 3, augment_scale=0.8, flip=True), 3)
+    assert not caplog.text
+    with pytest.raises(InputError, match="augment_scale must be in"):
+        train_concept(world, subject_images, config(augment_scale=0.0))
 
 
 def test_accelerate_launch_trains_on_several_processes_with_averaged_gradients(models_dir, tmp_path):

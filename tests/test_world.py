@@ -274,3 +274,16 @@ def test_masked_halves_identify_each_creature_of_a_pair():
 def _roc_auc(positives: list[float], negatives: list[float]) -> float:
     pos, neg = np.asarray(positives)[:, None], np.asarray(negatives)[None, :]
     return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
+
+
+def test_every_held_out_domain_is_read_exactly_and_never_in_training_scenes():
+    from conceptkit.core.world.checkers import read_domain
+    from conceptkit.core.world.scenes import style_renders
+    from conceptkit.core.world.vocabulary import HELDOUT_DOMAINS
+
+    for domain in HELDOUT_DOMAINS:
+        renders = style_renders(100, seed=1, domain=domain)
+        assert all(read_domain(image) == domain for image in renders), domain
+    images, captions = training_batch(5, 0, 200)
+    assert not any(read_domain(image) for image in images)
+    assert not any(domain in caption for caption in captions for domain in HELDOUT_DOMAINS)

@@ -57,8 +57,10 @@ class AppliedConcept:
         concept = self.concept
         for k, trigger in enumerate(concept.triggers):
             vectors = [v.reshape(-1) for v in concept.embeddings(k)]
-            if vectors:  # the pre-trained value of a trigger is its class word's vector: where training starts
-                pre = [class_word_vector(model, i, trigger.class_word) for i in range(len(vectors))]
+            if vectors:  # a trigger's pre-trained value is where its training started: its class word's vector, or
+                # for a trigger that started as a rare word beside its class word, its own (None)
+                pre = ([class_word_vector(model, i, trigger.class_word) for i in range(len(vectors))]
+                       if concept.parameters.get("token_start", "class") == "class" else [None] * len(vectors))
                 state.add_token(trigger.word, vectors, [None if p is None else p.to(v) for p, v in
                                                         zip(pre, vectors, strict=True)])
         for name, (down, up) in concept.lora_modules().items():

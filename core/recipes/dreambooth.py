@@ -41,7 +41,7 @@ def recipe_config(recipe: str, base: TrainConfig) -> TrainConfig:
     if recipe not in RECIPES:
         raise InputError(f"recipe '{recipe}' is not one of {', '.join(RECIPES)}.")
     if recipe == "textual_inversion":
-        return dataclasses.replace(base, method=recipe, trainable="embedding", token_init="class")
+        return dataclasses.replace(base, method=recipe, trainable="embedding")
     if recipe in ("dreambooth_full", "dreambooth_full_prior"):
         return dataclasses.replace(base, method=recipe, trainable="full")
     return dataclasses.replace(base, method=recipe, trainable="lora")
@@ -71,7 +71,7 @@ def prior_preservation(model: Model, images, config: TrainConfig, weight: float,
                        cache_dir: Path | None, cancel=None) -> ImageReplay:
     """The prior-preservation term: `count` class images for the instance captions without the trigger."""
     n = len(prepare_images(images, model.default_size))
-    prompts = class_captions(instance_captions(config, n), config.trigger)
+    prompts = class_captions(instance_captions(config, n), config)
     prompts = [prompts[i % len(prompts)] for i in range(count)]
     made = class_images(model, prompts, config.seed + 7919, cache_dir, cancel=cancel)
     return ImageReplay(made.permute(0, 3, 1, 2) * 2 - 1, prompts, weight, name="prior_preservation")

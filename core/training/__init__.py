@@ -10,6 +10,7 @@ from .concept import (
     class_captions,
     fill_template,
     first_caption,
+    identifier,
     instance_captions,
     keep_result,
     kept_result,
@@ -30,6 +31,6 @@ __all__ = ["Batch", "DEFAULT_PREVIEW_SHARE", "DataSource", "DenoisingObjective",
            "LossTerm", "MIXED_PRECISION", "Noised", "OFFSET_NORMS", "OffsetPenalty", "PreviewBudget", "RunFolder",
            "RunHooks", "RunOutcome", "RunSettings", "StepSettings", "Stream", "TrainConfig", "TrainResult",
            "TrainableSet", "TrainingEngine", "TrainingRun", "caption_lines", "check_trigger", "class_captions",
-           "fill_template", "first_caption", "instance_captions", "keep_result", "kept_result", "loss_curve",
-           "prepare_images", "settings_signature", "step_generator", "token_and_weight_optimizer", "train_concept",
-           "trainable_kinds", "training_mode"]
+           "fill_template", "first_caption", "identifier", "instance_captions", "keep_result", "kept_result",
+           "loss_curve", "prepare_images", "settings_signature", "step_generator", "token_and_weight_optimizer",
+           "train_concept", "trainable_kinds", "training_mode"]

@@ -34,8 +34,8 @@ from .trainable import TrainableSet, build_trainable, trainable_kinds
 
 log = logging.getLogger("conceptkit.training")
 
-DEFAULT_TEMPLATES = ("a {trigger} {class}",)
-TOKEN_INITS = ("class", "rare")
+DEFAULT_TEMPLATES = ("a {trigger}",)
+TOKEN_INITS = ("auto", "class", "rare")
 
 
 @dataclass
@@ -49,14 +49,17 @@ class TrainConfig:
     lora_alpha: float | None = None  # None: = rank
     train_text_encoder: bool = False
     train_token: bool = False  # also train the trigger's vector (always for "embedding", and with the text encoder)
-    token_init: str = "class"  # "class": start from the class word's vector; "rare": a random vector of typical norm
+    # "class": the trigger starts at the class word's vector and takes its place in captions ("a <s> on the
+    # left"); "rare": a random vector of typical norm beside the class word ("a <s> dog"); "auto": "class" when
+    # the trigger's vector trains, "rare" when it stays fixed (a fixed copy of the class word would duplicate it)
+    token_init: str = "auto"
     steps: int = 400
     learning_rate: float = 1e-3
     embedding_learning_rate: float = 5e-3
     batch_size: int = 4
     seed: int = 0
-    augment_scale: float = 0.9
-    flip: bool = False
+    augment_scale: float = 1.0  # < 1: random zoom-in crops down to this share of the side (moves the subject)
+    flip: bool = False  # random mirror (contradicts "left"/"right" in captions)
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"
     checkpoint_every: int = 0  # 0: only when cancelled
@@ -89,6 +92,8 @@ def _check_config(model: Model, config: TrainConfig) -> None:
         raise InputError(f"mixed_precision '{config.mixed_precision}' is not one of {', '.join(MIXED_PRECISION)}.")
     if config.token_init not in TOKEN_INITS:
         raise InputError(f"token_init '{config.token_init}' is not one of {', '.join(TOKEN_INITS)}.")
+    if not 0 < config.augment_scale <= 1:
+        raise InputError(f"augment_scale must be in (0, 1] (got {config.augment_scale}); 1 turns crops off.")
     if config.steps < 1 or config.batch_size < 1:
         raise InputError(f"steps and batch_size must be at least 1 (got {config.steps}, {config.batch_size}).")
     check_trigger(model, config.trigger)
@@ -107,8 +112,28 @@ def check_trigger(model: Model, trigger: str) -> None:
                              f"would change what that word means; choose a new word such as '<{trigger}>'.")
 
 
-def fill_template(template: str, trigger: str, class_word: str) -> str:
-    return template.replace("{trigger}", trigger).replace("{class}", class_word)
+def trains_token(config: TrainConfig) -> bool:
+    return config.trainable == "embedding" or config.train_token or config.train_text_encoder
+
+
+def token_start(config: TrainConfig) -> str:
+    """Where the trigger's vector starts: "class" or "rare" ("auto" resolved, see TrainConfig.token_init)."""
+    if config.token_init != "auto":
+        return config.token_init
+    return "class" if trains_token(config) else "rare"
+
+
+def identifier(config: TrainConfig) -> str:
+    """The words that name the subject in captions, one rule for every recipe: the trigger alone where it starts
+    at the class word's vector (it replaces the class word), else the trigger beside the class word."""
+    return config.trigger if token_start(config) == "class" else f"{config.trigger} {config.class_word}"
+
+
+def fill_template(template: str, config: TrainConfig) -> str:
+    """A caption with its slots filled: "{trigger}" (or "{trigger} {class}") is the subject's identifier,
+    a "{class}" elsewhere the class word."""
+    return (template.replace("{trigger} {class}", "{trigger}").replace("{trigger}", identifier(config))
+            .replace("{class}", config.class_word))
 
 
 def caption_lines(text: str) -> list[str]:
@@ -119,7 +144,7 @@ def caption_lines(text: str) -> list[str]:
 def first_caption(config: TrainConfig) -> str:
     """The first training caption with its slots filled (what a preview draws)."""
     template = config.captions[0] if config.captions else config.templates[0]
-    return fill_template(template, config.trigger, config.class_word)
+    return fill_template(template, config)
 
 
 def instance_captions(config: TrainConfig, count: int) -> list[str]:
@@ -127,26 +152,47 @@ def instance_captions(config: TrainConfig, count: int) -> list[str]:
         if len(config.captions) != count:
             raise InputError(f"{len(config.captions)} captions were given for {count} images; give one per image "
                              "or none.")
-        captions = [fill_template(c, config.trigger, config.class_word) for c in config.captions]
+        captions = [fill_template(c, config) for c in config.captions]
     else:
-        fill = {"trigger": config.trigger, "class": config.class_word}
-        captions = [config.templates[i % len(config.templates)].format(**fill) for i in range(count)]
+        captions = [fill_template(config.templates[i % len(config.templates)], config) for i in range(count)]
     for i, caption in enumerate(captions):
         if config.trigger not in caption.split():
             raise InputError(f"caption {i + 1} ('{caption}') does not contain the trigger '{config.trigger}'.")
+    _check_augmentation(config, captions)
     return captions
 
 
-def class_captions(captions: list[str], trigger: str) -> list[str]:
-    """The instance captions without the trigger: what the class looks like to the base model."""
-    return [" ".join(w for w in c.split() if w != trigger) for c in captions]
+MIRRORED_WORDS = {"left", "right"}
+PLACE_WORDS = MIRRORED_WORDS | {"top", "bottom", "centre", "center", "middle", "corner"}
+
+
+def _check_augmentation(config: TrainConfig, captions: list[str]) -> None:
+    """Crops move the subject and mirrors swap its sides: where captions say where the subject is, either
+    teaches the model against its words (a warning: no node offers augmentation; a script asked for it)."""
+    contradicted = PLACE_WORDS if config.augment_scale < 1 else MIRRORED_WORDS if config.flip else set()
+    said = [(i, c, sorted(set(c.lower().replace(",", " ").split()) & contradicted)) for i, c in enumerate(captions)]
+    said = [s for s in said if s[2]]
+    if said:
+        index, caption, words = said[0]
+        kind = "random crops (augment_scale < 1)" if config.augment_scale < 1 else "mirroring (flip)"
+        log.warning("%d of %d captions say where the subject is, which %s contradict (caption %d: '%s' says %s); "
+                    "turn the augmentation off or leave the place out of the captions.", len(said), len(captions),
+                    kind, index + 1, caption, ", ".join(words))
+
+
+def class_captions(captions: list[str], config: TrainConfig) -> list[str]:
+    """The instance captions with the class word for the identifier: what the class looks like to the base
+    model."""
+    name = identifier(config)
+    return [" ".join(config.class_word if w == config.trigger else w for w in c.replace(name, config.trigger).split())
+            for c in captions]
 
 
 def _token_init(model: Model, config: TrainConfig) -> list[torch.Tensor]:
     vectors = []
     for i, encoder in enumerate(model.text_encoders):
         table = encoder.get_input_embeddings().weight.detach().float().cpu()
-        if config.token_init == "class":  # _check_config has made sure there is a class word
+        if token_start(config) == "class":  # _check_config has made sure there is a class word
             vectors.append(class_word_vector(model, i, config.class_word).cpu())
         else:  # a rare token: a random direction with the table's typical norm
             gen = torch.Generator().manual_seed(int(hashlib.sha256(f"{config.trigger}/{i}".encode()).hexdigest()[:8],
@@ -188,10 +234,11 @@ def train_concept(
                               lora_alpha=alpha if lora else 0.0,
                               parameters={"steps": config.steps, "learning_rate": config.learning_rate,
                                           "trainable": config.trainable, "batch_size": config.batch_size,
-                                          "seed": config.seed, "images": len(pixels), **config.parameters})
+                                          "seed": config.seed, "images": len(pixels),
+                                          "token_start": token_start(config), **config.parameters})
             return TrainResult(concept, outcome.losses, outcome.resumed_from)
 
-        train_token = config.trainable == "embedding" or config.train_token or config.train_text_encoder
+        train_token = trains_token(config)
         run = TrainingRun(
             model,
             lambda carrying: build_trainable(carrying, config.trainable, token_init, train_token=train_token,

@@ -21,11 +21,12 @@ class DataSource(Protocol):
 
 @dataclass
 class FewShotImages:
-    """A few images with their captions: each batch draws with repetition and augments (zoom-in crops, mirror)."""
+    """A few images with their captions: each batch draws with repetition; augmentation (zoom-in crops, mirror)
+    only when asked, since both can contradict a caption's position words."""
 
     pixels: torch.Tensor  # [N, 3, H, W] in -1..1 (prepare_images)
     captions: list[str]
-    augment_scale: float = 0.9
+    augment_scale: float = 1.0
     flip: bool = False
 
     def __len__(self) -> int:
@@ -33,7 +34,9 @@ class FewShotImages:
 
     def batch(self, step: int, batch_size: int, generator: torch.Generator) -> Batch:
         pick = torch.randint(0, len(self.pixels), (batch_size,), generator=generator)
-        images = augment(self.pixels[pick], generator, self.augment_scale, self.flip)
+        images = self.pixels[pick]
+        if self.augment_scale < 1 or self.flip:
+            images = augment(images, generator, self.augment_scale, self.flip)
         return Batch(images, [self.captions[i] for i in pick])
 
 

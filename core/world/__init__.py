@@ -3,8 +3,19 @@ every method is measured in, exactly, from the generator's ground truth."""
 
 from .scenes import Scene, WorldObject, evaluation_scenes, random_scene, style_renders, training_batch
 from .subjects import training_renders
-from .vocabulary import CAPTION_WORDS, COLOURS, HELDOUT_INSTANCE_SEEDS, IMAGE_SIZE, PATTERNS, POSITIONS, SHAPES, SIZES
+from .vocabulary import (
+    CAPTION_WORDS,
+    COLOURS,
+    HELDOUT_DOMAINS,
+    HELDOUT_INSTANCE_SEEDS,
+    HELDOUT_STYLE,
+    IMAGE_SIZE,
+    PATTERNS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+)
 
-__all__ = ["CAPTION_WORDS", "COLOURS", "HELDOUT_INSTANCE_SEEDS", "IMAGE_SIZE", "PATTERNS", "POSITIONS", "SHAPES",
-           "SIZES", "Scene", "WorldObject", "evaluation_scenes", "random_scene", "style_renders", "training_batch",
-           "training_renders"]
+__all__ = ["CAPTION_WORDS", "COLOURS", "HELDOUT_DOMAINS", "HELDOUT_INSTANCE_SEEDS", "HELDOUT_STYLE", "IMAGE_SIZE",
+           "PATTERNS", "POSITIONS", "SHAPES", "SIZES", "Scene", "WorldObject", "evaluation_scenes", "random_scene",
+           "style_renders", "training_batch", "training_renders"]

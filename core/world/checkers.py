@@ -14,9 +14,19 @@ import numpy as np
 import torch
 
 from .metric_nets import crop_mask, load_shape_classifier
-from .render import pattern_mask
+from .render import background, pattern_mask
 from .scenes import Scene
-from .vocabulary import COLOURS, HELDOUT_STYLE, IMAGE_SIZE, PATTERN_SHADE, PATTERNS, POSITIONS, SHAPES, SIZES
+from .vocabulary import (
+    COLOURS,
+    HELDOUT_DOMAINS,
+    HELDOUT_PLACES,
+    IMAGE_SIZE,
+    PATTERN_SHADE,
+    PATTERNS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+)
 
 COLOUR_NAMES = list(COLOURS)
 # Reference colours: each colour and its pattern shade, both named by the colour.
@@ -56,7 +66,7 @@ def nearest_reference(image: np.ndarray) -> np.ndarray:
     return d.argmin(-1)
 
 
-ALL_PATTERNS = (*PATTERNS, HELDOUT_STYLE)
+ALL_PATTERNS = (*PATTERNS, *(d for d in HELDOUT_DOMAINS if d != "snowline" and d not in HELDOUT_PLACES))  # marks
 PHASES = 8  # scenes shift their pattern by 0..7 pixels in x and y
 
 
@@ -97,6 +107,48 @@ def read_pattern(image: np.ndarray) -> tuple[str, tuple[int, int]]:
     """The background pattern of an image and its phase (exact on renders)."""
     reading = read_background_pattern(image)
     return reading.pattern, reading.phase
+
+
+SNOW_THIRD = 21  # rows: the frame's top and bottom thirds, where a snowline is read
+SNOW_SHARE, NO_SNOW_SHARE = 0.6, 0.3
+
+
+def read_domain(image: np.ndarray) -> str | None:
+    """Which held-out domain (HELDOUT_DOMAINS) an image shows, or None (exact on renders): a snowline when the
+    frame's bottom third is mostly white and its top third mostly not; a held-out mark pattern the pattern reader
+    finds; a held-out place where the foreground's centroid sits."""
+    white = nearest_reference(image) == COLOUR_NAMES.index("white")
+    frame = np.ones(white.shape, bool)
+    frame[BORDER:-BORDER, BORDER:-BORDER] = False
+    bottom, top = frame.copy(), frame.copy()
+    bottom[:IMAGE_SIZE - SNOW_THIRD] = False
+    top[SNOW_THIRD:] = False
+    if white[bottom].mean() >= SNOW_SHARE and white[top].mean() <= NO_SNOW_SHARE:
+        return "snowline"
+    reading = read_background_pattern(image)
+    if reading.pattern in HELDOUT_DOMAINS:
+        return reading.pattern
+    return _held_out_place(image, reading)
+
+
+PLACE_TOLERANCE = 9  # pixels (each axis) between the foreground's centroid and a held-out place's anchor: the
+# corner's quadrant, 19 px from the nearest captioned place
+FOREGROUND_DIFFERENCE = 40  # levels (any channel) from the background read, where an object is
+
+
+def _held_out_place(image: np.ndarray, reading: BackgroundReading) -> str | None:
+    """A layout domain (HELDOUT_PLACES) when the image's foreground (what differs from the background read from
+    it, pattern and phase included) sits at its place."""
+    plain = background(reading.colour, reading.pattern, reading.phase)
+    foreground = np.abs(image.astype(np.float32) - plain).max(-1) > FOREGROUND_DIFFERENCE
+    if foreground.sum() < MIN_OBJECT_PIXELS:
+        return None
+    ys, xs = np.nonzero(foreground)
+    centre = np.array([xs.mean(), ys.mean()])
+    for place, anchor in HELDOUT_PLACES.items():
+        if np.abs(centre - np.array(anchor)).max() <= PLACE_TOLERANCE:
+            return place
+    return None
 
 
 def read_background(labels: np.ndarray) -> str:

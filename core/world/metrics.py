@@ -15,6 +15,7 @@ from .checkers import (
     nearest_reference,
     pair_accuracy,
     read_background_pattern,
+    read_domain,
     read_object,
     text_fidelity,
 )
@@ -79,9 +80,9 @@ def scene_features(images) -> np.ndarray:
     return np.stack(rows)
 
 
-def domain_hit_rate(images, pattern: str = HELDOUT_STYLE) -> float:
-    """The share of images whose background shows `pattern` (the target domain's), read exactly."""
-    return float(np.mean([read_background_pattern(image).pattern == pattern for image in as_uint8(images)]))
+def domain_hit_rate(images, domain: str = HELDOUT_STYLE) -> float:
+    """The share of images whose background shows `domain` (one of HELDOUT_DOMAINS), read exactly."""
+    return float(np.mean([read_domain(image) == domain for image in as_uint8(images)]))
 
 
 def domain_fidelity(images, domain_images, features: str = "scene") -> float:

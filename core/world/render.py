@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from functools import cache
+from dataclasses import dataclass
+from functools import cache, lru_cache
 
 import numpy as np
 
-from .vocabulary import COLOURS, IMAGE_SIZE, INSTANCE_SIZE, PATTERN_SHADE
+from .vocabulary import (
+    BODY_SHAPES,
+    COLOURS,
+    CREATURE_COLOURS,
+    IMAGE_SIZE,
+    INSTANCE_CLASS_WORD,
+    INSTANCE_SIZE,
+    MARKINGS,
+    PATTERN_SHADE,
+    SNOWLINE_ROW,
+)
 
 SUPERSAMPLE = 4
 
@@ -52,8 +63,12 @@ def pattern_mask(pattern: str, phase: tuple[int, int] = (0, 0)) -> np.ndarray:
         return ((x // 8) + (y // 8)) % 2 == 0
     if pattern == "dotted":
         return ((x % 8) - 3.5) ** 2 + ((y % 8) - 3.5) ** 2 <= 4
-    if pattern == "zigzag":  # the held-out style
+    if pattern == "zigzag":  # a held-out domain
         return ((y + np.abs((x % 12) - 6)) // 4) % 2 == 0
+    if pattern == "big_checks":  # a held-out domain
+        return ((x // 16) + (y // 16)) % 2 == 0
+    if pattern == "snowline":  # a held-out domain: no marks; its white bottom third is painted by background()
+        return np.zeros((IMAGE_SIZE, IMAGE_SIZE), bool)
     raise ValueError(f"unknown pattern {pattern}")
 
 
@@ -61,6 +76,8 @@ def background(colour: str, pattern: str, phase: tuple[int, int] = (0, 0)) -> np
     base = np.array(COLOURS[colour], np.float32)
     image = np.broadcast_to(base, (IMAGE_SIZE, IMAGE_SIZE, 3)).copy()
     image[pattern_mask(pattern, phase)] = base * PATTERN_SHADE
+    if pattern == "snowline":
+        image[SNOWLINE_ROW:] = COLOURS["white"]
     return image
 
 
@@ -77,36 +94,79 @@ def paste(image: np.ndarray, mask: np.ndarray, colours: np.ndarray | tuple, cent
     region[sub] = fill
 
 
-@cache
+@dataclass(frozen=True)
+class CreatureTraits:
+    """What words can say of a creature. `marking` None: a plain body (its `marking_colour` is then None too)."""
+    colour: str
+    body: str
+    marking: str | None
+    marking_colour: str | None
+
+    def words(self, said: tuple[str, ...] = ("body", "colour", "marking")) -> str:
+        """The creature's description, saying only the traits in `said`: "a round green creature with orange
+        spots"; "a creature" when it says none."""
+        adjectives = [getattr(self, t) for t in ("body", "colour") if t in said]
+        words = " ".join(["a", *adjectives, INSTANCE_CLASS_WORD])
+        if "marking" in said and self.marking is not None:
+            words += f" with {self.marking_colour} {self.marking}"
+        return words
+
+
+def creature_traits(seed: int) -> CreatureTraits:
+    """The sayable traits of creature `seed` (the first draws of its seed's generator)."""
+    rng = np.random.default_rng(seed)
+    colours = list(CREATURE_COLOURS)
+    colour = colours[int(rng.integers(len(colours)))]
+    body = BODY_SHAPES[int(rng.integers(len(BODY_SHAPES)))]
+    kind = int(rng.integers(len(MARKINGS) + 1))
+    if kind == len(MARKINGS):
+        return CreatureTraits(colour, body, None, None)
+    others = [c for c in colours if c != colour]
+    return CreatureTraits(colour, body, MARKINGS[kind], others[int(rng.integers(len(others)))])
+
+
+def _jittered(colour: str, rng: np.random.Generator, spread: float) -> np.ndarray:
+    return np.clip(np.array(CREATURE_COLOURS[colour], np.float32) + rng.uniform(-spread, spread, 3), 0, 255)
+
+
+@lru_cache(maxsize=4096)
 def instance_sprite(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A unique creature: (mask, RGB) of INSTANCE_SIZE pixels, from its seed alone.
 
-    A blob body from a random radial profile, two or three body colours in a random pattern
-    (bands, spots or halves), and two eyes: recognisable as one individual, not describable in words.
+    Its traits (`creature_traits`) fix the body colour, the body shape (round, tall, wide, boxy) and the
+    markings (spots, stripes or none, in a named colour); the rest is detail words cannot say: the exact hues,
+    the body's proportions and outline, where the spots sit and how the stripes run, where the eyes are.
     """
-    rng = np.random.default_rng(seed)
+    traits = creature_traits(seed)
+    rng = np.random.default_rng([seed, 1])
     n = INSTANCE_SIZE
     c = (np.arange(n) + 0.5) / n * 2 - 1
     x, y = np.meshgrid(c, c)
-    angle, radius = np.arctan2(y, x), np.sqrt(x**2 + y**2)
-    profile = 0.78 + sum(rng.uniform(-0.12, 0.12) * np.cos(k * angle + rng.uniform(0, 2 * np.pi)) for k in range(2, 5))
-    mask = radius <= profile
-    palette = rng.uniform(30, 245, size=(3, 3)).astype(np.float32)
-    kind = rng.integers(3)
-    freq, tilt = rng.uniform(2, 5), rng.uniform(0, np.pi)
-    u = x * np.cos(tilt) + y * np.sin(tilt)
-    if kind == 0:
-        index = (np.floor((u + 1) * freq) % 2).astype(int)
-    elif kind == 1:
-        spots = rng.uniform(-0.7, 0.7, size=(rng.integers(3, 7), 2))
-        index = np.zeros((n, n), int)
-        for sx, sy in spots:
-            index[(x - sx) ** 2 + (y - sy) ** 2 <= rng.uniform(0.02, 0.06)] = 1
-    else:
-        index = (u > rng.uniform(-0.3, 0.3)).astype(int)
-    index[(radius > profile - 0.18) & mask] = 2  # a rim in the third colour
-    rgb = palette[index]
-    eye_y, eye_dx = rng.uniform(-0.45, -0.1), rng.uniform(0.18, 0.35)
+    long_side, short_side = rng.uniform(0.88, 0.98), rng.uniform(0.55, 0.68)
+    half_width, half_height = {"round": (long_side, long_side), "tall": (short_side, long_side),
+                               "wide": (long_side, short_side), "boxy": (long_side * 0.9, long_side * 0.9)
+                               }[traits.body]
+    u, v = x / half_width, y / half_height
+    angle = np.arctan2(v, u)
+    wobble = 1 + sum(rng.uniform(-0.06, 0.06) * np.cos(k * angle + rng.uniform(0, 2 * np.pi)) for k in (2, 3))
+    exponent = 4.0 if traits.body == "boxy" else 2.0
+    mask = (np.abs(u) ** exponent + np.abs(v) ** exponent) ** (1 / exponent) <= wobble
+    body = _jittered(traits.colour, rng, 22)
+    rgb = np.broadcast_to(body, (n, n, 3)).copy()
+    if traits.marking is not None:
+        marks = np.zeros((n, n), bool)
+        if traits.marking == "spots":
+            for _ in range(int(rng.integers(3, 6))):
+                sx, sy = rng.uniform(-0.55, 0.55) * half_width, rng.uniform(-0.55, 0.55) * half_height
+                marks |= (x - sx) ** 2 + (y - sy) ** 2 <= rng.uniform(0.18, 0.26) ** 2
+        else:
+            tilt = rng.uniform(-0.5, 0.5) + (np.pi / 2 if rng.random() < 0.5 else 0)
+            along = x * np.cos(tilt) + y * np.sin(tilt)
+            marks = (np.floor((along + 1) * rng.uniform(1.6, 2.4) + rng.uniform(0, 1)) % 2).astype(bool)
+        rgb[marks] = _jittered(traits.marking_colour, rng, 18)
+    rim = mask & ~(np.abs(u) ** exponent + np.abs(v) ** exponent <= (wobble - 0.16) ** exponent)
+    rgb[rim] = body * 0.6
+    eye_y, eye_dx = rng.uniform(-0.45, -0.15) * half_height, rng.uniform(0.25, 0.45) * half_width
     for ex in (-eye_dx, eye_dx):
-        rgb[(x - ex) ** 2 + (y - eye_y) ** 2 <= 0.012] = (20, 20, 20)
+        rgb[(x - ex) ** 2 + (y - eye_y) ** 2 <= 0.015] = (20, 20, 20)
     return mask, rgb

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .scenes import Scene, WorldObject
-from .vocabulary import COLOURS, HELDOUT_INSTANCE_SEEDS, INSTANCE_CLASS_WORD, PAIRED_POSITIONS, PATTERNS, POSITIONS
+from .scenes import Scene, WorldObject, background_colours
+from .vocabulary import HELDOUT_INSTANCE_SEEDS, PAIRED_POSITIONS, PATTERNS, POSITIONS
 
-TRIGGER_SLOT, CLASS_SLOT = "{trigger}", "{class}"
+TRIGGER_SLOT = "{trigger}"
 
 
 def subject_seed(index: int) -> int:
@@ -18,22 +18,26 @@ def subject_seed(index: int) -> int:
     return HELDOUT_INSTANCE_SEEDS[index]
 
 
+def _personal(token: str | None) -> str | None:
+    """How a caption names a personal subject: "a <identifier>" ("a <s0>", "a <s0> creature"), as it says
+    "a creature" where no word names it."""
+    return f"a {token}" if token else None
+
+
 def _scenes(index: int, count: int, seed: int, token: str | None) -> list[Scene]:
     rng = np.random.default_rng([seed, index, 17])
-    colours, positions = list(COLOURS), list(POSITIONS)
+    colours, positions = background_colours(subject_seed(index)), list(POSITIONS)
     return [Scene(colours[int(rng.integers(len(colours)))], PATTERNS[int(rng.integers(2))],
                   (WorldObject(positions[int(rng.integers(len(positions)))], instance=subject_seed(index),
-                               token=token),)) for _ in range(count)]
+                               token=_personal(token)),)) for _ in range(count)]
 
 
 def training_renders(index: int, count: int = 4, seed: int = 0) -> tuple[np.ndarray, list[str]]:
     """`count` renders of subject `index` on varied backgrounds and places (uint8 [N, 64, 64, 3]) and their
-    captions with {trigger} and {class} slots: "a {trigger} {class} on the left, blue background"."""
+    captions with the identifier's slot: "a {trigger} on the left, blue background"."""
     scenes = _scenes(index, count, seed, TRIGGER_SLOT)
     rng = np.random.default_rng([seed, index, 18])
-    captions = [s.caption().replace(f"{TRIGGER_SLOT} {INSTANCE_CLASS_WORD}", f"{TRIGGER_SLOT} {CLASS_SLOT}")
-                for s in scenes]
-    return np.stack([s.render(rng) for s in scenes]), captions
+    return np.stack([s.render(rng) for s in scenes]), [s.caption() for s in scenes]
 
 
 def reference_renders(index: int, count: int = 8) -> np.ndarray:
@@ -44,20 +48,22 @@ def reference_renders(index: int, count: int = 8) -> np.ndarray:
 
 
 def evaluation_scenes(index: int, token: str, count: int = 8) -> list[Scene]:
-    """Scenes whose captions put the subject (by its token) in new places and on new backgrounds."""
+    """Scenes whose captions put the subject (by its identifier, `training.identifier`) in new places and on new
+    backgrounds."""
     return _scenes(index, count, 20_000, token)
 
 
 def pair_scenes(first: tuple[int, str], second: tuple[int, str], count: int = 8, seed: int = 30_000) -> list[Scene]:
     """Scenes with two subjects ((index, token) each) at a pair of places, their captions naming both by token."""
     rng = np.random.default_rng([seed, first[0], second[0]])
-    colours = list(COLOURS)
+    colours = [c for c in background_colours(subject_seed(first[0]))
+               if c in background_colours(subject_seed(second[0]))]
     scenes = []
     for _ in range(count):
         places = PAIRED_POSITIONS[int(rng.integers(len(PAIRED_POSITIONS)))]
         if rng.random() < 0.5:
             places = places[::-1]
-        objects = tuple(WorldObject(place, instance=subject_seed(index), token=token)
+        objects = tuple(WorldObject(place, instance=subject_seed(index), token=_personal(token))
                         for place, (index, token) in zip(places, (first, second), strict=True))
         scenes.append(Scene(colours[int(rng.integers(len(colours)))], PATTERNS[int(rng.integers(2))], objects))
     return scenes

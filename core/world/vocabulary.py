@@ -41,18 +41,56 @@ HELDOUT_PAIRS = frozenset({
     ("yellow", "cross"), ("purple", "circle"), ("white", "square"),
 })
 
-# Unique sprites ("creatures") are the instance domain: the base model learns the class word from
-# a training pool; held-out ones are personal subjects ("a <c1> creature ...").
+# Creatures are the instance domain. Each is drawn from its seed: attributes that words say (body colour, body
+# shape, marking kind and colour: "a round green creature with orange spots") and detail they cannot (exact
+# hues, marking placement, proportions, eyes). The base model learns the words from an unnamed training pool and
+# NAMED_CREATURES, a pool of creatures that are each a word of the vocabulary ("tavi on the left"), as a real
+# model knows named things; held-out creatures are never named in training and are the personal subjects.
 INSTANCE_CLASS_WORD = "creature"
 INSTANCE_SIZE = 32
+CREATURE_COLOURS: dict[str, tuple[int, int, int]] = {**COLOURS, "orange": (245, 140, 30), "pink": (245, 135, 190)}
+BODY_SHAPES = ("round", "tall", "wide", "boxy")
+MARKINGS = ("spots", "stripes")  # or none: a plain body, about which captions say nothing
 TRAIN_INSTANCE_SEEDS = range(0, 100_000)
 HELDOUT_INSTANCE_SEEDS = range(1_000_000, 1_000_100)
 ENCODER_DOMAIN_SEEDS = range(4_000_000, 4_100_000)  # the Concept Encoder's domain: creatures no one else uses
+NAMED_CREATURE_COUNT = 512
+NAMED_CREATURE_SEEDS = range(5_000_000, 5_000_000 + NAMED_CREATURE_COUNT)
 
-# An unseen background style, as a few-shot target domain (never in training captions or images).
+# Unseen domains, as few-shot targets (never in training captions or images). Background domains: "zigzag"
+# (second edition), a fine texture the prior settles below the SGE guidance window; "big_checks" (16 px checks)
+# and "snowline" (the bottom third of the background white). Layout domains: the scene's one object in a corner,
+# a place no caption names (HELDOUT_PLACES): "top_left", "bottom_right".
 HELDOUT_STYLE = "zigzag"
+HELDOUT_DOMAINS = ("zigzag", "big_checks", "snowline", "top_left", "bottom_right")
+HELDOUT_PLACES: dict[str, tuple[int, int]] = {"top_left": (13, 13), "bottom_right": (51, 51)}  # centres (x, y)
+LAYOUT_DOMAINS = tuple(HELDOUT_PLACES)
+SNOWLINE_ROW = 43  # the first white row of a snowline background
 
-CAPTION_WORDS = sorted(
+
+def _creature_names(count: int, taken: set[str]) -> tuple[str, ...]:
+    """`count` short made-up names (consonant-vowel syllables: "tavi", "moro"), a fixed list, none in `taken`."""
+    import numpy as np
+
+    consonants, vowels = "bdfgklmnprstvz", "aeiou"
+    syllables = [c + v for c in consonants for v in vowels]
+    rng, names = np.random.default_rng(2026), []
+    while len(names) < count:
+        name = "".join(syllables[i] for i in rng.integers(len(syllables), size=int(rng.integers(2, 4))))
+        if name not in names and name not in taken:
+            names.append(name)
+    return tuple(names)
+
+
+# Word lists in the order each edition first used them: a tokenizer built from them gives every earlier word the
+# id it had (the merges of later words rank lower), so a continued model keeps its embeddings.
+SECOND_EDITION_WORDS = sorted(
     {"a", "and", "on", "the", "at", "in", "background", INSTANCE_CLASS_WORD, "plain"}
     | set(COLOURS) | set(SHAPES) | set(SIZES) | set(POSITIONS) | {w for w in PATTERN_WORDS.values() if w}
 )
+_THIRD_EDITION_TRAITS = sorted(({"with"} | set(CREATURE_COLOURS) | set(BODY_SHAPES) | set(MARKINGS))
+                               - set(SECOND_EDITION_WORDS))
+# Name i is the creature of NAMED_CREATURE_SEEDS[i].
+CREATURE_NAMES = _creature_names(NAMED_CREATURE_COUNT, {*SECOND_EDITION_WORDS, *_THIRD_EDITION_TRAITS})
+THIRD_EDITION_WORDS = [*_THIRD_EDITION_TRAITS, *CREATURE_NAMES]
+CAPTION_WORDS = SECOND_EDITION_WORDS + THIRD_EDITION_WORDS

@@ -23,7 +23,7 @@ state = PartialState(cpu=True)  # as the training loop asks for on a CPU model
 model = load_model(model_dir, device="cpu")
 backbone = backbone_for(model, load_clip_vision(clip_dir))
 start = Pretrained.fresh(model, backbone, "cat", hidden=32)
-data = folder_domain(images, model.default_size, PRETRAIN_TRIGGER, "cat")
+data = folder_domain(images, model.default_size, PRETRAIN_TRIGGER)
 trained, _ = pretrain_encoder(model, backbone, start, PretrainSettings(steps=3, batch_size=2), data)
 save_encoder(trained, out / f"rank{state.process_index}.safetensors")
 print(f"process {state.process_index} of {state.num_processes} done")

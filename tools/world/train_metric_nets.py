@@ -22,7 +22,7 @@ from conceptkit.core.world.metric_nets import (
     crop_mask,
     shape_classifier,
 )
-from conceptkit.core.world.render import shape_mask
+from conceptkit.core.world.render import creature_traits, shape_mask
 from conceptkit.core.world.scenes import Scene, WorldObject
 from conceptkit.core.world.vocabulary import COLOURS, PATTERNS, POSITIONS, SHAPES
 
@@ -73,13 +73,41 @@ def creature_view(rng: np.random.Generator, seed: int) -> np.ndarray:
     return t[0].clamp(0, 1).numpy()
 
 
-def train_identity_network(steps: int = 2000, pairs: int = 32, seed: int = 0) -> IdentityNet:
+def trait_groups(seeds: range) -> list[list[int]]:
+    """Creatures of `seeds` grouped by their sayable traits (same words, other detail): hard negatives."""
+    groups: dict = {}
+    for seed in seeds:
+        groups.setdefault(creature_traits(seed), []).append(seed)
+    return [g for g in groups.values() if len(g) >= 4]
+
+
+def round_trips(views: np.ndarray, vae, rng: np.random.Generator, share: float = 0.5) -> np.ndarray:
+    """`views` [N, 3, 64, 64] in 0..1 with a random `share` of them through `vae` (encode, decode): what a latent
+    model can draw of them."""
+    if vae is None:
+        return views
+    chosen = np.nonzero(rng.random(len(views)) < share)[0]
+    if len(chosen):
+        with torch.no_grad():
+            x = torch.from_numpy(views[chosen]) * 2 - 1
+            views[chosen] = ((vae.decode(vae.encode(x).latent_dist.mean).sample + 1) / 2).clamp(0, 1).numpy()
+    return views
+
+
+def train_identity_network(steps: int = 3000, pairs: int = 32, seed: int = 0, vae=None,
+                           twins: int = 4) -> IdentityNet:
+    """Contrastive: two views of each of `pairs` creatures; half the creatures come in groups of `twins` that
+    share every sayable trait, so the network tells creatures apart by detail too; with `vae`, half the views
+    are VAE round trips."""
     rng, model = np.random.default_rng(seed), IdentityNet()
     torch.manual_seed(seed)
+    groups = trait_groups(IDENTITY_TRAIN_SEEDS)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     for step in range(steps):
-        seeds = rng.choice(IDENTITY_TRAIN_SEEDS, size=pairs, replace=False)
-        views = np.stack([creature_view(rng, int(s)) for s in seeds for _ in range(2)])
+        alike = [int(s) for g in rng.choice(len(groups), pairs // 2 // twins, replace=False)
+                 for s in rng.choice(groups[g], twins, replace=False)]
+        seeds = alike + [int(s) for s in rng.choice(IDENTITY_TRAIN_SEEDS, size=pairs - len(alike), replace=False)]
+        views = round_trips(np.stack([creature_view(rng, s) for s in seeds for _ in range(2)]), vae, rng)
         z = model(torch.from_numpy(views)).view(pairs, 2, -1)
         logits = z[:, 0] @ z[:, 1].T / 0.1
         target = torch.arange(pairs)
@@ -97,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     parser.add_argument("--only", choices=["shape", "identity"], default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--vae", type=Path, default=None, help="a VAE folder: half the identity views go through it")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -105,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "shape"):
         save_file(train_shape_classifier().state_dict(), str(args.out / "shape_classifier.safetensors"))
     if args.only in (None, "identity"):
-        save_file(train_identity_network().state_dict(), str(args.out / "identity.safetensors"))
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.vae).eval() if args.vae else None
+        save_file(train_identity_network(vae=vae).state_dict(), str(args.out / "identity.safetensors"))
     return 0
 
 

@@ -94,11 +94,19 @@ def init_folder(cfg: dict) -> Path | None:
 
 
 def train_vae(cfg: dict, workdir: Path, accelerator: Accelerator, deadline: Deadline) -> AutoencoderKL | None:
+    """The VAE: trained from scratch, or a continued run's VAE, its decoder fine-tuned when the config asks."""
     final = workdir / "vae_final"
-    if not (final / "config.json").exists() and (init := init_folder(cfg)) is not None:
-        AutoencoderKL.from_pretrained(init / "vae").save_pretrained(final)  # a continued run keeps its VAE
     if (final / "config.json").exists():
         return AutoencoderKL.from_pretrained(final)
+    init = init_folder(cfg)
+    vae = _vae_from_scratch(cfg, workdir, accelerator, deadline) if init is None else \
+        _decoder_finetuned(cfg, AutoencoderKL.from_pretrained(init / "vae"), workdir, accelerator, deadline)
+    if vae is not None and accelerator.is_main_process:
+        vae.save_pretrained(final)
+    return vae
+
+
+def _vae_from_scratch(cfg: dict, workdir: Path, accelerator: Accelerator, deadline: Deadline) -> AutoencoderKL | None:
     c = cfg["vae"]
     torch.manual_seed(cfg["seed"])
     vae = AutoencoderKL(**c["model"])
@@ -123,9 +131,42 @@ def train_vae(cfg: dict, workdir: Path, accelerator: Accelerator, deadline: Dead
         return None
     vae = accelerator.unwrap_model(vae)
     vae.register_to_config(scaling_factor=latent_scaling_factor(vae, cfg["seed"]))
-    if accelerator.is_main_process:
-        vae.save_pretrained(final)
     return vae
+
+
+def _decoder_finetuned(cfg: dict, vae: AutoencoderKL, workdir: Path, accelerator: Accelerator, deadline: Deadline
+                       ) -> AutoencoderKL | None:
+    """A continued run's VAE with its decoder trained on whole 64x64 scenes of the run's mix (`vae_decoder` in the
+    config; none: kept as it is). The encoder stays frozen, so latents, and the UNet that models them, are
+    unchanged; the decoder learns what crops never showed it, the image's outer rows (without this, a plain blue
+    background decoded to (56, 89, 196) inside and (1, 40, 248) on the outer row)."""
+    c = cfg.get("vae_decoder")
+    if c is None:
+        return vae
+    vae.requires_grad_(False)
+    vae.decoder.requires_grad_(True)
+    vae.post_quant_conv.requires_grad_(True)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=c["lr"], weight_decay=0.0)
+    engine = _engine(cfg, c["steps"], workdir / "vae_decoder", "vae decoder", accelerator, deadline)
+    vae, optimizer = engine.prepare(vae, optimizer)
+    plain = accelerator.unwrap_model(vae)
+
+    def loss_at(step: int) -> torch.Tensor:
+        images, _ = training_batch(cfg["seed"] + 1000 * accelerator.process_index + 1, step, c["batch_size"],
+                                   scene_mix(cfg))
+        gen = stream_generator(cfg["seed"], VAE_STREAM, step, accelerator.process_index)
+        x = images_to_tensor(images).to(accelerator.device)
+        with torch.no_grad():
+            posterior = plain.encode(x).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(x.device)
+        recon = plain.decode(z).sample
+        return F.l1_loss(recon, x) + F.mse_loss(recon, x)
+
+    outcome = engine.run(loss_at, optimizer, {"vae_decoder": plain.decoder, "post_quant_conv": plain.post_quant_conv},
+                         params=params, before_step=_lr_schedule(optimizer, c),
+                         after_step=_log_every(50, "vae decoder"))
+    return accelerator.unwrap_model(vae).requires_grad_(False) if outcome.finished else None
 
 
 @torch.no_grad()
@@ -198,6 +239,39 @@ def build_text_encoder(cfg: dict, vocab_size: int) -> CLIPTextModel:
                                         **cfg["text_encoder"]))
 
 
+def _run_tokenizer(cfg: dict, workdir: Path, init: Path | None) -> CLIPTokenizer:
+    """The run's tokenizer, written once into its folder and kept: a continued run's own (or, with
+    `grow_vocabulary`, one of today's words, which gives every earlier word its id), else today's words."""
+    folder = workdir / "tokenizer"
+    if not (folder / "vocab.json").exists():
+        if init is not None and not cfg.get("grow_vocabulary", False):
+            shutil.copytree(init / "tokenizer", folder)
+        else:
+            write_clip_tokenizer(CAPTION_WORDS, folder, max_length=cfg["text_encoder"]["max_position_embeddings"])
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+@torch.no_grad()
+def grown_text_encoder(old: CLIPTextModel, old_tokenizer: CLIPTokenizer, new: CLIPTextModel,
+                       new_tokenizer: CLIPTokenizer, seed: int) -> None:
+    """Load `old`'s weights into `new`, whose vocabulary holds every token of `old`'s and more: each old token's
+    embedding moves to its id in the new vocabulary; a new token starts at the old embeddings' mean plus noise of
+    their spread (seeded), so new words start apart and at a word's typical norm."""
+    state = old.state_dict()
+    key = next(k for k in state if k.endswith("token_embedding.weight"))
+    old_rows = state.pop(key)
+    rows = new.get_input_embeddings().weight
+    gen = stream_generator(seed, 4)
+    rows.copy_(old_rows.mean(0) + old_rows.std(0) * torch.randn(rows.shape, generator=gen))
+    old_vocab = old_tokenizer.get_vocab()
+    for token, new_id in new_tokenizer.get_vocab().items():
+        if token in old_vocab:
+            rows[new_id] = old_rows[old_vocab[token]]
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    if missing != [key] or unexpected:
+        raise ValueError(f"the text encoders differ beyond their vocabularies: {missing}, {unexpected}")
+
+
 class EMA:
     """Exponential moving average of a module's weights (the weights that ship)."""
 
@@ -216,19 +290,14 @@ def train_diffusion(cfg: dict, workdir: Path, vae: AutoencoderKL, data: dict, ac
     """Returns True when the configured number of steps is done."""
     c = cfg["diffusion"]
     init = init_folder(cfg)
-    if not (workdir / "tokenizer" / "vocab.json").exists() and init is not None:
-        shutil.copytree(init / "tokenizer", workdir / "tokenizer")
-    if (workdir / "tokenizer" / "vocab.json").exists():  # keep the tokenizer a run started with
-        tokenizer = CLIPTokenizer.from_pretrained(workdir / "tokenizer")
-    else:
-        tokenizer = write_clip_tokenizer(CAPTION_WORDS, workdir / "tokenizer",
-                                         max_length=cfg["text_encoder"]["max_position_embeddings"])
+    tokenizer = _run_tokenizer(cfg, workdir, init)
     torch.manual_seed(cfg["seed"] + 1)
     unet = UNet2DConditionModel(**cfg["unet"])
     text_encoder = build_text_encoder(cfg, len(tokenizer))
     if init is not None:  # the shipped (EMA) weights are where a continued run starts
         unet.load_state_dict(UNet2DConditionModel.from_pretrained(init / "unet").state_dict())
-        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(init / "text_encoder").state_dict())
+        grown_text_encoder(CLIPTextModel.from_pretrained(init / "text_encoder"),
+                           CLIPTokenizer.from_pretrained(init / "tokenizer"), text_encoder, tokenizer, cfg["seed"])
     ema_unet, ema_text = EMA(unet, c["ema_decay"]), EMA(text_encoder, c["ema_decay"])
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=c["lr"], weight_decay=1e-2)
@@ -329,7 +398,8 @@ def export_model(cfg: dict, workdir: Path, out: Path, checkpoint: Path | None = 
         record = {**record, "trained_steps": before["trained_steps"] + step, "edition": cfg["edition"],
                   "stages": before.get("stages", [{"mix": before.get("mix", "first_edition"),
                                                    "steps": before["trained_steps"]}]) + [
-                      {"mix": record["mix"], "steps": step, "continued_from": cfg["init_from_description"]}]}
+                      {"mix": record["mix"], "steps": step, "continued_from": cfg["init_from_description"],
+                       **({"vae_decoder_steps": cfg["vae_decoder"]["steps"]} if "vae_decoder" in cfg else {})}]}
     (out / "conceptkit.json").write_text(json.dumps(record, indent=2) + "\n")
     return out
 

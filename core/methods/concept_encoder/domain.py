@@ -27,7 +27,7 @@ def _random_scene(rng: np.random.Generator, creature: int, token: str | None) ->
 
 def world_domain(trigger: str):
     """The world's creature domain as a stream's `make(step, batch_size, generator)`: a pure function of the
-    step's generator. Targets [B, 3, 64, 64] in -1..1 with captions naming `trigger` ("a <t> creature on the left,
+    step's generator. Targets [B, 3, 64, 64] in -1..1 with captions naming `trigger` ("<t> on the left,
     red background"); each one's condition image (another render of the same creature) in `extra["condition"]`."""
 
     def make(step: int, batch_size: int, generator: torch.Generator) -> Batch:
@@ -52,24 +52,25 @@ def _pixels(images) -> torch.Tensor:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
-def folder_domain(folder: Path, resolution: int, trigger: str, class_word: str) -> Stream:
+def folder_domain(folder: Path, resolution: int, trigger: str) -> Stream:
     """A domain from a folder of images of one class (real models), as `image_domain`."""
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
         if Path(folder).is_dir() else []
     if len(files) < 2:
         raise InputError(f"{folder} holds {len(files)} images (.png, .jpg, .webp); a domain needs many images of "
                          "one class (hundreds or more).")
-    return image_domain([Image.open(p).convert("RGB") for p in files], resolution, trigger, class_word)
+    return image_domain([Image.open(p).convert("RGB") for p in files], resolution, trigger)
 
 
-def image_domain(images, resolution: int, trigger: str, class_word: str) -> Stream:
+def image_domain(images, resolution: int, trigger: str) -> Stream:
     """A domain from images of one class (any form prepare_images takes): each sample is one image, augmented
-    twice, the encoder reading one view and the loss taken on the other, captioned "a photo of <t> <class>"."""
+    twice, the encoder reading one view and the loss taken on the other, captioned "a photo of <t>" (the
+    trigger starts at the class word's vector and takes the class word's place)."""
     pixels = prepare_images(images, resolution)
     if len(pixels) < 2:
         raise InputError(f"{len(pixels)} image was given; a domain needs many images of one class (hundreds or "
                          "more).")
-    caption = f"a photo of {trigger} {class_word}"
+    caption = f"a photo of {trigger}"
 
     def make(step: int, batch_size: int, generator: torch.Generator) -> Batch:
         pick = torch.randint(0, len(pixels), (batch_size,), generator=generator)

@@ -231,7 +231,7 @@ def tune_concept(model: Model, pretrained: Pretrained, backbone: ImageBackbone, 
             pixels = prepare_images(image.permute(0, 2, 3, 1).add(1).div(2), model.default_size)
             run = TrainingRun(
                 model, lambda m: EncoderSet(m, vectors, encoder, offsets),
-                FewShotImages(pixels, [f"a {trigger} {class_word}"]),
+                FewShotImages(pixels, [f"a {trigger}"], augment_scale=0.9),
                 RunSettings(settings.steps, name=name), StepSettings(settings.batch_size, settings.seed),
                 optimizer=lambda t: token_and_weight_optimizer(t, settings.learning_rate, settings.learning_rate),
                 objective=EncoderObjective(encoder=encoder, backbone=backbone, class_vectors=vectors,

@@ -133,7 +133,7 @@ def consolidate(old: Concept | None, new: Concept, name: str) -> Concept:
     ranks = [*(old.parameters.get("ranks", []) if old is not None else []), new.lora_rank]
     return Concept(name, METHOD, new.family, new.base_fingerprint, (*old_triggers, *new.triggers), tensors,
                    lora_rank=rank, lora_alpha=float(rank), parameters={"concepts": len(old_triggers) + 1,
-                                                                       "ranks": ranks})
+                                                                       "ranks": ranks, "token_start": "rare"})
 
 
 def without(memory: Concept, trigger: str, ranks: list[int]) -> Concept | None:
