@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
 from .benchmarks.registry import SUITES
 from .core.errors import ConceptKitError
+
+
+def days(text: str) -> float:
+    """A number of days for --remove-older-than: finite and not negative (a negative age would remove every run)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of days") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} days: give a finite number of days, 0 or more")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "checkpoints, a finished run's result), and remove old ones")
     checkpoints.add_argument("--models", type=Path, default=None, help="models folder (as for run; default: "
                              "CONCEPTKIT_MODELS_DIR, else ./models); inside ComfyUI: ComfyUI's")
-    checkpoints.add_argument("--remove-older-than", type=float, default=None, metavar="DAYS",
+    checkpoints.add_argument("--remove-older-than", type=days, default=None, metavar="DAYS",
                              help="remove the runs whose newest checkpoint is older than DAYS days")
     checkpoints.add_argument("--remove", action="append", default=[], metavar="RUN",
                              help="remove this run's checkpoints (a name from the list; repeatable)")
@@ -142,10 +154,10 @@ def checkpoints(args) -> int:
     """Unfinished runs (cancelled or crashed, never queued again) hold checkpoints, finished ones their result,
     until removed here."""
     from .core.training.checkpoints import remove_run, stored_runs
-    from .nodes.comfy_adapter import headless_models_dir, writable_folder
+    from .nodes.comfy_adapter import headless_models_dir, models_folder
 
     with headless_models_dir(args.models):
-        folder = writable_folder("conceptkit_checkpoints")
+        folder = models_folder("conceptkit_checkpoints")  # listing creates nothing
     runs = stored_runs(folder)
     unknown = set(args.remove) - {r.path.name for r in runs}
     if unknown:

@@ -122,15 +122,20 @@ def _registered(folder_paths, kind: str) -> None:
         folder_paths.folder_names_and_paths[kind] = ([str(Path(folder_paths.models_dir) / relative)], extensions)
 
 
-def writable_folder(kind: str) -> Path:
-    """Where files of `kind` ("loras", "embeddings", "conceptkit_concepts", ...) are written: ComfyUI's first
-    folder of that kind; headless, <models dir>/<kind> (--models or CONCEPTKIT_MODELS_DIR), else ./models/<kind>."""
+def models_folder(kind: str) -> Path:
+    """Where files of `kind` ("loras", "embeddings", "conceptkit_concepts", ...) live: ComfyUI's first folder of
+    that kind; headless, <models dir>/<kind> (--models or CONCEPTKIT_MODELS_DIR), else ./models/<kind>. It may
+    not exist yet."""
     folder_paths = _comfy("folder_paths")
     if folder_paths is not None:
         _registered(folder_paths, kind)
-        folder = Path(folder_paths.get_folder_paths(kind)[0])
-    else:
-        folder = _headless_dir(kind)
+        return Path(folder_paths.get_folder_paths(kind)[0])
+    return _headless_dir(kind)
+
+
+def writable_folder(kind: str) -> Path:
+    """models_folder(kind), created if missing: where files of that kind are written."""
+    folder = models_folder(kind)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

@@ -104,17 +104,21 @@ def stored_runs(folder: Path) -> list[RunCheckpoints]:
     """Runs in `folder` (one sub-folder per run, as the training nodes keep them), oldest first: runs cancelled
     or crashed and never queued again (their checkpoints), and finished runs (their kept result)."""
     runs = []
-    for run in sorted(p for p in Path(folder).glob("*") if p.is_dir()) if Path(folder).is_dir() else []:
+    folder = Path(folder)
+    for run in sorted(p for p in folder.glob("*") if p.is_dir() and not p.is_symlink()) if folder.is_dir() else []:
         newest = latest_checkpoint(run)
         marker = newest if newest is not None else run / RESULT_FILE
-        if not marker.exists():
+        if not marker.exists() or marker.is_symlink():
             continue
-        size = sum(f.stat().st_size for f in run.rglob("*") if f.is_file())
+        size = sum(f.stat().st_size for f in run.rglob("*") if f.is_file() and not f.is_symlink())
         step = int(newest.name.split("_")[1]) if newest is not None else None
         runs.append(RunCheckpoints(run, step, marker.stat().st_mtime, size))
     return sorted(runs, key=lambda r: r.modified)
 
 
 def remove_run(run: RunCheckpoints) -> None:
-    """Delete one run's checkpoints (its folder); a later queue of that run starts from step 0."""
+    """Delete one run's checkpoints (its folder, never through a link: a link inside it goes, not what it points
+    to); a later queue of that run starts from step 0."""
+    if run.path.is_symlink():
+        raise ValueError(f"{run.path} is a link; a run folder is never removed through one")
     shutil.rmtree(run.path)
