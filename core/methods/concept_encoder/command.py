@@ -6,15 +6,31 @@ import logging
 import time
 from pathlib import Path
 
-from ...errors import InputError
+from ...errors import ConceptKitError, InputError
 from ...model import EMBEDDED, load_model
 from ...model.image_features import load_clip_vision
+from ...safetensors_io import read_safetensors_metadata
 from .backbones import backbone_for
 from .domain import folder_domain
-from .files import Pretrained, load_encoder, save_encoder
+from .files import METADATA_KEY, Pretrained, load_encoder, save_encoder
 from .training import PRETRAIN_TRIGGER, PretrainSettings, pretrain_encoder
 
 log = logging.getLogger("conceptkit.concept_encoder")
+
+
+def check_replaceable(out: Path) -> None:
+    """`out` may be written: nothing is there, or a Concept Encoder file (this command's own kind), never a
+    folder, a link or another file."""
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        raise InputError(f"--out {out} is a folder or a link; give the path of an encoder file (.safetensors).")
+    if out.exists():
+        try:
+            ours = METADATA_KEY in read_safetensors_metadata(out)
+        except ConceptKitError:
+            ours = False
+        if not ours:
+            raise InputError(f"--out {out} exists and is not a Concept Encoder file, so it is left as it is; give "
+                             "another path, or remove that file yourself.")
 
 
 def pretrain_command(out: Path, *, model_path: str | None = None, workdir: Path, steps: int, batch_size: int,
@@ -22,13 +38,14 @@ def pretrain_command(out: Path, *, model_path: str | None = None, workdir: Path,
                      images: Path | None = None, class_word: str | None = None, init: Path | None = None) -> Path:
     """Pre-train (or go on pre-training `init`) and write the encoder to `out`; the run's checkpoints live in
     `workdir` (the same command resumes), and `out` is rewritten every `export_every` steps."""
+    check_replaceable(Path(out))
     model = load_model(model_path or EMBEDDED)
     backbone = backbone_for(model, load_clip_vision(clip_vision) if clip_vision else None)
     data = None
     if images is not None:
         if not class_word:
             raise InputError("--images needs --class-word: the kind of thing all the images show (e.g. 'cat').")
-        data = folder_domain(images, model.default_size, PRETRAIN_TRIGGER, class_word)
+        data = folder_domain(images, model.default_size, PRETRAIN_TRIGGER)
     if init is not None:
         start = load_encoder(init, model)
     else:

@@ -1,5 +1,6 @@
-"""`conceptkit checkpoints`: it lists without creating, takes only sane ages, and removes only its own runs'
-folders, never through a link."""
+"""Commands that write or delete touch only what they made: `conceptkit checkpoints` lists without creating,
+takes only sane ages and removes only its own runs' folders, never through a link; `conceptkit pretrain-encoder`
+replaces only a Concept Encoder file."""
 
 from __future__ import annotations
 
@@ -49,3 +50,22 @@ def test_removing_old_runs_never_follows_a_link_out_of_the_folder(tmp_path):
     assert not old.exists() and new.is_dir()
     assert (outside / "keep.txt").read_text() == "mine"
     assert (tmp_path / "conceptkit" / "checkpoints" / "linked").is_symlink() and linked_step.is_dir()
+
+
+@pytest.mark.parametrize("kind", ["text file", "other safetensors", "folder"])
+def test_pretrain_encoder_never_replaces_what_is_not_an_encoder_file(tmp_path, capsys, kind):
+    import torch
+    from safetensors.torch import save_file
+
+    out = tmp_path / "mine.safetensors"
+    if kind == "text file":
+        out.write_text("my notes")
+    elif kind == "other safetensors":
+        save_file({"w": torch.zeros(2)}, str(out), metadata={"conceptkit": "{}"})
+    else:
+        out.mkdir()
+    before = out.read_bytes() if out.is_file() else None
+    code = main(["pretrain-encoder", "--out", str(out), "--workdir", str(tmp_path / "run"), "--steps", "1", "-q"])
+    assert code == 2
+    assert f"--out {out}" in capsys.readouterr().err
+    assert (out.read_bytes() if out.is_file() else None) == before and not (tmp_path / "run").exists()
