@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conceptkit.benchmarks.world_check import roc_auc
 from conceptkit.core.metrics import diversity, frechet_distance
 from conceptkit.core.world import CAPTION_WORDS, COLOURS, evaluation_scenes, random_scene, training_batch
 from conceptkit.core.world.checkers import attribute_accuracy, check_image
@@ -110,13 +111,6 @@ def test_same_creature_scores_higher_subject_fidelity_than_another():
         same = subject_fidelity(as_images(views_a), as_images(views_a2))
         other = subject_fidelity(as_images(views_a), as_images(views_b))
         assert same > other + 0.2
-
-
-def roc_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
-    scores = np.concatenate([positives, negatives])
-    ranks = scores.argsort().argsort() + 1
-    return float((ranks[: len(positives)].sum() - len(positives) * (len(positives) + 1) / 2)
-                 / (len(positives) * len(negatives)))
 
 
 def test_identity_network_separates_instances_with_auc_above_095():
