@@ -23,6 +23,38 @@ def days(text: str) -> float:
     return value
 
 
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
+def whole(minimum: int, maximum: int | None = None):
+    """An argparse type: a whole number in [minimum, maximum], as a node's INT input is checked."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            raise argparse.ArgumentTypeError(f"{value}: give a whole number of at least {minimum}{upper}")
+        return value
+
+    return parse
+
+
+def positive(text: str) -> float:
+    """An argparse type: a finite number above 0 (a learning rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: give a finite number above 0")
+    return value
+
+
+SEED = whole(0, MAX_SEED)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conceptkit", description="ConceptKit: few-shot personalized text-to-image.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -53,11 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     encoder.add_argument("--workdir", type=Path, required=True,
                          help="folder for the run's checkpoints (the same command resumes from them)")
     encoder.add_argument("--model", default=None, help="base model (default: the embedded world model)")
-    encoder.add_argument("--steps", type=int, default=6000)
-    encoder.add_argument("--batch-size", type=int, default=16)
-    encoder.add_argument("--learning-rate", type=float, default=2e-4)
-    encoder.add_argument("--seed", type=int, default=0)
-    encoder.add_argument("--export-every", type=int, default=500, help="rewrite --out every N steps")
+    encoder.add_argument("--steps", type=whole(1), default=6000)
+    encoder.add_argument("--batch-size", type=whole(1, 4096), default=16)
+    encoder.add_argument("--learning-rate", type=positive, default=2e-4)
+    encoder.add_argument("--seed", type=SEED, default=0)
+    encoder.add_argument("--export-every", type=whole(1), default=500, help="rewrite --out every N steps")
     encoder.add_argument("--clip-vision", type=Path, default=None,
                          help="a local CLIP vision model folder (transformers), needed for real models")
     encoder.add_argument("--images", type=Path, default=None, help="a folder of images of one class (real models)")
@@ -69,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("action", choices=["check"], help="check: the gates a world edition must pass")
     world.add_argument("--quick", action="store_true", help="fewer images: a smoke run, not the reported numbers")
     world.add_argument("--model", default=None, help="a model to check instead of the embedded one")
-    world.add_argument("--seed", type=int, default=0)
+    world.add_argument("--seed", type=SEED, default=0)
     world.add_argument("-q", "--quiet", action="store_true")
 
     bench = commands.add_parser("bench", help="run a benchmark suite on the world and print its table")
@@ -78,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
     bench.add_argument("--report", type=Path, default=None, help="write report.md and image grids in this folder")
     bench.add_argument("--model", default=None, help="a model to score instead of the embedded one")
-    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--seed", type=SEED, default=0)
     bench.add_argument("-q", "--quiet", action="store_true")
     return parser
 

@@ -15,6 +15,99 @@ from typing import BinaryIO
 
 from .errors import ConceptKitError, InputError
 
+
+@contextlib.contextmanager
+def guarded(path: Path, doing: str, fix: str = "check that it exists, that you may use it, and that the disk "
+                                               "has free space"):
+    """Every file-system call outside the atomic writer runs in this: an OSError becomes one line that names the
+    path, what was being done, the system's reason and the fix (never a traceback from deep inside)."""
+    try:
+        yield
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        raise ConceptKitError(f"could not {doing} {path} ({reason}); {fix}.") from None
+
+
+def make_folder(path: Path) -> Path:
+    """`path` as a folder (made with its parents if missing); a clear error if a file stands there."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path} is a file, not a folder; move it away or choose another folder.")
+    with guarded(path, "create the folder"):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, wait: float, busy: Callable[[int | None], Exception]):
+    """Hold the lock file `path` for the block: exclusive at the file-system level (flock; on Windows a locked
+    byte), so of any number of processes exactly one is inside, and the lock of a process that died is released
+    by the system itself (its file, left behind, is simply locked again). The holder writes its pid in the file
+    (for messages) and removes the file before it lets go; a waiter that then gets the lock of a removed file
+    opens the path again. Waits up to `wait` seconds, then raises busy(holder pid)."""
+    path = Path(path)
+    deadline = time.monotonic() + wait
+    while True:
+        with guarded(path, "open the lock file"):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while not _try_lock(fd):
+                if time.monotonic() >= deadline:
+                    raise busy(_lock_holder(path))
+                time.sleep(0.02)
+            if _same_file(fd, path):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the lock of a file its holder removed: try the path again
+    try:
+        with guarded(path, "write the lock file"):
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)  # releases the lock
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        raise ConceptKitError(f"the file system does not support locks here ({e.strerror}); keep the folder on a "
+                              "local disk.") from None
+
+
+def _lock_holder(path: Path) -> int | None:
+    try:
+        return int(Path(path).read_text().strip() or "x")
+    except (OSError, ValueError):
+        return None
+
+
 IF_EXISTS = ("counter", "error", "overwrite")  # what a write does when its name is taken
 COUNTER_DIGITS, MAX_COUNTER = 5, 99_999  # NAME_00002.safetensors, as ComfyUI's save nodes count
 

@@ -43,6 +43,10 @@ def read_safetensors_metadata(path: Path) -> dict[str, str]:
                 raise ValueError(f"the file is truncated ({size} bytes, {8 + header_len + data_end} expected)")
     except FileNotFoundError:
         raise ModelLoadError(f"{path}: no such file.") from None
+    except IsADirectoryError:
+        raise ModelLoadError(f"{path} is a folder, not a .safetensors file.") from None
+    except OSError as e:
+        raise ModelLoadError(f"{path}: could not be read ({e.strerror or e}); check that you may read it.") from None
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ModelLoadError(
             f"{path.name}: not a readable .safetensors file ({e}). Download or export it again."
@@ -58,3 +62,14 @@ def load_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]
         return load_file(str(path), device=device)
     except Exception as e:  # safetensors raises its own SafetensorError / OSError types
         raise ModelLoadError(f"{path.name}: could not be read as .safetensors ({e}).") from None
+
+
+def check_finite(tensors: dict[str, torch.Tensor], path: Path, fix: str) -> dict[str, torch.Tensor]:
+    """`tensors`, after checking every floating one holds numbers: a file with NaN or infinity is damaged (found
+    when it is loaded, not as a black image or a 'diverged' training later)."""
+    broken = sorted(k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if broken:
+        more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+        raise ModelLoadError(f"{Path(path).name} holds values that are not numbers (NaN or infinity) in {broken[0]}"
+                             f"{more}; the file is damaged: {fix}.")
+    return tensors

@@ -7,6 +7,7 @@ from .concept_nodes import ConceptKitApplyConcept, ConceptKitExportConcept, Conc
 from .encoder_nodes import ConceptKitConceptEncoder, ConceptKitLoadConceptEncoder, ConceptKitPretrainConceptEncoder
 from .finetune_nodes import ConceptKitLipschitzFinetune
 from .guidance_nodes import ConceptKitPersonalizationGuidanceSampler
+from .inputs import checked_inputs
 from .memory_nodes import ConceptKitApplyMemory, ConceptKitConceptMemory, ConceptKitExportMemory, ConceptKitMemoryLearn
 from .model_nodes import ConceptKitLoadModel
 from .sampling_nodes import ConceptKitSample
@@ -66,5 +67,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ConceptKitApplyMemory": "Apply Memory",
     "ConceptKitExportMemory": "ConceptKit Export Memory",
 }
+
+for _node_class in NODE_CLASS_MAPPINGS.values():  # a scripted call is checked as a queued graph is
+    checked_inputs(_node_class)
 
 warn_missing_dependencies()

@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..core.errors import InputError
-from ..core.files import safe_file_name
+from ..core.files import guarded, make_folder, safe_file_name
 from ..core.training import RunFolder
 
 log = logging.getLogger("conceptkit")
@@ -135,9 +135,7 @@ def models_folder(kind: str) -> Path:
 
 def writable_folder(kind: str) -> Path:
     """models_folder(kind), created if missing: where files of that kind are written."""
-    folder = models_folder(kind)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return make_folder(models_folder(kind))
 
 
 def valid_file_name(name: str, what: str) -> bool | str:
@@ -172,7 +170,8 @@ def list_model_files(kind: str, suffixes: tuple[str, ...]) -> list[str]:
     folder = _headless_dir(kind)
     if not folder.is_dir():
         return []
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix.lower() in suffixes)
+    with guarded(folder, "list the files in"):
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix.lower() in suffixes)
 
 
 def list_model_folders(kind: str, marker: str) -> list[str]:
@@ -182,7 +181,8 @@ def list_model_folders(kind: str, marker: str) -> list[str]:
     found = []
     for root in roots:
         if root.is_dir():
-            found += [str(p.parent.relative_to(root)) for p in root.rglob(marker)]
+            with guarded(root, "list the models in"):
+                found += [str(p.parent.relative_to(root)) for p in root.rglob(marker)]
     return sorted(found)
 
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ..core.errors import InputError
-from ..core.files import atomic_write
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+from ..core.files import atomic_write, guarded, make_folder
+from ..core.training.images import IMAGE_SUFFIXES, load_image_file
+from ..nodes.inputs import checked_inputs
 
 
 def io_nodes(input_dir: Path, output_dir: Path, workflow: dict | None = None) -> dict[str, type]:
@@ -30,8 +30,9 @@ def io_nodes(input_dir: Path, output_dir: Path, workflow: dict | None = None) ->
 
         @classmethod
         def INPUT_TYPES(cls):
-            files = sorted(p.name for p in Path(input_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
-                if Path(input_dir).is_dir() else []
+            with guarded(Path(input_dir), "list the input folder"):
+                files = sorted(p.name for p in Path(input_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
+                    if Path(input_dir).is_dir() else []
             return {"required": {"image": (files, {"image_upload": True, "tooltip": "An image in the input folder."})}}
 
         def load_image(self, image: str):
@@ -52,6 +53,10 @@ def io_nodes(input_dir: Path, output_dir: Path, workflow: dict | None = None) ->
                 "filename_prefix": ("STRING", {"default": "ConceptKit", "tooltip": "Start of the file names."}),
             }}
 
+        @classmethod
+        def VALIDATE_INPUTS(cls, filename_prefix):
+            return plain_prefix(filename_prefix)
+
         def save_images(self, images: torch.Tensor, filename_prefix: str = "ConceptKit"):
             saved = save_png_batch(images, Path(output_dir), self.subfolder, filename_prefix, workflow)
             return {"ui": {"images": saved}}
@@ -67,43 +72,25 @@ def io_nodes(input_dir: Path, output_dir: Path, workflow: dict | None = None) ->
         def save_images(self, images: torch.Tensor, filename_prefix: str = "preview"):
             return super().save_images(images, filename_prefix)
 
-    return {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage}
+    nodes = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage}
+    for node_class in nodes.values():
+        checked_inputs(node_class)
+    return nodes
 
 
-def load_image_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """(IMAGE [1,H,W,3], MASK [1,H,W]) as ComfyUI's LoadImage gives them."""
-    try:
-        with Image.open(path) as opened:
-            img = ImageOps.exif_transpose(opened)
-            array = _rgba_floats(img)
-    except Image.DecompressionBombError:
-        raise InputError(f"{path.name}: the image is too large to open safely (over {Image.MAX_IMAGE_PIXELS} "
-                         "pixels); scale it down first.") from None
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path.name}: not a readable image ({e}).") from None
-    image = torch.from_numpy(array[..., :3].copy())[None]
-    mask = 1.0 - torch.from_numpy(array[..., 3].copy())[None]
-    return image, mask
-
-
-SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
-
-def _rgba_floats(img: Image.Image) -> np.ndarray:
-    """[H, W, 4] in 0..1; 16-bit images by their own range (Pillow's RGB conversion would clip them to white)."""
-    if img.mode in SIXTEEN_BIT:
-        grey = np.asarray(img, dtype=np.float32) / 65535.0
-        return np.concatenate([np.repeat(np.clip(grey, 0, 1)[..., None], 3, -1), np.ones((*grey.shape, 1),
-                                                                                         np.float32)], -1)
-    return np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+def plain_prefix(prefix: str) -> bool | str:
+    """True, or why `prefix` cannot start a file name in the output folder."""
+    if "/" in prefix or "\\" in prefix or prefix.strip() in ("", ".", "..") or "\x00" in prefix:
+        return f"filename_prefix {prefix!r} must be a plain name without folders or NUL characters."
+    return True
 
 
 def save_png_batch(images: torch.Tensor, root: Path, subfolder: str, prefix: str, workflow: dict | None) -> list[dict]:
-    if "/" in prefix or "\\" in prefix or prefix in ("", ".", ".."):
-        raise InputError(f"filename_prefix '{prefix}' must be a plain name without folders.")
-    folder = Path(root) / subfolder
-    folder.mkdir(parents=True, exist_ok=True)
-    taken = {p.name for p in folder.glob(f"{prefix}_*.png")}
+    if (problem := plain_prefix(prefix)) is not True:
+        raise InputError(problem)
+    folder = make_folder(Path(root) / subfolder)
+    with guarded(folder, "list the output folder"):
+        taken = {p.name for p in folder.glob(f"{prefix}_*.png")}
     counter = len(taken) + 1
     saved = []
     for image in images:

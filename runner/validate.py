@@ -5,9 +5,9 @@ node's own VALIDATE_INPUTS (given the widget values it names) answers True."""
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass
 
+from ..nodes.inputs import coerce_widget
 from .graph import Link, Node
 
 
@@ -28,37 +28,6 @@ def types_match(output_type: str, input_type: str) -> bool:
     return bool(set(output_type.split(",")) & set(input_type.split(",")))
 
 
-def _coerce(value, kind, options: dict):
-    """The value converted to the declared widget type, or raise ValueError with the reason."""
-    if isinstance(kind, list):
-        if value not in kind:
-            shown = ", ".join(map(str, kind[:8])) + (", ..." if len(kind) > 8 else "")
-            raise ValueError(f"'{value}' is not one of the choices ({shown})")
-        return value
-    if kind == "INT":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
-            raise ValueError(f"{value!r} is not a whole number")
-        value = int(value)
-    elif kind == "FLOAT":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{value!r} is not a number")
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError(f"{value} is not a finite number")
-    elif kind == "BOOLEAN":
-        if not isinstance(value, bool):
-            raise ValueError(f"{value!r} is not true or false")
-    elif kind == "STRING":
-        if not isinstance(value, str):
-            raise ValueError(f"{value!r} is not text")
-    if kind in ("INT", "FLOAT"):
-        if "min" in options and value < options["min"]:
-            raise ValueError(f"{value} is smaller than the minimum {options['min']}")
-        if "max" in options and value > options["max"]:
-            raise ValueError(f"{value} is bigger than the maximum {options['max']}")
-    return value
-
-
 def validate(graph: dict[str, Node], registry: dict) -> tuple[list[str], list[Problem]]:
     """(order of node ids to run, problems). Only nodes that feed an output node are checked and run."""
     problems: list[Problem] = []
@@ -74,23 +43,27 @@ def validate(graph: dict[str, Node], registry: dict) -> tuple[list[str], list[Pr
 
     order: list[str] = []
     state: dict[str, str] = {}
-
-    def visit(node: Node) -> None:
-        if state.get(node.id) == "done":
-            return
-        if state.get(node.id) == "visiting":
-            problems.append(Problem(node, None, "the workflow has a cycle through this node"))
-            return
-        state[node.id] = "visiting"
-        node_class = registry.get(node.class_type)
-        if node_class is not None:
-            _check_inputs(node, node_class, graph, registry, problems, visit)
-            _node_validation(node, node_class, problems)
-        state[node.id] = "done"
-        order.append(node.id)
-
-    for node in outputs:
-        visit(node)
+    for output in outputs:  # depth first, inputs before the node; a loop, not recursion (any chain length)
+        stack: list[tuple[Node, bool]] = [(output, False)]
+        while stack:
+            node, inputs_done = stack.pop()
+            node_class = registry.get(node.class_type)
+            if inputs_done:
+                if node_class is not None:
+                    _node_validation(node, node_class, problems)
+                state[node.id] = "done"
+                order.append(node.id)
+                continue
+            if state.get(node.id) == "done":
+                continue
+            if state.get(node.id) == "visiting":  # still waiting for its inputs: we came back through one
+                problems.append(Problem(node, None, "the workflow has a cycle through this node"))
+                continue
+            state[node.id] = "visiting"
+            stack.append((node, True))
+            if node_class is not None:
+                stack.extend((origin, False) for origin in reversed(_check_inputs(node, node_class, graph, registry,
+                                                                                   problems)))
     return order, problems
 
 
@@ -108,10 +81,15 @@ def _node_validation(node: Node, node_class, problems: list[Problem]) -> None:
         problems.append(Problem(node, None, str(answer)))
 
 
-def _check_inputs(node, node_class, graph, registry, problems, visit) -> None:
+def _check_inputs(node, node_class, graph, registry, problems) -> list[Node]:
+    """Check the node's inputs; returns the nodes its links come from."""
     spec = node_class.INPUT_TYPES()
     declared = {**{k: (v, True) for k, v in (spec.get("required") or {}).items()},
                 **{k: (v, False) for k, v in (spec.get("optional") or {}).items()}}
+    origins = []
+    for name in node.inputs:
+        if name not in declared:
+            problems.append(Problem(node, name, f"is not an input of this node (its inputs: {', '.join(declared)})"))
     for name, ((kind, *rest), required) in declared.items():
         options = rest[0] if rest else {}
         if name not in node.inputs:
@@ -139,12 +117,13 @@ def _check_inputs(node, node_class, graph, registry, problems, visit) -> None:
             if not types_match(out_type, in_type):
                 problems.append(Problem(node, name, f"expects {in_type} but is linked to {origin.label}, "
                                                     f"which gives {out_type}"))
-            visit(origin)
+            origins.append(origin)
             continue
         if not isinstance(kind, list) and kind not in ("INT", "FLOAT", "STRING", "BOOLEAN"):
             problems.append(Problem(node, name, f"expects a {kind} link, not the value {value!r}"))
             continue
         try:
-            node.inputs[name] = _coerce(value, kind, options)
+            node.inputs[name] = coerce_widget(value, kind, options)
         except (ValueError, TypeError) as e:
             problems.append(Problem(node, name, str(e)))
+    return origins

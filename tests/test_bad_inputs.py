@@ -529,3 +529,205 @@ def test_load_image_of_a_broken_or_missing_file_gets_one_line(content, words, tm
     code, err = run(["run", str(workflow), "--out", str(tmp_path / "out"), "--input-dir", str(inputs), "-q"], capsys)
     assert code == 2 and "Traceback" not in err and words in err, err
     assert written(tmp_path / "out") == []
+
+
+# --- node calls from a script: checked as ComfyUI checks a queued graph, before any work -------------------------
+
+IMAGE = torch.zeros(1, 64, 64, 3)
+SOMETHING = object()  # a linked value the check does not look into (a model, a concept, an SGE set)
+NODE_CALLS = {  # name -> (node, keyword arguments, words the one-line message must contain)
+    "images as a list": ("ConceptKitSGEInverter", dict(model=SOMETHING, images=[IMAGE[0]]), "'images': expects a "
+                         "ComfyUI IMAGE"),
+    "images None": ("ConceptKitSGEInverter", dict(model=SOMETHING, images=None), "'images': is not connected"),
+    "images a numpy array": ("ConceptKitLipschitzFinetune", dict(model=SOMETHING, images=IMAGE.numpy()),
+                             "got a ndarray"),
+    "image without a batch axis": ("ConceptKitConceptEncoder", dict(model=SOMETHING, encoder=SOMETHING,
+                                                                    image=IMAGE[0]), "tensor of shape (64, 64, 3)"),
+    "model None": ("ConceptKitSample", dict(model=None, prompt="a creature"), "'model': is not connected"),
+    "SGE negative learning rate": ("ConceptKitSGEInverter", dict(model=SOMETHING, images=IMAGE, steps=25,
+                                                                window="noise", window_start=0, window_end=0,
+                                                                scale=2.0, epochs=1, seed=0, learning_rate=-0.05),
+                                   "'learning_rate': -0.05 is smaller than the minimum"),
+    "SGE relax NaN": ("ConceptKitSGESample", dict(model=SOMETHING, sge=SOMETHING, count=1, seed=0,
+                                                   relax=float("nan")), "'relax': nan is not a finite number"),
+    "SGE count 0": ("ConceptKitSGESample", dict(model=SOMETHING, sge=SOMETHING, count=0, seed=0, relax=0.05),
+                    "'count': 0 is smaller than the minimum 1"),
+    "negative artist share": ("ConceptKitApplyMemory", dict(model=SOMETHING, memory=SOMETHING, strength=1.0,
+                                                            artist=True, artist_step_size=20.0, artist_share=-0.5),
+                              "'artist_share': -0.5 is smaller than the minimum 0.0"),
+    "artist not a boolean": ("ConceptKitApplyMemory", dict(model=SOMETHING, memory=SOMETHING, strength=1.0,
+                                                           artist="yes"), "'artist': 'yes' is not true or false"),
+    "seed -1": ("ConceptKitLipschitzFinetune", dict(model=SOMETHING, images=IMAGE, seed=-1),
+                "'seed': -1 is smaller than the minimum 0"),
+    "seed above 64 bits": ("ConceptKitSample", dict(model=SOMETHING, seed=2**64), "'seed': 18446744073709551616 is "
+                           "bigger than the maximum"),
+    "seed not whole": ("ConceptKitSample", dict(model=SOMETHING, seed=1.5), "'seed': 1.5 is not a whole number"),
+    "finetune learning rate NaN": ("ConceptKitLipschitzFinetune", dict(model=SOMETHING, images=IMAGE,
+                                                                       learning_rate=float("nan")),
+                                   "'learning_rate': nan is not a finite number"),
+    "finetune negative learning rate": ("ConceptKitLipschitzFinetune", dict(model=SOMETHING, images=IMAGE,
+                                                                            learning_rate=-1e-3),
+                                        "'learning_rate': -0.001 is smaller"),
+    "memory learn steps 0": ("ConceptKitMemoryLearn", dict(memory=SOMETHING, model=SOMETHING, images=IMAGE, steps=0),
+                             "'steps': 0 is smaller than the minimum 1"),
+    "encoder tuning steps negative": ("ConceptKitConceptEncoder", dict(model=SOMETHING, encoder=SOMETHING,
+                                                                       image=IMAGE, tuning_steps=-4),
+                                      "'tuning_steps': -4 is smaller"),
+    "strength infinite": ("ConceptKitApplyConcept", dict(model=SOMETHING, concept=SOMETHING,
+                                                         strength=float("inf")), "'strength': inf is not a finite"),
+    "guidance w negative": ("ConceptKitPersonalizationGuidanceSampler", dict(model=SOMETHING, prompt="a creature",
+                                                                             w=-1.0), "'w': -1.0 is smaller"),
+    "sampler not offered": ("ConceptKitSample", dict(model=SOMETHING, prompt="a creature", sampler="nope"),
+                            "'sampler': 'nope' is not one of the choices"),
+    "NUL in a file name": ("ConceptKitSaveConcept", dict(concept=SOMETHING, name="pet\x00.safetensors"),
+                           "'name': contains a NUL character"),
+    "prompt not text": ("ConceptKitSample", dict(model=SOMETHING, prompt=5), "'prompt': 5 is not text"),
+    "an input the node does not declare": ("ConceptKitLipschitzFinetune", dict(model=SOMETHING, images=IMAGE,
+                                                                               learning_rat=1e-4),
+                                           "'learning_rat' is not an input of this node"),
+    "world subject out of range": ("ConceptKitWorldSubject", dict(subject=100), "'subject': 100 is bigger than the "
+                                   "maximum 99"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NODE_CALLS))
+def test_a_node_called_from_a_script_refuses_a_bad_value_before_any_work(case, tmp_path, monkeypatch):
+    from conceptkit import NODE_CLASS_MAPPINGS as N
+    from conceptkit.core.errors import InputError
+
+    monkeypatch.setenv("CONCEPTKIT_MODELS_DIR", str(tmp_path / "models"))
+    node, values, words = NODE_CALLS[case]
+    node_class = N[node]
+    with pytest.raises(InputError) as refused:
+        getattr(node_class(), node_class.FUNCTION)(**values)
+    message = str(refused.value)
+    assert words in message and "\n" not in message, message
+    assert not (tmp_path / "models").exists()  # nothing written, no folder made
+
+
+def test_a_node_called_with_good_values_runs_as_before(world):
+    from conceptkit import NODE_CLASS_MAPPINGS as N
+
+    (images,) = N["ConceptKitSample"]().generate(world, "a creature", "", 3, 2, 5.0, "ddim", 0, 0, 1)
+    assert images.shape == (1, 64, 64, 3) and torch.isfinite(images).all()
+
+
+# --- images a script hands over: read by their own range -----------------------------------------------------------
+
+@pytest.mark.parametrize("dtype,grey", [("uint8", 128), ("uint16", 32768), ("int32", 2**30), ("float32", 0.5)])
+def test_an_image_array_of_any_number_type_is_read_by_its_own_range(dtype, grey):
+    import numpy as np
+
+    from conceptkit.core.training import prepare_images
+
+    image = np.full((64, 64, 3), grey, dtype=dtype)
+    prepared = prepare_images([image], 64)
+    assert abs(float(prepared.mean())) < 0.01  # mid grey, not white (16-bit was read as white)
+
+
+def test_an_image_array_of_text_is_refused_with_what_to_give():
+    import numpy as np
+
+    from conceptkit.core.errors import InputError
+    from conceptkit.core.training import prepare_images
+
+    with pytest.raises(InputError, match="numpy array of <U1; give numbers"):
+        prepare_images([np.full((64, 64, 3), "a")], 64)
+
+
+# --- kept results and working folders ------------------------------------------------------------------------------
+
+def _finetune(world, images):
+    from conceptkit import NODE_CLASS_MAPPINGS as N
+
+    return N["ConceptKitLipschitzFinetune"]().train(world, images, "<pet>", "creature", "", "lora", 2, 0.0,
+                                                    "frobenius", steps=2, learning_rate=1e-3, batch_size=1, seed=0)
+
+
+def test_a_truncated_kept_result_is_named_removed_and_trained_again(world, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("CONCEPTKIT_MODELS_DIR", str(tmp_path))
+    images = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    first, _ = _finetune(world, images)
+    (kept,) = list((tmp_path / "conceptkit" / "checkpoints").rglob("result.safetensors"))
+    kept.write_bytes(kept.read_bytes()[:1000])  # cut short by a full disk, say
+    with caplog.at_level("WARNING"):
+        again, _ = _finetune(world, images)
+    assert f"the kept result {kept} cannot be read" in caplog.text and "trains again" in caplog.text
+    assert all(torch.equal(first.tensors[k], again.tensors[k]) for k in first.tensors)  # the same run, again
+    assert len(kept.read_bytes()) > 1000  # kept whole this time
+
+
+def test_a_checkpoint_folder_that_is_a_file_is_named_before_training(world, tmp_path, monkeypatch):
+    from conceptkit.core.errors import InputError
+
+    monkeypatch.setenv("CONCEPTKIT_MODELS_DIR", str(tmp_path))
+    (tmp_path / "conceptkit").mkdir()
+    (tmp_path / "conceptkit" / "checkpoints").write_text("my notes")
+    steps = []
+    with pytest.raises(InputError, match="checkpoints is a file, not a folder; move it away"):
+        from conceptkit import NODE_CLASS_MAPPINGS as N
+
+        N["ConceptKitLipschitzFinetune"]().train(world, torch.rand(1, 64, 64, 3), "<pet>", "creature", "", "lora", 2,
+                                                 0.0, "frobenius", steps=2, learning_rate=1e-3, batch_size=1, seed=0)
+    assert (tmp_path / "conceptkit" / "checkpoints").read_text() == "my notes" and steps == []
+
+
+def test_a_models_folder_that_is_a_file_is_named_when_saving(world, tmp_path, monkeypatch):
+    from conceptkit import NODE_CLASS_MAPPINGS as N
+    from conceptkit.core.errors import ConceptKitError
+
+    from helpers.concepts import lora_concept
+
+    models = tmp_path / "models"
+    models.write_text("not a folder")
+    monkeypatch.setenv("CONCEPTKIT_MODELS_DIR", str(models))
+    with pytest.raises(ConceptKitError, match=f"{models}"):
+        N["ConceptKitSaveConcept"]().save(lora_concept(world), "pet", "counter")
+    assert models.read_text() == "not a folder"
+
+
+# --- workflows: every input of every node checked before anything runs ---------------------------------------------
+
+def _save_after_sample(prefix: str, **sample_inputs) -> dict:
+    return api(**{
+        "1": {"class_type": "ConceptKitLoadModel", "inputs": {"model": "(embedded world model)"}},
+        "2": {"class_type": "ConceptKitSample", "inputs": {"model": ["1", 0], "prompt": "a creature",
+                                                           "negative_prompt": "", "seed": 0, "steps": 2, "cfg": 5.0,
+                                                           "sampler": "ddim", "width": 0, "height": 0,
+                                                           "batch_size": 1, **sample_inputs}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
+    })
+
+
+@pytest.mark.parametrize("prefix,words", [("pet\x00x", "NUL"), ("../up", "without folders"), ("  ", "plain name")])
+def test_a_bad_file_name_prefix_is_refused_before_sampling(tmp_path, capsys, prefix, words):
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(_save_after_sample(prefix)))
+    code, err = run(["run", str(path), "--out", str(tmp_path / "out"), "-q"], capsys)
+    assert code == 2 and "nothing was run" in err and words in err and "Traceback" not in err, err
+    assert written(tmp_path / "out") == []
+
+
+def test_an_input_a_node_does_not_declare_is_refused_before_anything_runs(tmp_path, capsys):
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(_save_after_sample("pet", sede=7)))
+    code, err = run(["run", str(path), "--out", str(tmp_path / "out"), "-q"], capsys)
+    assert code == 2 and "input 'sede': is not an input of this node" in err and "nothing was run" in err, err
+    assert written(tmp_path / "out") == []
+
+
+def test_a_chain_of_1200_nodes_validates_without_recursion(tmp_path, capsys):
+    nodes = {"1": {"class_type": "ConceptKitLoadModel", "inputs": {"model": "(embedded world model)"}},
+             "2": {"class_type": "ConceptKitLoadConcept", "inputs": {"concept_name": "no_such.safetensors"}}}
+    for i in range(3, 1203):
+        nodes[str(i)] = {"class_type": "ConceptKitApplyConcept", "inputs": {"model": [str(i - 1 if i > 3 else 1), 0],
+                                                                            "concept": ["2", 0], "strength": 1.0}}
+    nodes["1203"] = {"class_type": "ConceptKitSample", "inputs": {**_save_after_sample("x")["2"]["inputs"],
+                                                                   "model": ["1202", 0]}}
+    nodes["1204"] = {"class_type": "SaveImage", "inputs": {"images": ["1203", 0], "filename_prefix": "x"}}
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(nodes))
+    code, err = run(["run", str(path), "--out", str(tmp_path / "out"), "-q"], capsys)
+    assert code == 2 and "Traceback" not in err and "Recursion" not in err
+    assert "node 2 (ConceptKitLoadConcept), input 'concept_name'" in err  # the one real problem, found
+    assert written(tmp_path / "out") == []

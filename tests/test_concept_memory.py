@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -306,3 +307,94 @@ def test_a_crash_between_training_and_commit_loses_nothing_and_the_rerun_commits
     fresh = MemoryStore.open_or_create(tmp_path / "other", "pets", world)
     again = learn(fresh, world, images, "<p0>", "creature", TINY, captions=captions)
     assert all(torch.equal(v, again.concept.tensors[k]) for k, v in state.concept.tensors.items())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks racing processes")
+def test_two_writers_racing_for_a_dead_writers_lock_are_never_inside_together_600_of_600(tmp_path):
+    from conceptkit.core.files import exclusive_lock
+
+    lock, log = tmp_path / "lock", tmp_path / "inside.log"
+    for trial in range(600):
+        lock.write_text("999999999")  # left by a writer that was killed: nobody holds it
+        start_read, start_write = os.pipe()
+        children = []
+        for _ in range(2):
+            pid = os.fork()
+            if pid == 0:  # a racing writer
+                os.close(start_write)
+                os.read(start_read, 1)  # both start at once
+                code = 1
+                try:
+                    with exclusive_lock(lock, 0, lambda holder: InputError("busy")):
+                        with open(log, "a") as f:
+                            f.write(f"{trial} in {os.getpid()}\n")
+                        time.sleep(0.002)
+                        with open(log, "a") as f:
+                            f.write(f"{trial} out {os.getpid()}\n")
+                        code = 0
+                except InputError:
+                    pass
+                os._exit(code)
+            children.append(pid)
+        os.close(start_read)
+        os.close(start_write)  # go
+        for pid in children:
+            os.waitpid(pid, 0)
+    lines = log.read_text().splitlines()
+    inside, overlaps, entered = set(), 0, {}
+    for line in lines:
+        trial, what, pid = line.split()
+        if what == "in":
+            overlaps += bool(inside)
+            inside.add(pid)
+            entered[trial] = entered.get(trial, 0) + 1
+        else:
+            inside.discard(pid)
+    assert overlaps == 0 and len(entered) == 600  # every trial: someone got in, never two at once
+    assert not lock.exists()
+
+
+DAMAGED_MANIFESTS = {  # name -> (change to a good manifest, words of the message)
+    "format version 0": (lambda m: m | {"format_version": 0}, "unknown format version 0"),
+    "format version not a number": (lambda m: m | {"format_version": "one"}, "is damaged"),
+    "format of a newer ConceptKit": (lambda m: m | {"format_version": 2}, "newer ConceptKit"),
+    "a version entry without its number": (lambda m: m | {"versions": [*m["versions"], {"learned": "<x>"}]},
+                                           "is damaged"),
+    "a version number that is not one": (lambda m: m | {"versions": [{**m["versions"][0], "version": "first"}]},
+                                         "is damaged"),
+    "current names no version": (lambda m: m | {"current": 9}, "current version 9 is not one of its versions"),
+    "family not text": (lambda m: m | {"family": 3}, "is damaged"),
+    "versions not a list": (lambda m: m | {"versions": {}}, "is damaged"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_MANIFESTS))
+def test_a_damaged_manifest_is_found_before_any_learning_and_nothing_changes(world, two_concepts, tmp_path, case):
+    change, words = DAMAGED_MANIFESTS[case]
+    folder = tmp_path / "pets"
+    shutil.copytree(two_concepts.folder, folder)
+    (folder / "manifest.json").write_text(json.dumps(change(two_concepts.manifest())))
+    before = snapshot(folder)
+    images, captions = subject(12)
+    steps = []
+    with pytest.raises(ConceptKitError, match=words):
+        learn(MemoryStore(folder), world, images, "<p9>", "creature", TINY, captions=captions,
+              progress=lambda step, total, preview: steps.append(step))
+    assert steps == [] and snapshot(folder) == before
+
+
+def test_a_manifest_that_is_a_folder_is_a_clear_error(world, tmp_path):
+    folder = tmp_path / "pets"
+    (folder / "manifest.json").mkdir(parents=True)
+    with pytest.raises(ConceptKitError, match="could not read the memory's manifest"):
+        MemoryStore(folder).manifest()
+
+
+def test_a_lock_path_that_is_a_folder_is_a_clear_error_and_stays(world, two_concepts, tmp_path):
+    folder = tmp_path / "pets"
+    shutil.copytree(two_concepts.folder, folder)
+    (folder / "lock").mkdir()
+    with pytest.raises(ConceptKitError, match=f"could not open the lock file {folder / 'lock'}"):
+        with MemoryStore(folder).writer():
+            pass
+    assert (folder / "lock").is_dir()

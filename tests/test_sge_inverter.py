@@ -205,3 +205,25 @@ def test_the_nodes_invert_save_load_and_sample_under_comfyuis_inference_mode(wor
     assert Path(again["ui"]["text"][0]).name == "my_domain_00002.safetensors"
     assert out.shape == (2, 64, 64, 3) and torch.isfinite(out).all()
     assert NODE_CLASS_MAPPINGS["ConceptKitSaveSGE"].VALIDATE_INPUTS("../escape") is not True
+
+
+@pytest.mark.parametrize("damage,words", [
+    (lambda t: {"sge": t["sge"][:0], "targets": t["targets"][:0]}, "holds no images"),
+    (lambda t: {**t, "sge": t["sge"].clone().fill_(float("nan"))}, "not numbers"),
+    (lambda t: {**t, "targets": t["targets"].clone().fill_(float("inf"))}, "not numbers"),
+])
+def test_an_sge_file_with_no_images_or_nan_is_refused_at_load_not_drawn_black(sge, tmp_path, damage, words):
+    from conceptkit.core.safetensors_io import load_safetensors, read_safetensors_metadata
+
+    good = save_sge(sge, tmp_path / "good.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    save_file(damage(load_safetensors(good)), str(bad), metadata=read_safetensors_metadata(good))
+    with pytest.raises(ConceptKitError, match=words):
+        load_sge(bad)
+
+
+def test_an_sge_set_with_nan_given_to_the_sample_node_is_refused(world, sge):
+    from dataclasses import replace
+
+    with pytest.raises(InputError, match="not numbers"):
+        replace(sge, scale=float("nan"))

@@ -277,3 +277,21 @@ def test_a_diverged_run_is_never_checkpointed_and_says_how_to_start_over(world, 
     for checkpoint in tmp_path.glob("step_*"):
         state = load_file(str(checkpoint / "state.safetensors"))
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), checkpoint.name
+
+
+def test_stray_things_in_a_checkpoint_folder_are_neither_resumed_from_nor_removed(world, subject_images, tmp_path):
+    whole = train_concept(world, subject_images, config(), [OffsetPenalty(0.1)]).concept
+    stop_at = iter(range(100))
+    with pytest.raises(Cancelled):
+        train_concept(world, subject_images, config(checkpoint_every=4), [OffsetPenalty(0.1)], checkpoint_dir=tmp_path,
+                      cancel=lambda: next(stop_at) == 4)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    (tmp_path / "step_x9").mkdir()  # looks like a checkpoint, is not one
+    (tmp_path / "step_6").mkdir()  # a checkpoint without its state file
+    (tmp_path / "step_9").write_text("a file")
+    resumed = train_concept(world, subject_images, config(checkpoint_every=4), [OffsetPenalty(0.1)],
+                            checkpoint_dir=tmp_path)
+    assert resumed.resumed_from == 4 and same_tensors(resumed.concept.tensors, whole.tensors)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "step_6", "step_9", "step_x9"]  # its own went
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"

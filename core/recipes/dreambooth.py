@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..files import atomic_write
+from ..files import atomic_write, make_folder
 from ..model import Model
 from ..sampling import CFG, sample
 from ..training import (
@@ -30,6 +30,7 @@ from ..training import (
     prepare_images,
     train_concept,
 )
+from ..training.images import load_image_file
 
 RECIPES = ("dreambooth_lora", "dreambooth_full", "dreambooth_prior", "dreambooth_full_prior", "textual_inversion")
 PRIOR_RECIPES = ("dreambooth_prior", "dreambooth_full_prior")
@@ -56,11 +57,11 @@ def class_images(model: Model, prompts: list[str], seed: int, cache_dir: Path | 
     folder = Path(cache_dir) / key if cache_dir is not None else None
     files = [folder / f"{i:04d}.png" for i in range(len(prompts))] if folder else []
     if files and all(f.is_file() for f in files):
-        return torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])).float() / 255
+        return torch.cat([load_image_file(f)[0] for f in files])
     images = sample(model, prompts, seed=seed, steps=CLASS_IMAGE_STEPS, guidance=CFG(CLASS_IMAGE_CFG),
                     progress=progress, cancel=cancel).images
     if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         for f, image in zip(files, images, strict=True):
             pixels = (image.numpy() * 255).round().astype(np.uint8)
             atomic_write(f, lambda out, p=pixels: Image.fromarray(p).save(out, format="PNG"), if_exists="overwrite")

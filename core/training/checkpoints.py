@@ -5,6 +5,7 @@ optimizer + step are all an exact resume needs."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import ModelLoadError
+from ..files import guarded
 
 STATE_FILE = "state.safetensors"
 RESULT_FILE = "result.safetensors"  # a finished run's result, kept where a caller asks for it
@@ -21,17 +23,21 @@ RESULT_FILE = "result.safetensors"  # a finished run's result, kept where a call
 
 def save_training_state(folder: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None,
                         step: int, extra: dict | None = None) -> Path:
-    """Write `folder` (atomically: a temporary sibling renamed into place)."""
+    """Write `folder` (atomically: a temporary sibling renamed into place). A full disk or any other file-system
+    error leaves no half-written checkpoint and the earlier ones as they were, and says so in one line."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _write_state(tmp, modules, optimizer, step, extra)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half-written checkpoint behind
-        raise
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with guarded(folder, "write the training checkpoint", "free some disk space, or check that you may write there; "
+                 "the earlier checkpoints are kept"):
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            _write_state(tmp, modules, optimizer, step, extra)
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder)
+            tmp.rename(folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return folder
 
 
@@ -75,15 +81,30 @@ def load_training_state(folder: Path, modules: dict[str, torch.nn.Module],
     return int(metadata["step"]), json.loads(metadata.get("extra", "{}"))
 
 
+CHECKPOINT_NAME = re.compile(r"step_(\d+)")
+
+
+def checkpoint_folders(folder: Path) -> list[Path]:
+    """A run folder's complete checkpoints (step_N folders holding their state file), oldest first: anything else
+    in it (a stray folder or file, a half-written checkpoint, a link) is neither read nor removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    with guarded(folder, "list the checkpoints in"):
+        found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_NAME.fullmatch(p.name))
+                 and p.is_dir() and not p.is_symlink() and (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
-    candidates = sorted(Path(folder).glob("step_*[0-9]"), key=lambda p: int(p.name.split("_")[1]))
-    return candidates[-1] if candidates else None
+    found = checkpoint_folders(folder)
+    return found[-1] if found else None
 
 
 def prune_checkpoints(folder: Path, keep: int) -> None:
-    candidates = sorted(Path(folder).glob("step_*[0-9]"), key=lambda p: int(p.name.split("_")[1]))
-    for old in candidates[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    for old in checkpoint_folders(folder)[:-keep]:
+        with guarded(old, "remove the old checkpoint"):
+            shutil.rmtree(old)
 
 
 @dataclass(frozen=True)
@@ -105,20 +126,30 @@ def stored_runs(folder: Path) -> list[RunCheckpoints]:
     or crashed and never queued again (their checkpoints), and finished runs (their kept result)."""
     runs = []
     folder = Path(folder)
-    for run in sorted(p for p in folder.glob("*") if p.is_dir() and not p.is_symlink()) if folder.is_dir() else []:
-        newest = latest_checkpoint(run)
-        marker = newest if newest is not None else run / RESULT_FILE
-        if not marker.exists() or marker.is_symlink():
-            continue
-        size = sum(f.stat().st_size for f in run.rglob("*") if f.is_file() and not f.is_symlink())
-        step = int(newest.name.split("_")[1]) if newest is not None else None
-        runs.append(RunCheckpoints(run, step, marker.stat().st_mtime, size))
+    with guarded(folder, "list the runs in"):
+        for run in sorted(p for p in folder.glob("*") if p.is_dir() and not p.is_symlink()) if folder.is_dir() else []:
+            newest = latest_checkpoint(run)
+            marker = newest if newest is not None else run / RESULT_FILE
+            if not marker.is_file() and newest is None or marker.is_symlink():
+                continue
+            size = sum(f.stat().st_size for f in run.rglob("*") if f.is_file() and not f.is_symlink())
+            step = int(newest.name.split("_")[1]) if newest is not None else None
+            runs.append(RunCheckpoints(run, step, marker.stat().st_mtime, size))
     return sorted(runs, key=lambda r: r.modified)
 
 
 def remove_run(run: RunCheckpoints) -> None:
-    """Delete one run's checkpoints (its folder, never through a link: a link inside it goes, not what it points
-    to); a later queue of that run starts from step 0."""
+    """Delete what one run wrote: its checkpoints and its kept result, then its folder if nothing else is in it
+    (anything else, a link included, stays, and never is anything removed through a link); a later queue of that
+    run starts from step 0."""
     if run.path.is_symlink():
         raise ValueError(f"{run.path} is a link; a run folder is never removed through one")
-    shutil.rmtree(run.path)
+    with guarded(run.path, "remove the run"):
+        for checkpoint in checkpoint_folders(run.path) + [p for p in run.path.glob("step_*.tmp")
+                                                           if p.is_dir() and not p.is_symlink()]:
+            shutil.rmtree(checkpoint)  # its checkpoints, and what a checkpoint write cut short left
+        result = run.path / RESULT_FILE
+        if result.is_file() and not result.is_symlink():
+            result.unlink()
+        if not any(run.path.iterdir()):
+            run.path.rmdir()

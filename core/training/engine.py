@@ -24,7 +24,14 @@ import torch
 from PIL import Image
 
 from ..errors import Cancelled, ConceptKitError, Diverged, InputError
-from .checkpoints import latest_checkpoint, load_training_state, prune_checkpoints, save_training_state
+from ..files import make_folder
+from .checkpoints import (
+    checkpoint_folders,
+    latest_checkpoint,
+    load_training_state,
+    prune_checkpoints,
+    save_training_state,
+)
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -78,14 +85,9 @@ class TrainingEngine:
                         step)
             return
         if folder is not None and self.accelerator.is_main_process:
-            try:
-                Path(folder).mkdir(parents=True, exist_ok=True)
-                save_training_state(Path(folder) / f"step_{step}", state, optimizer, step,
-                                    extra={"signature": self.settings.signature, "losses": losses})
-            except OSError as e:
-                raise ConceptKitError(f"{self.settings.name}: could not write the checkpoint of step {step} in "
-                                      f"{folder} ({e.strerror or e}); free some disk space, or check that you may "
-                                      "write there.") from None
+            make_folder(Path(folder))
+            save_training_state(Path(folder) / f"step_{step}", state, optimizer, step,
+                                extra={"signature": self.settings.signature, "losses": losses})
             prune_checkpoints(Path(folder), self.settings.keep_checkpoints)
 
     def _diverged_message(self, step: int, loss: float) -> str:
@@ -100,7 +102,7 @@ class TrainingEngine:
         folder = self.settings.checkpoint_dir
         if folder is None or not self.accelerator.is_main_process:
             return
-        for checkpoint in Path(folder).glob("step_*"):
+        for checkpoint in checkpoint_folders(folder):  # its own checkpoints only
             shutil.rmtree(checkpoint, ignore_errors=True)
         with contextlib.suppress(OSError):
             Path(folder).rmdir()  # only when nothing else is in it

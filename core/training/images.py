@@ -8,23 +8,31 @@ the model's resolution. Refused with a message: no images, images smaller than M
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import InputError
 
 MIN_SIDE = 16
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # what image folders are read for
 
 
 def _as_hwc(image, index: int) -> torch.Tensor:
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGBA") if image.mode in ("RGBA", "LA", "P") else image)
-        image = torch.from_numpy(image.astype(np.float32) / 255.0)
+        image = torch.from_numpy(_rgba_floats(image))
     elif isinstance(image, np.ndarray):
-        array = image.astype(np.float32)
-        image = torch.from_numpy(array / 255.0 if image.dtype == np.uint8 else array)
+        if image.dtype == np.bool_:
+            image = image.astype(np.float32)
+        elif np.issubdtype(image.dtype, np.integer):  # 8-bit by 255, 16-bit by 65535: each by its own range
+            image = image.astype(np.float32) / np.iinfo(image.dtype).max
+        elif not np.issubdtype(image.dtype, np.floating):
+            raise InputError(f"image {index + 1} is a numpy array of {image.dtype}; give numbers (uint8, uint16 or "
+                             "floats in 0..1).")
+        image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     if not isinstance(image, torch.Tensor):
         raise InputError(f"image {index + 1} is a {type(image).__name__}; give images as a ComfyUI IMAGE, "
                          "tensors, numpy arrays or PIL images.")
@@ -86,3 +94,31 @@ def augment(images: torch.Tensor, generator: torch.Generator, min_scale: float =
             crop = crop.flip(-1)
         out.append(crop)
     return torch.stack(out)
+
+
+def load_image_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(IMAGE [1,H,W,3], MASK [1,H,W]) as ComfyUI's LoadImage gives them."""
+    try:
+        with Image.open(path) as opened:
+            img = ImageOps.exif_transpose(opened)
+            array = _rgba_floats(img)
+    except Image.DecompressionBombError:
+        raise InputError(f"{path}: the image is too large to open safely (over {Image.MAX_IMAGE_PIXELS} "
+                         "pixels); scale it down first.") from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable image ({e}); replace the file or remove it.") from None
+    image = torch.from_numpy(array[..., :3].copy())[None]
+    mask = 1.0 - torch.from_numpy(array[..., 3].copy())[None]
+    return image, mask
+
+
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _rgba_floats(img: Image.Image) -> np.ndarray:
+    """[H, W, 4] in 0..1; 16-bit images by their own range (Pillow's RGB conversion would clip them to white)."""
+    if img.mode in SIXTEEN_BIT:
+        grey = np.asarray(img, dtype=np.float32) / 65535.0
+        return np.concatenate([np.repeat(np.clip(grey, 0, 1)[..., None], 3, -1), np.ones((*grey.shape, 1),
+                                                                                         np.float32)], -1)
+    return np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0

@@ -12,6 +12,7 @@ finished run's result until its caller has saved it.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import ConceptKitError
+from ..files import guarded, make_folder
 from ..model import Model, PatchState, add_patch, patches_in_effect
 from ..model.inference_mode import leave_inference_mode
 from .checkpoints import RESULT_FILE
@@ -42,6 +45,7 @@ from .trainable import TrainableSet
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+log = logging.getLogger("conceptkit.training")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
@@ -79,12 +83,23 @@ class RunFolder:
     def keep(self, save: Callable[[Path], None]) -> None:
         """Keep a finished run's result (`save(path)` writes it) until `conceptkit checkpoints` removes it: a save
         that fails after training loses nothing, and the next queue returns the result at once."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path)
         save(self.result_file)
 
     def kept(self, load: Callable[[Path], T | None]) -> T | None:
-        """The kept result (`load(path)`, None when it is not this run's), or None."""
-        return load(self.result_file) if self.result_file.is_file() else None
+        """The kept result (`load(path)`, None when it is not this run's), or None. A kept result that cannot be
+        read (cut short by a full disk, damaged since) is removed with a warning that says so: the run trains
+        again."""
+        if not self.result_file.is_file():
+            return None
+        try:
+            return load(self.result_file)
+        except ConceptKitError as e:
+            log.warning("the kept result %s cannot be read (%s); it is removed and the run trains again.",
+                        self.result_file, e)
+            with guarded(self.result_file, "remove the damaged kept result"):
+                self.result_file.unlink()
+            return None
 
 
 @dataclass

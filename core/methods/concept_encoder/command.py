@@ -39,6 +39,11 @@ def pretrain_command(out: Path, *, model_path: str | None = None, workdir: Path,
     """Pre-train (or go on pre-training `init`) and write the encoder to `out`; the run's checkpoints live in
     `workdir` (the same command resumes), and `out` is rewritten every `export_every` steps."""
     check_replaceable(Path(out))
+    if Path(workdir).exists() and not Path(workdir).is_dir():
+        raise InputError(f"--workdir {workdir} is a file; give a folder for the run's checkpoints (a new one is "
+                         "made).")
+    if not Path(out).parent.is_dir():
+        raise InputError(f"--out {out}: the folder {Path(out).parent} does not exist; create it first.")
     model = load_model(model_path or EMBEDDED)
     backbone = backbone_for(model, load_clip_vision(clip_vision) if clip_vision else None)
     data = None

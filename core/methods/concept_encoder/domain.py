@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ...errors import InputError
+from ...files import guarded
 from ...training import Batch, Stream, prepare_images
-from ...training.images import augment
+from ...training.images import IMAGE_SUFFIXES, augment, load_image_file
 from ...world.scenes import Scene, WorldObject
 from ...world.vocabulary import COLOURS, ENCODER_DOMAIN_SEEDS, PATTERNS, POSITIONS
 
@@ -49,17 +49,17 @@ def _pixels(images) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-
 def folder_domain(folder: Path, resolution: int, trigger: str) -> Stream:
     """A domain from a folder of images of one class (real models), as `image_domain`."""
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
-        if Path(folder).is_dir() else []
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise InputError(f"{folder} is a file; give the folder of the domain's images.")
+    with guarded(Path(folder), "list the image folder"):
+        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
+            if Path(folder).is_dir() else []
     if len(files) < 2:
-        raise InputError(f"{folder} holds {len(files)} images (.png, .jpg, .webp); a domain needs many images of "
-                         "one class (hundreds or more).")
-    return image_domain([Image.open(p).convert("RGB") for p in files], resolution, trigger)
+        raise InputError(f"{folder} holds {len(files)} images ({', '.join(IMAGE_SUFFIXES)}); a domain needs many "
+                         "images of one class (hundreds or more).")
+    return image_domain([load_image_file(p)[0][0] for p in files], resolution, trigger)  # any damaged file: named
 
 
 def image_domain(images, resolution: int, trigger: str) -> Stream:

@@ -24,7 +24,7 @@ from ...files import write_safetensors
 from ...model import Model, encode_prompts
 from ...model.image_features import ImageBackbone
 from ...model.loading import EMBEDDED_DIR
-from ...safetensors_io import load_safetensors, read_safetensors_metadata
+from ...safetensors_io import check_finite, load_safetensors, read_safetensors_metadata
 from .encoder import (
     AttentionOffsets,
     ConceptEncoder,
@@ -140,7 +140,7 @@ def load_encoder(path: Path, model: Model) -> Pretrained:
             raise InputError(f"{path.name} is a Concept Encoder for {info['family']} models; the model is "
                              f"{model.family}. Load an encoder pre-trained on a {model.family} model, or pre-train "
                              "one (conceptkit pretrain-encoder).")
-        tensors = load_safetensors(path)
+        tensors = check_finite(load_safetensors(path), path, "pre-train it again, or load another encoder")
         offsets = AttentionOffsets(model, int(info["offset_rank"]))
         if list(offsets.names) != list(info["offset_names"]):
             raise InputError(f"{path.name} was pre-trained on a model with another UNet; load an encoder pre-trained "

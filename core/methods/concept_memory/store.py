@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...concepts import Concept, load_concept, save_concept
 from ...errors import ConceptKitError, InputError, ModelLoadError
-from ...files import atomic_folder, atomic_write, safe_file_name
+from ...files import atomic_folder, atomic_write, exclusive_lock, guarded, make_folder, safe_file_name
 from ...model import Model
 from .bank import MemoryBank
 
@@ -71,16 +69,29 @@ class MemoryStore:
     def manifest(self) -> dict:
         path = self.folder / MANIFEST
         try:
-            info = json.loads(path.read_text(encoding="utf-8"))
+            if not path.exists():
+                raise FileNotFoundError(path)
+            with guarded(path, "read the memory's manifest", "check that you may read it"):
+                text = path.read_text(encoding="utf-8")
+            info = json.loads(text)
             if not isinstance(info, dict) or not isinstance(info.get("versions"), list):
                 raise ValueError("not a manifest")
             if int(info["format_version"]) > FORMAT_VERSION:
-                raise ModelLoadError(f"memory '{self.name}' was written by a newer ConceptKit; update ConceptKit.")
-            int(info["current"]), str(info["family"]), str(info["base_fingerprint"])
+                raise ModelLoadError(f"memory '{self.name}' was written by a newer ConceptKit (manifest format "
+                                     f"{info['format_version']}; this one reads {FORMAT_VERSION}); update ConceptKit.")
+            if int(info["format_version"]) != FORMAT_VERSION:
+                raise ValueError(f"unknown format version {info['format_version']!r}")
+            if not isinstance(info["family"], str) or not isinstance(info["base_fingerprint"], str):
+                raise ValueError("its model family or fingerprint is not text")
+            numbers = [int(v["version"]) for v in info["versions"]]  # every entry read now, not at the commit
+            if any(not isinstance(v.get("concepts", []), list) for v in info["versions"]):
+                raise ValueError("a version's concepts are not a list")
+            if int(info["current"]) not in [0, *numbers]:
+                raise ValueError(f"its current version {info['current']} is not one of its versions")
             return info
         except FileNotFoundError:
             raise InputError(f"{self.folder} is not a memory (no {MANIFEST}); create it with Concept Memory.") from None
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
             raise ModelLoadError(f"memory '{self.name}': its {MANIFEST} is damaged ({e}); nothing was changed. Restore "
                                  f"it from a backup, or remove the folder {self.folder} to start the memory over.") \
                 from None
@@ -124,7 +135,7 @@ class MemoryStore:
         """The memory `name` under `root`; a new, empty one (version 0, made for `model`) if there is none."""
         store = cls.named(root, name)
         if not (store.folder / MANIFEST).exists():
-            store.folder.mkdir(parents=True, exist_ok=True)
+            make_folder(store.folder)
             with store.writer():
                 if not (store.folder / MANIFEST).exists():
                     store._write_manifest({"format_version": FORMAT_VERSION, "family": model.family,
@@ -134,35 +145,19 @@ class MemoryStore:
 
     @contextlib.contextmanager
     def writer(self, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
-        """Hold the memory's lock for the block: one writer at a time. A second writer waits up to `wait`
-        seconds, then fails with a message; a lock left by a process that no longer runs is taken over."""
+        """Hold the memory's lock for the block: one writer at a time, exclusive at the file-system level (the lock
+        of a writer that died is released with it). A second writer waits up to `wait` seconds, then fails with a
+        message."""
         if not self.folder.is_dir():
             raise InputError(f"memory '{self.name}' is no longer at {self.folder} (deleted or moved after it was "
                              "opened); put the folder back, or change the memory's name to start a new one.")
-        path = self.folder / LOCK
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                break
-            except FileExistsError:
-                holder = _lock_holder(path)
-                if holder is not None and not _running(holder):
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
-                    continue
-                if time.monotonic() >= deadline:
-                    raise InputError(f"memory '{self.name}' is being written by another process (pid {holder}); "
-                                     "wait for it to finish and queue again. If no ConceptKit is running, delete "
-                                     f"{path}.") from None
-                time.sleep(0.2)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
+
+        def busy(holder: int | None) -> InputError:
+            return InputError(f"memory '{self.name}' is being written by another process (pid {holder}); wait for "
+                              "it to finish and queue again.")
+
+        with exclusive_lock(self.folder / LOCK, wait, busy):
             yield
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
 
     def commit(self, concept: Concept, bank: MemoryBank, learned: str, parameters: dict) -> MemoryState:
         """Write the next version (the caller holds the lock) and make it current."""
@@ -188,7 +183,8 @@ class MemoryStore:
             numbers = sorted(int(v["version"]) for v in info["versions"])
             removed = [n for n in numbers[:-keep] if n != int(info["current"])] if keep else []
             for number in removed:
-                shutil.rmtree(self.folder / _version_folder(number), ignore_errors=True)
+                with guarded(self.folder / _version_folder(number), "remove the old version"):
+                    shutil.rmtree(self.folder / _version_folder(number))
             info["versions"] = [v for v in info["versions"] if int(v["version"]) not in removed]
             self._write_manifest(info)
             return removed
@@ -200,20 +196,3 @@ class MemoryStore:
 
 def _version_folder(number: int) -> str:
     return f"v{number:04d}"
-
-
-def _lock_holder(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip() or "x")
-    except (OSError, ValueError):
-        return None
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

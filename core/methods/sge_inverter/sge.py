@@ -10,6 +10,7 @@ family and fingerprint, how it was made.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,15 @@ class SGESet:
     parameters: dict = field(default_factory=dict)  # epochs, lr, lambda, mapping, seed, images
 
     def __post_init__(self):
+        if self.sge.ndim != 5 or self.targets.ndim != 4 or len(self.targets) == 0:
+            raise InputError(f"the SGE set holds no images (embeddings {tuple(self.sge.shape)}, targets "
+                             f"{tuple(self.targets.shape)}); invert at least one image with SGE Inverter.")
+        broken = [name for name, t in (("embeddings", self.sge), ("targets", self.targets))
+                  if not torch.isfinite(t).all()] + [name for name, v in (("scale", self.scale), ("cfg", self.cfg))
+                                                     if not math.isfinite(v)]
+        if broken:
+            raise InputError(f"the SGE set's {broken[0]} hold values that are not numbers (NaN or infinity); it is "
+                             "damaged: invert the images again.")
         if self.sge.shape[:2] != (len(self.targets), self.window.segments):
             raise InputError(f"the SGE set holds {tuple(self.sge.shape[:2])} embeddings for {len(self.targets)} "
                              f"targets and {self.window.segments} segments; the file is damaged.")
