@@ -150,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "world":
         from .benchmarks.world_check import table, world_check
 
-        gates, holds = world_check(args)
+        result, code = answered(lambda: world_check(args), "Nothing was kept")
+        if code:
+            return code
+        gates, holds = result
         print(table(gates))
         return 0 if holds else 1
     if args.command == "checkpoints":
@@ -207,10 +210,30 @@ def checkpoints(args) -> int:
     return 0
 
 
+def writable_target(path: Path | None, option: str, kind: str) -> str | None:
+    """Why `path` cannot take the bench's output (`kind`: "a file" or "a folder"), or None."""
+    if path is None:
+        return None
+    if kind == "a file" and path.is_dir():
+        return f"{option} {path} is a folder; give a file name."
+    if kind == "a folder" and path.exists() and not path.is_dir():
+        return f"{option} {path} is a file; give a folder (made if missing)."
+    parent = path.parent if kind == "a file" else path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{option} {path}: {parent} is a file, not a folder."
+    return None
+
+
 def bench(args) -> int:
     from .benchmarks import BenchOptions, run_suite, write_report
     from .benchmarks.report import format_table, write_json
 
+    problem = writable_target(args.json, "--json", "a file") or writable_target(args.report, "--report", "a folder")
+    if problem:  # found now, not after the bench has run
+        print(f"conceptkit: error: {problem}", file=sys.stderr)
+        return 2
     try:
         options = BenchOptions(quick=args.quick, model=args.model, seed=args.seed)
         rows, grids, notes, figures = run_suite(args.suite, options)

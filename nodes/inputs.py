@@ -90,6 +90,18 @@ def check_call(node_class, values: dict) -> dict:
     return checked
 
 
+def widget_defaults(node_class) -> dict:
+    """The declared default of every widget input that has one."""
+    found = {}
+    for name, (kind, *rest) in declared_inputs(node_class).items():
+        options = rest[0] if rest else {}
+        if (isinstance(kind, list) or kind in WIDGET_KINDS) and "default" in options:
+            found[name] = options["default"]
+        elif isinstance(kind, list) and kind:
+            found[name] = kind[0]
+    return found
+
+
 def checked_inputs(node_class) -> None:
     """Make every call of the node's FUNCTION check its inputs first (once per class)."""
     function = getattr(node_class, node_class.FUNCTION)
@@ -110,6 +122,9 @@ def checked_inputs(node_class) -> None:
         values = check_call(node_class, {**values, **extra})
         missing = [k for k, p in signature.parameters.items() if k != "self" and k not in values
                    and p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        defaults = widget_defaults(node_class)  # as the editor fills a new node's widgets
+        values.update({k: defaults[k] for k in missing if k in defaults})
+        missing = [k for k in missing if k not in defaults]
         if missing:
             raise InputError(f"{node_class.__name__.removeprefix('ConceptKit')}: required input '{missing[0]}' has "
                              "no value.")

@@ -731,3 +731,20 @@ def test_a_chain_of_1200_nodes_validates_without_recursion(tmp_path, capsys):
     assert code == 2 and "Traceback" not in err and "Recursion" not in err
     assert "node 2 (ConceptKitLoadConcept), input 'concept_name'" in err  # the one real problem, found
     assert written(tmp_path / "out") == []
+
+
+def test_a_script_call_leaving_out_widgets_gets_their_declared_defaults_as_in_the_editor():
+    from conceptkit import NODE_CLASS_MAPPINGS as N
+
+    (model,) = N["ConceptKitLoadModel"]().load(model="embedded")  # device, dtype, prediction_type: the defaults
+    assert model.family == "world" and model.device.type == "cpu"
+
+
+def test_the_concept_encoder_refuses_an_empty_trigger_even_without_tuning(world):
+    from conceptkit import NODE_CLASS_MAPPINGS as N
+    from conceptkit.core.errors import InputError
+
+    loader = N["ConceptKitLoadConceptEncoder"]
+    (encoder,) = loader().load(loader.INPUT_TYPES()["required"]["encoder"][0][0])
+    with pytest.raises(InputError, match="has no letters"):
+        N["ConceptKitConceptEncoder"]().encode(world, encoder, torch.rand(1, 64, 64, 3), "  ", 0, 0)

@@ -181,3 +181,21 @@ def test_checkpoints_lists_nothing_in_a_models_folder_that_is_a_file_and_leaves_
     assert main(["checkpoints", "--models", str(models)]) == 0
     assert "0 stored run(s)" in capsys.readouterr().out
     assert models.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("case", ["json is a folder", "json under a file", "report is a file", "world model missing",
+                                  "bench model missing", "encoder out not safetensors"])
+def test_a_command_refuses_a_bad_target_before_its_long_work(tmp_path, capsys, case):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("mine")
+    argv = {"json is a folder": ["bench", "finetune", "--json", str(tmp_path)],
+            "json under a file": ["bench", "finetune", "--json", str(afile / "x.json")],
+            "report is a file": ["bench", "finetune", "--report", str(afile)],
+            "world model missing": ["world", "check", "--model", str(tmp_path / "nothere")],
+            "bench model missing": ["bench", "finetune", "--model", str(tmp_path / "nothere")],
+            "encoder out not safetensors": ["pretrain-encoder", "--out", str(tmp_path / "enc.txt"), "--workdir",
+                                            str(tmp_path / "run")]}[case]
+    assert main([*argv, "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("conceptkit: error:") and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile.txt"] and afile.read_text() == "mine"

@@ -42,6 +42,8 @@ def pretrain_command(out: Path, *, model_path: str | None = None, workdir: Path,
     if Path(workdir).exists() and not Path(workdir).is_dir():
         raise InputError(f"--workdir {workdir} is a file; give a folder for the run's checkpoints (a new one is "
                          "made).")
+    if Path(out).suffix != ".safetensors":
+        raise InputError(f"--out {out}: an encoder file ends in .safetensors; give such a path.")
     if not Path(out).parent.is_dir():
         raise InputError(f"--out {out}: the folder {Path(out).parent} does not exist; create it first.")
     model = load_model(model_path or EMBEDDED)

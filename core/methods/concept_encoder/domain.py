@@ -51,7 +51,9 @@ def _pixels(images) -> torch.Tensor:
 
 def folder_domain(folder: Path, resolution: int, trigger: str) -> Stream:
     """A domain from a folder of images of one class (real models), as `image_domain`."""
-    if Path(folder).exists() and not Path(folder).is_dir():
+    if not Path(folder).exists():
+        raise InputError(f"{folder}: no such folder; give the folder of the domain's images.")
+    if not Path(folder).is_dir():
         raise InputError(f"{folder} is a file; give the folder of the domain's images.")
     with guarded(Path(folder), "list the image folder"):
         files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \

@@ -25,7 +25,7 @@ from ...concepts import Concept, Trigger
 from ...errors import InputError
 from ...model import Conditioning, Model, encode_prompts
 from ...model.image_features import ImageBackbone
-from ...model.patches import class_word_vector
+from ...model.patches import class_word_vector, trigger_problem
 from ...training import (
     DEFAULT_PREVIEW_SHARE,
     Batch,
@@ -220,6 +220,8 @@ def tune_concept(model: Model, pretrained: Pretrained, backbone: ImageBackbone, 
     """A concept from ONE image [1, 3, H, W] in -1..1 (the model's size): the pre-trained encoder and offsets
     tuned for `settings.steps` steps on augmentations of it (0 steps: the encoder as pre-trained)."""
     pretrained.check_fits(model, backbone)
+    if problem := trigger_problem(trigger.strip()):  # a word it can be (a new one, when tuning: below)
+        raise InputError(problem)
     with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; what trains must be ordinary tensors
         features = backbone.features(image.to(model.device)).clone()
         encoder, offsets = copy.deepcopy(pretrained.encoder), copy.deepcopy(pretrained.offsets)
