@@ -398,3 +398,21 @@ def test_a_lock_path_that_is_a_folder_is_a_clear_error_and_stays(world, two_conc
         with MemoryStore(folder).writer():
             pass
     assert (folder / "lock").is_dir()
+
+
+def test_kill_9_between_training_and_commit_then_the_rerun_commits_without_training(world, tmp_path):
+    root, run = tmp_path / "memories", tmp_path / "run"
+    store = MemoryStore.open_or_create(root, "pets", world)
+    process = subprocess.Popen([sys.executable, str(HELPER), "learn-then-hang", str(root), "pets", "12", "<p0>", "4",
+                                str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().startswith("trained")
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    assert store.current().version == 0 and (run / "result.safetensors").is_file()  # trained, kept, not committed
+    images, captions = subject(12)
+    steps = []
+    state = learn(store, world, images, "<p0>", "creature", LearnSettings(steps=4, candidates=2, keep=1),
+                  captions=captions, checkpoint_dir=run, progress=lambda step, total, preview: steps.append(step))
+    assert state.version == 1 and state.triggers == ["<p0>"] and steps == []  # committed, no second training
