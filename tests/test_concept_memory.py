@@ -416,3 +416,16 @@ def test_kill_9_between_training_and_commit_then_the_rerun_commits_without_train
     state = learn(store, world, images, "<p0>", "creature", LearnSettings(steps=4, candidates=2, keep=1),
                   captions=captions, checkpoint_dir=run, progress=lambda step, total, preview: steps.append(step))
     assert state.version == 1 and state.triggers == ["<p0>"] and steps == []  # committed, no second training
+
+
+def test_the_artist_samples_a_memory_read_from_disk_by_a_model_loaded_under_inference_mode(two_concepts,
+                                                                                              monkeypatch):
+    monkeypatch.setenv("CONCEPTKIT_MODELS_DIR", str(two_concepts.folder.parent.parent))
+    nodes = {name: cls() for name, cls in NODE_CLASS_MAPPINGS.items()}
+    with torch.inference_mode():  # a later ComfyUI prompt: the model loaded and the memory read under inference mode
+        (model,) = nodes["ConceptKitLoadModel"].load(model="embedded", dtype="fp32")
+        memory = MemoryStore(two_concepts.folder)
+        (applied,) = nodes["ConceptKitApplyMemory"].apply(model, memory, 1.0, True, 20.0, 0.25)
+        (images,) = nodes["ConceptKitSample"].generate(applied, "a <p0> creature at the top and a <p1> creature at "
+                                                       "the bottom, red background", "", 0, 4, 5.0, "ddim", 0, 0, 1)
+    assert images.shape == (1, 64, 64, 3) and torch.isfinite(images).all()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ...model import Model
+from ...model import Conditioning, Model
 from ...model.inference_mode import leave_inference_mode
 from ...sampling import RecordingAttention
 
@@ -73,6 +73,8 @@ class ConceptAttentionArtist(RecordingAttention):
             return latents
         with torch.inference_mode(False), torch.enable_grad():
             x = latents.detach().clone().requires_grad_(True)
+            # the prompts' states, made under ComfyUI's inference mode, are inference tensors: no gradient passes them
+            cond = Conditioning(cond.hidden.clone(), None if cond.pooled is None else cond.pooled.clone())
             self.recording = True
             try:
                 denoise(x, step.timestep, cond)
