@@ -13,6 +13,7 @@ from ..core.methods.sge_inverter import (
     DEFAULT_STEPS,
     MAPPINGS,
     MAX_IMAGES,
+    Q_NOISES,
     InvertSettings,
     invert,
     load_sge,
@@ -59,7 +60,9 @@ class ConceptKitSGEInverter:
                                     "s: how strongly the embeddings steer the noise prediction (official 2.0)."}),
                 "epochs": ("INT", {"default": DEFAULT_EPOCHS, "min": 1, "max": 10000, "tooltip": "Optimizer steps "
                            "per segment of the window (one per step of the window)."}),
-                "seed": TRAINING_SEED,
+                "seed": ("INT", {**TRAINING_SEED[1], "tooltip": "Seed of the inversion: the embeddings' start and "
+                                 "every noise it draws. The same seed and inputs give the same set; queueing them "
+                                 "again after a Cancel or crash resumes it."}),
             },
             "optional": {
                 "learning_rate": ("FLOAT", {"default": DEFAULT_LR, "min": 1e-6, "max": 10.0, "step": 1e-4,
@@ -70,15 +73,25 @@ class ConceptKitSGEInverter:
                 "checkpoint_every": ("INT", {"default": 300, "min": 0, "max": 100000, "tooltip": "Write a "
                                      "resumable checkpoint every N optimizer steps (0: only on Cancel). Removed "
                                      "when the inversion finishes."}),
+                # added later: after the older widgets, so saved workflows keep their values in place
+                "prompt": ("STRING", {"default": "", "multiline": False, "tooltip": "c: the prompt the model's "
+                           "prediction is taken with, during inversion and when SGE Sample draws (empty: "
+                           "unconditional, as the official pixel model; a class prompt such as 'a creature' suits a "
+                           "text-to-image model)."}),
+                "cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "Classifier-free "
+                        "guidance scale of that prediction (1: the conditional pass only). Used by SGE Sample too."}),
+                "q_noise": (list(Q_NOISES), {"default": "random", "tooltip": "Noise of the noised targets: random "
+                            "(fresh at every step, the official run's) or fixed (one seed-0 noise for every epoch: "
+                            "the base model's predictions are computed once, much faster)."}),
             },
         }
 
-    def invert(self, model, images, steps, window, window_start, window_end, scale, epochs, seed,
-               learning_rate=DEFAULT_LR, penalty=DEFAULT_PENALTY, checkpoint_every=300):
+    def invert(self, model, images, steps, window, window_start, window_end, scale, epochs, seed, prompt="", cfg=1.0,
+               q_noise="random", learning_rate=DEFAULT_LR, penalty=DEFAULT_PENALTY, checkpoint_every=300):
         explicit = (window_start, window_end) if window_end else None
         settings = InvertSettings(steps=steps, mapping=window, window=explicit, scale=scale, epochs=epochs,
-                                  learning_rate=learning_rate, penalty=penalty, seed=seed,
-                                  checkpoint_every=checkpoint_every)
+                                  learning_rate=learning_rate, penalty=penalty, prompt=prompt.strip(), cfg=cfg,
+                                  q_noise=q_noise, seed=seed, checkpoint_every=checkpoint_every)
         folder = comfy.run_folder(images, settings, model)
         return (invert(model, images, settings, checkpoint_dir=folder.path,
                        progress=comfy.Progress(epochs, "SGE Inverter"), cancel=comfy.cancel_requested),)
@@ -101,8 +114,9 @@ class ConceptKitSGESample:
             "sge": (CK_SGE, {"tooltip": "From SGE Inverter or Load SGE."}),
             "count": ("INT", {"default": 4, "min": 1, "max": 256, "tooltip": "How many images."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
-                             "tooltip": "Seed of the first image; image i uses seed + i (its starting image, noise "
-                                        "and embedding draws)."}),
+                             "tooltip": "Seed of the first new image; image i uses seed + i: which target it starts "
+                                        "from, its start noise, and its draws of stored embeddings and relaxing "
+                                        "noise. One seed, one image, whatever the count."}),
             "relax": ("FLOAT", {"default": DEFAULT_RELAX, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": "a: "
                       "the annealed noise added to the drawn embeddings (more: more varied, less like the domain; "
                       "official 0.05)."}),

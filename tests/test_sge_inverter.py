@@ -88,17 +88,20 @@ def test_inversion_reports_every_step_with_previews_of_its_current_estimate_with
     assert 2 <= len(shown) <= 3 and all(image.size == (64, 64) for image in shown)
 
 
-def test_the_embeddings_steer_generation_toward_their_target(world):
+@pytest.mark.parametrize("q_noise,bound", [("fixed", 0.4), ("random", 0.85)])
+def test_the_embeddings_steer_generation_toward_their_target(world, q_noise, bound):
     """One target, its own row and no relaxing: the target comes back (as the VAE draws it: its reconstruction is
-    the best any latent model can do), far closer than from the same start without embeddings."""
+    the best any latent model can do), far closer than from the same start without embeddings. Learned on one fixed
+    noise and started from it, nearly exactly; learned on fresh noises (the official run) and started from a fresh
+    one, less so: the embeddings then carry what every noise needs, not one noise's correction."""
     target = torch.from_numpy(style_renders(1, seed=3)).float() / 255
-    sge = invert(world, target, InvertSettings(steps=8, window=(0, 6), epochs=60))
+    sge = invert(world, target, InvertSettings(steps=8, window=(0, 6), epochs=60, q_noise=q_noise))
     none = SGESet(torch.zeros_like(sge.sge), sge.targets, sge.window, sge.scale, sge.prompt, sge.cfg, sge.family,
-                  sge.base_fingerprint)
+                  sge.base_fingerprint, parameters=sge.parameters)
     guided = sample_sge(world, sge, count=1, seed=0, relax=0.0).images
     unguided = sample_sge(world, none, count=1, seed=0, relax=0.0).images
     drawn = decode_latents(world, sge.targets)
-    assert (guided - drawn).abs().mean() < 0.4 * (unguided - drawn).abs().mean()
+    assert (guided - drawn).abs().mean() < bound * (unguided - drawn).abs().mean()
 
 
 def test_one_seed_gives_one_image_whatever_the_count(world, sge):
@@ -124,11 +127,17 @@ def test_the_window_is_carried_to_the_schedule_by_step_or_by_noise_level(world):
     by_step = map_window(scheduler.timesteps, scheduler.alphas_cumprod, "step")
     by_noise = map_window(scheduler.timesteps, scheduler.alphas_cumprod, "noise")
     assert (by_step.start, by_step.end) == (5, 20)  # the official steps
-    assert (by_noise.start, by_noise.end) == (6, 25)  # the world keeps more signal: the noise-level window is higher
+    assert (by_noise.start, by_noise.end) == (7, 25)  # the world keeps more signal: the noise-level window is higher
     top = float(scheduler.alphas_cumprod[int(scheduler.timesteps[by_noise.first_loop_index])].sqrt())
-    assert top < 0.1  # starts about as noisy as the paper's (0.05 at its step 19)
+    assert top < 0.1  # starts about as noisy as the paper's (0.04 at its step 19, t = 791)
     scheduler.set_timesteps(50)
     assert map_window(scheduler.timesteps, scheduler.alphas_cumprod, "step").end == 40
+
+
+def test_the_official_window_sits_where_guided_diffusions_respacing_puts_it():
+    from conceptkit.core.methods.sge_inverter.window import official_timestep
+
+    assert [official_timestep(i) for i in (0, 5, 19, 24)] == [0, 208, 791, 999]
 
 
 def test_a_v_prediction_model_gets_the_same_embeddings_as_its_epsilon_twin(world, domain):

@@ -1,9 +1,12 @@
 """Generating from an SGE set by conditional relaxing (METHODS.md §2): noise a target to the window's top,
 then denoise; inside the window every call takes a random stored SGE row (a fresh draw per call, not tied to
-the noised target) plus annealed noise,
-    eps_hat = eps(x_t, c) - sqrt(1 - abar_t) * s * (G[r, k] + a * (idx - start) / (end - start) * N(0, I)),
+the noised target) plus annealed noise, added outside the scale as the official cond_fn returns s * G + noise:
+    eps_hat = eps(x_t, c) - sqrt(1 - abar_t) * (s * G[r, k] + a * (idx - start) / (end - start) * N(0, I)),
 idx counting steps from the clean end. Outside the window: plain eps. Every random draw of image i comes
-from its own generator, so one seed gives one image whatever the batch size.
+from its own generator, so one seed gives one image whatever the batch size (the official draws its batch's
+rows as a permutation at each step, so within a step no two images share a row; one image's draws are
+uniform either way). The start noise is fresh per image, as main.sh's `--random_q_noise True`; a set inverted
+with fixed noise starts from that noise.
 """
 
 from __future__ import annotations
@@ -52,9 +55,9 @@ class _RelaxedSteps(Guidance):
         for generator in step.generators:  # image i's own draws
             r = int(torch.randint(0, sge.count, (1,), generator=generator))
             noise = torch.randn(sge.sge.shape[2:], generator=generator)
-            rows.append(sge.sge[r, segment] + anneal * noise)
+            rows.append(sge.scale * sge.sge[r, segment] + anneal * noise)
         g = torch.stack(rows).to(eps)
-        eps_hat = eps - (1 - alpha_bar).sqrt() * sge.scale * g
+        eps_hat = eps - (1 - alpha_bar).sqrt() * g
         return output_of(eps_hat, x.float(), alpha_bar, self.model.prediction_type).to(output.dtype)
 
 
@@ -67,7 +70,7 @@ def sample_sge(model: Model, sge: SGESet, count: int = 4, seed: int = 0, relax: 
     picks = [int(torch.randint(0, sge.count, (1,), generator=torch.Generator().manual_seed((seed + i) % 2**64 ^ 0x5CE)))
              for i in range(count)]
     init = sge.targets[picks].to(model.device, model.dtype)
-    fixed = fixed_q_noise(sge.targets.shape)[picks]
+    fixed = fixed_q_noise(sge.targets.shape)[picks] if sge.parameters.get("q_noise", "fixed") == "fixed" else None
     return sample(model, sge.prompt, batch_size=count, seed=seed, steps=sge.window.steps,
                   start_step=sge.window.first_loop_index, init_latents=init, init_noise=fixed,
                   guidance=RelaxedSGE(sge, relax),

@@ -1,13 +1,17 @@
-"""Inverting a few target images into an SGE set (METHODS.md §2; official code YuCao16/CRDI).
+"""Inverting a few target images into an SGE set (METHODS.md §2; official code YuCao16/CRDI, its main.sh).
 
 For each segment k of the guidance window, noisiest first, `epochs` Adam steps on G[:, k] with all N targets
 as one batch. As the official code: each epoch takes about 0.8 x the segment's steps (one in each equal
-sub-range), x_t = q(x0, t, n) and y = q(x0, t_prev, n) with ONE fixed noise n (seed 0; `random_q_noise: False`),
-t_prev the schedule's next DDIM step; one guided DDIM step from x_t gives x0_hat and x_{t_prev}; the loss, summed
-over those steps before the epoch's one optimizer step, is
+sub-range); x_t = q(x0, t, n1) and y = q(x0, t_prev, n2) with fresh noises n1, n2 at every step (main.sh's
+`--random_q_noise True`; `q_noise="fixed"`: one seed-0 noise for both, the configs' default), t_prev the
+schedule's next DDIM step; one guided DDIM step from x_t gives x0_hat and x_{t_prev}; the loss, summed over those
+steps before the epoch's one optimizer step, is
     mse(x0_hat, x0) + mse(x_{t_prev}, y) + lambda * mean over elements of (G[i, k] - mean_j G[j, k])^2.
-G enters after the UNet call, so the UNet runs forward only and never changes. A training run: resume,
-Cancel, progress with a preview (the current x0_hat of the first target: a VAE decode, no UNet pass).
+G is one tensor [N, K, C, h, w] under one Adam for the whole inversion, as the official `GradientConfig`: a
+finished segment gets zero gradients and moves only by its optimizer momentum while the next ones train.
+G enters after the UNet call, so the UNet runs forward only and never changes: an epoch's steps go through it as
+one batch, and with fixed noise its prediction at each step's x_t is computed once and reused. A training run:
+resume, Cancel, progress with a preview (the current x0_hat of the first target: a VAE decode, no UNet pass).
 A v-prediction model's output is converted to eps first, and back after guidance.
 """
 
@@ -47,6 +51,7 @@ DEFAULT_LR = 0.05
 DEFAULT_PENALTY = 1.0
 DEFAULT_STEPS = 25
 DEFAULT_MAPPING = "noise"  # chosen by `conceptkit bench sge` (README)
+Q_NOISES = ("random", "fixed")
 
 
 @dataclass
@@ -60,6 +65,7 @@ class InvertSettings:
     penalty: float = DEFAULT_PENALTY
     prompt: str = ""
     cfg: float = 1.0
+    q_noise: str = "random"  # the official main.sh's; "fixed": one seed-0 noise for every epoch (Q_NOISES)
     seed: int = 0
     checkpoint_every: int = 300
 
@@ -128,21 +134,21 @@ def _size(image) -> tuple[int, int]:
 
 
 class SampleEmbeddings(TrainableSet):
-    """What the inversion trains: G as one parameter per segment ([N, C, h, w] each), so a finished segment's Adam
-    state never moves it. The model itself never changes."""
+    """What the inversion trains: G, one parameter [N, K, C, h, w] under one optimizer (the official
+    `GradientConfig`). The model itself never changes."""
 
     kind = "sge"
 
     def __init__(self, model: Model, count: int, segments: int, shape: tuple[int, ...], generator: torch.Generator):
         super().__init__(model, [], train_token=False, train_text_encoder=False)
-        self.segments = [torch.nn.Parameter(torch.randn(count, *shape, generator=generator).to(model.device))
-                         for _ in range(segments)]
+        self.embeddings = torch.nn.Parameter(torch.randn(count, segments, *shape, generator=generator)
+                                             .to(model.device))
 
     def weight_parameters(self):
-        return list(self.segments)
+        return [self.embeddings]
 
     def state(self):
-        return {f"segments.{k}": p for k, p in enumerate(self.segments)}
+        return {"embeddings": self.embeddings}
 
 
 @dataclass
@@ -159,6 +165,8 @@ def invert(model: Model, images, settings: InvertSettings | None = None, *, chec
     settings = settings or InvertSettings()
     if settings.mapping not in MAPPINGS:
         raise InputError(f"window mapping '{settings.mapping}' is not one of {', '.join(MAPPINGS)}.")
+    if settings.q_noise not in Q_NOISES:
+        raise InputError(f"q_noise '{settings.q_noise}' is not one of {', '.join(Q_NOISES)}.")
     if settings.epochs < 1 or settings.steps < 2:
         raise InputError(f"epochs must be at least 1 and steps at least 2 (got {settings.epochs}, {settings.steps}).")
     with training_mode(model):
@@ -186,24 +194,51 @@ def _invert(model, images, settings, checkpoint_dir, progress, cancel, name) -> 
     clean_first = timesteps.flip(0).long()  # DDIM timestep of each step counted from the clean end
     final_alpha = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float32, device=model.device)
     latest: dict[str, torch.Tensor] = {}
-    fixed_noise = fixed_q_noise(x0.shape).to(x0)
+    fixed_noise = fixed_q_noise(x0.shape).to(x0) if settings.q_noise == "fixed" else None
+    cached: dict[int, torch.Tensor] = {}  # fixed noise: the base prediction at step j's x_t, the same every epoch
 
-    def step_loss(segment: int, j: int) -> torch.Tensor:
-        """One guided DDIM step from x_t (step j from the clean end) to step j - 1, against q(x0) at both."""
-        t, a_t = int(clean_first[j]), alphas[int(clean_first[j])]
-        a_prev = alphas[int(clean_first[j - 1])] if j > 0 else final_alpha  # where the sampler's DDIM step lands
-        x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * fixed_noise
-        y = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * fixed_noise
-        timestep = torch.full((len(x0),), t, device=model.device)
-        output = prediction(denoise, x_t.to(model.dtype), timestep, cond, uncond, settings.cfg).float()
-        eps = eps_of(output, x_t, a_t, model.prediction_type)
-        g = embeddings.segments[segment]
-        eps_hat = eps - (1 - a_t).sqrt() * settings.scale * g
+    def base_eps(js: list[int], x_t: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
+        """eps(x_t, c) of every chosen step, the UNet run once on all of them as one batch."""
+        todo = [k for k, j in enumerate(js) if j not in cached]
+        n = len(x0)
+        eps = torch.empty_like(x_t)
+        if todo:
+            rows = torch.cat([torch.arange(k * n, (k + 1) * n) for k in todo])
+            timestep = torch.cat([torch.full((n,), int(clean_first[js[k]]), device=model.device) for k in todo])
+            output = prediction(denoise, x_t[rows].to(model.dtype), timestep, Conditioning.cat([cond] * len(todo)),
+                                Conditioning.cat([uncond] * len(todo)), settings.cfg).float()
+            eps[rows] = eps_of(output, x_t[rows], a_t[rows], model.prediction_type)
+            if fixed_noise is not None:
+                cached.update({js[k]: eps[k * n:(k + 1) * n].clone() for k in todo})
+        for k, j in enumerate(js):
+            if k not in todo:
+                eps[k * n:(k + 1) * n] = cached[j]
+        return eps
+
+    def steps_loss(segment: int, js: list[int], generator: torch.Generator) -> torch.Tensor:
+        """Guided DDIM steps from x_t (steps js from the clean end) to the step after each, against q(x0) at both;
+        the sum over the steps of each one's loss."""
+        n = len(x0)
+        a_t = torch.cat([alphas[int(clean_first[j])].expand(n) for j in js]).view(-1, 1, 1, 1)
+        a_prev = torch.cat([(alphas[int(clean_first[j - 1])] if j > 0 else final_alpha).expand(n) for j in js]) \
+            .view(-1, 1, 1, 1)  # where the sampler's DDIM step lands
+        clean = x0.repeat(len(js), 1, 1, 1)
+        if fixed_noise is None:  # fresh, independent noises for x_t and y (official q_sample_noise, random)
+            n1 = torch.randn(clean.shape, generator=generator).to(clean)
+            n2 = torch.randn(clean.shape, generator=generator).to(clean)
+        else:
+            n1 = n2 = fixed_noise.repeat(len(js), 1, 1, 1)
+        x_t = a_t.sqrt() * clean + (1 - a_t).sqrt() * n1
+        y = a_prev.sqrt() * clean + (1 - a_prev).sqrt() * n2
+        eps = base_eps(js, x_t, a_t)
+        g = embeddings.embeddings[:, segment]
+        eps_hat = eps - (1 - a_t).sqrt() * settings.scale * g.repeat(len(js), 1, 1, 1)
         x0_hat = (x_t - (1 - a_t).sqrt() * eps_hat) / a_t.sqrt()
         x_prev = a_prev.sqrt() * x0_hat + (1 - a_prev).sqrt() * eps_hat
         centred = (g - g.mean(0, keepdim=True)).pow(2).mean()
-        latest["x0"] = x0_hat.detach()
-        return F.mse_loss(x0_hat, x0) + F.mse_loss(x_prev, y) + settings.penalty * centred
+        latest["x0"] = x0_hat[:n].detach()
+        per_step = len(js) * (F.mse_loss(x0_hat, clean) + F.mse_loss(x_prev, y))  # each step's mse, summed
+        return per_step + len(js) * settings.penalty * centred
 
     def epoch_loss(run: TrainingRun, batch: Batch, generator: torch.Generator) -> torch.Tensor:
         """One epoch of one segment: the losses of ~0.8 x its steps (one in each equal sub-range), summed, as
@@ -213,7 +248,7 @@ def _invert(model, images, settings, checkpoint_dir, progress, cancel, name) -> 
         count = steps_per_epoch(first, last)
         width = (last - first) / count
         steps = [int(first + width * i + float(torch.rand((), generator=generator)) * width) for i in range(count)]
-        return sum(step_loss(segment, j) for j in steps)
+        return steps_loss(segment, steps, generator)
 
     def preview(_model: Model):  # the first target's current x0_hat: a VAE decode, no UNet pass
         return preview_image(model, latest["x0"].to(model.dtype)) if "x0" in latest else None
@@ -228,9 +263,9 @@ def _invert(model, images, settings, checkpoint_dir, progress, cancel, name) -> 
                       objective=epoch_loss, train_unet_mode=False,
                       hooks=RunHooks(progress=progress, cancel=cancel, preview=preview))
     outcome = run.train(lambda trainable, outcome: outcome)
-    sge = torch.stack([p.detach() for p in embeddings.segments], dim=1).float().cpu()
+    sge = embeddings.embeddings.detach().float().cpu()
     return SGESet(sge, x0.cpu(), window, settings.scale, settings.prompt, settings.cfg, model.family,
                   model.fingerprint(), model.prediction_type,
                   {"epochs": settings.epochs, "learning_rate": settings.learning_rate, "penalty": settings.penalty,
-                   "mapping": settings.mapping, "seed": settings.seed, "images": len(x0),
+                   "mapping": settings.mapping, "seed": settings.seed, "images": len(x0), "q_noise": settings.q_noise,
                    "losses": [round(v, 6) for v in outcome.losses[-window.segments * 1:]]})

@@ -1,9 +1,10 @@
 """The guidance window on a model's own schedule (METHODS.md §2).
 
 The official window is DDIM steps [5, 20) of 25 on a pixel DDPM (linear betas 1e-4..0.02, 1000 steps),
-counted from the clean end: the SGEs act between t = 200 and t = 760, and generation starts from a target
-noised to t = 760, where sqrt(alpha-bar) is about 0.05. A latent model's schedule keeps much more signal at
-the same step (the world's scaled-linear one: 0.23 at t = 760), so the window can be carried over
+counted from the clean end: with guided-diffusion's respacing the SGEs act between t = 208 and t = 791, and
+generation starts from a target noised to t = 791, where sqrt(alpha-bar) is about 0.04. A latent model's schedule
+keeps much more signal at the same step (the world's scaled-linear one: about 0.2 there), so the window can be
+carried over
 - "step": by step index, scaled to the run's step count (the same share of the schedule), or
 - "noise": by noise level, the steps whose sqrt(alpha-bar) is nearest the official window's bounds.
 """
@@ -22,11 +23,17 @@ OFFICIAL_TRAIN_STEPS = 1000
 MAPPINGS = ("step", "noise")
 
 
+def official_timestep(index: int) -> int:
+    """The training timestep of DDIM step `index` (from the clean end) of the official 25: guided-diffusion's
+    respacing takes round(index * 999 / 24) (step 5: t = 208, step 19: t = 791)."""
+    return round(index * (OFFICIAL_TRAIN_STEPS - 1) / (OFFICIAL_STEPS - 1))
+
+
 def official_signal(index: int) -> float:
     """sqrt(alpha-bar) of the official schedule at DDIM step `index` (counted from the clean end) of 25."""
     betas = torch.linspace(1e-4, 0.02, OFFICIAL_TRAIN_STEPS, dtype=torch.float64)
     alpha_bar = torch.cumprod(1 - betas, 0)
-    return float(alpha_bar[index * (OFFICIAL_TRAIN_STEPS // OFFICIAL_STEPS)].sqrt())
+    return float(alpha_bar[official_timestep(index)].sqrt())
 
 
 @dataclass(frozen=True)
