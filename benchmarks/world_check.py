@@ -94,7 +94,8 @@ def text_path_gate(model, names: int, directions: int, seeds: int) -> Gate:
     word's norm in a random direction, same prompt and seed."""
     tokenizer, encoder = model.tokenizers[0], model.text_encoders[0]
     table = encoder.get_input_embeddings().weight
-    word_ids = [tokenizer.convert_tokens_to_ids(w + "</w>") for w in CAPTION_WORDS]
+    # a typical word: the world's ordinary words (colours, shapes, places, traits), not the names being moved
+    word_ids = [tokenizer.convert_tokens_to_ids(w + "</w>") for w in CAPTION_WORDS if w not in CREATURE_NAMES]
     typical = float(table[word_ids].detach().norm(dim=1).mean())
     gen = torch.Generator().manual_seed(0)
     cosines = []

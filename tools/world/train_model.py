@@ -5,7 +5,10 @@
 A build script of the world, outside the installed package. `configs/world_model.json` is the first edition
 (from scratch, the first scene mix);
 `configs/world_model_edition2.json` continues from a trained model's folder (its `init_from`: the first
-edition's weights) with the second edition's scene mix, keeping that model's VAE and tokenizer.
+edition's weights) with the second edition's scene mix, keeping that model's VAE and tokenizer;
+`configs/world_model_edition3_identity.json` continues the third edition with identity vectors (a creature's own
+point in the text encoder's input space, `identity_vectors.py`): named creatures' words tied to theirs, and scenes
+of unnamed creatures captioned with a carrier word whose embedding is replaced by the creature's vector.
 
 Runs in stages on the training service's engine: checkpoints every few hundred steps (safetensors),
 resumes exactly from the newest checkpoint (each step's data, noise and timesteps are pure functions of
@@ -28,12 +31,21 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from identity_vectors import IdentityBasis
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from conceptkit.core.training import RunSettings, TrainingEngine
 from conceptkit.core.training.checkpoints import latest_checkpoint, load_training_state
-from conceptkit.core.world.scenes import MIXES, training_batch
-from conceptkit.core.world.vocabulary import CAPTION_WORDS
+from conceptkit.core.world.scenes import MIXES, Scene, WorldObject, background_colours, training_batch
+from conceptkit.core.world.vocabulary import (
+    CAPTION_WORDS,
+    CREATURE_NAMES,
+    NAMED_CREATURE_SEEDS,
+    PAIRED_POSITIONS,
+    PATTERNS,
+    POSITIONS,
+    TRAIN_INSTANCE_SEEDS,
+)
 
 from clip_tokenizer import write_clip_tokenizer
 
@@ -223,14 +235,78 @@ def encode_dataset(cfg: dict, workdir: Path, vae: AutoencoderKL, deadline: Deadl
     return data
 
 
-def dataset_batch(data: dict, seed: int, step: int, batch_size: int, rank: int) -> tuple[torch.Tensor, ...]:
+def batch_index(n: int, seed: int, step: int, batch_size: int, rank: int) -> torch.Tensor:
     """Indices of one step: epoch-wise permutations, a pure function of (seed, step, rank)."""
-    n = data["mean"].shape[0]
     first = (step * batch_size) % n
     epoch = (step * batch_size) // n
     order = torch.randperm(n, generator=stream_generator(seed, 3, epoch, rank))
-    index = order[torch.arange(first, first + batch_size) % n]
+    return order[torch.arange(first, first + batch_size) % n]
+
+
+def dataset_batch(data: dict, seed: int, step: int, batch_size: int, rank: int) -> tuple[torch.Tensor, ...]:
+    index = batch_index(data["mean"].shape[0], seed, step, batch_size, rank)
     return data["mean"][index].float(), data["std"][index].float(), [data["captions"][i] for i in index.tolist()]
+
+
+CARRIERS = CREATURE_NAMES[:2]  # the words whose input embedding an identity scene replaces by its creatures' vectors
+
+
+def identity_scenes(seed: int, part: int, count: int, pairs: float) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Scenes of unnamed training creatures, each captioned by a carrier word (the first creature by CARRIERS[0],
+    a second one by CARRIERS[1]): images, captions, and the creatures' seeds ([count, 2], -1: none)."""
+    rng = np.random.default_rng([seed, 11, part])
+    images, captions, seeds = [], [], np.full((count, 2), -1, np.int64)
+    for i in range(count):
+        n = 2 if rng.random() < pairs else 1
+        chosen = [int(s) for s in rng.choice(np.arange(TRAIN_INSTANCE_SEEDS.start, TRAIN_INSTANCE_SEEDS.stop), n,
+                                             replace=False)]
+        colours = sorted(set(background_colours(chosen[0])).intersection(*[background_colours(s) for s in chosen]))
+        places = PAIRED_POSITIONS[int(rng.integers(len(PAIRED_POSITIONS)))] if n == 2 else \
+            (list(POSITIONS)[int(rng.integers(len(POSITIONS)))],)
+        scene = Scene(colours[int(rng.integers(len(colours)))], PATTERNS[int(rng.integers(len(PATTERNS)))],
+                      tuple(WorldObject(place, instance=s, token=CARRIERS[k])
+                            for k, (place, s) in enumerate(zip(places, chosen, strict=True))))
+        images.append(scene.render(rng))
+        captions.append(scene.caption())
+        seeds[i, :n] = chosen
+    return np.stack(images), captions, seeds
+
+
+def encode_identity_dataset(cfg: dict, workdir: Path, vae: AutoencoderKL, deadline: Deadline) -> dict | None:
+    """The identity scenes (`identity_vectors` in the config), encoded once like the main dataset."""
+    c = cfg["identity_vectors"]
+    path = workdir / "identity_latents.safetensors"
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    if not path.exists():
+        parts = workdir / "identity_parts"
+        parts.mkdir(exist_ok=True)
+        for i in range(c["size"] // c["encode_batch"]):
+            part = parts / f"{i:05d}.safetensors"
+            if part.exists():
+                continue
+            if deadline.passed():
+                return None
+            images, captions, seeds = identity_scenes(cfg["seed"] + 8, i, c["encode_batch"], c["pairs"])
+            with torch.no_grad():
+                posterior = vae.encode(images_to_tensor(images)).latent_dist
+            save_file({"mean": posterior.mean.half().contiguous(), "std": posterior.std.half().contiguous(),
+                       "seeds": torch.from_numpy(seeds)}, str(part), metadata={"captions": json.dumps(captions)})
+            if i % 10 == 0:
+                log.info("identity scenes: encoded %d/%d", (i + 1) * c["encode_batch"], c["size"])
+        tensors, captions = {"mean": [], "std": [], "seeds": []}, []
+        for i in range(c["size"] // c["encode_batch"]):
+            part = parts / f"{i:05d}.safetensors"
+            for key, value in load_file(str(part)).items():
+                tensors[key].append(value)
+            with safe_open(str(part), "pt") as f:
+                captions += json.loads(f.metadata()["captions"])
+        save_file({k: torch.cat(v) for k, v in tensors.items()}, str(path), metadata={"captions": json.dumps(captions)})
+    data = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        data["captions"] = json.loads(f.metadata()["captions"])
+    return data
 
 
 def build_text_encoder(cfg: dict, vocab_size: int) -> CLIPTextModel:
@@ -286,8 +362,10 @@ class EMA:
 
 
 def train_diffusion(cfg: dict, workdir: Path, vae: AutoencoderKL, data: dict, accelerator: Accelerator,
-                    deadline: Deadline) -> bool:
-    """Returns True when the configured number of steps is done."""
+                    deadline: Deadline, identity: dict | None = None) -> bool:
+    """Returns True when the configured number of steps is done. With `identity` (the identity scenes), that
+    fraction of each batch comes from them, their carrier words' embeddings replaced by the creatures' identity
+    vectors, and every name's embedding is tied to its creature's vector."""
     c = cfg["diffusion"]
     init = init_folder(cfg)
     tokenizer = _run_tokenizer(cfg, workdir, init)
@@ -298,6 +376,7 @@ def train_diffusion(cfg: dict, workdir: Path, vae: AutoencoderKL, data: dict, ac
         unet.load_state_dict(UNet2DConditionModel.from_pretrained(init / "unet").state_dict())
         grown_text_encoder(CLIPTextModel.from_pretrained(init / "text_encoder"),
                            CLIPTokenizer.from_pretrained(init / "tokenizer"), text_encoder, tokenizer, cfg["seed"])
+    vectors = IdentityVectors(cfg, tokenizer, text_encoder) if identity is not None else None
     ema_unet, ema_text = EMA(unet, c["ema_decay"]), EMA(text_encoder, c["ema_decay"])
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=c["lr"], weight_decay=1e-2)
@@ -311,8 +390,16 @@ def train_diffusion(cfg: dict, workdir: Path, vae: AutoencoderKL, data: dict, ac
                "ema_unet": ema_unet.module, "ema_text": ema_text.module}
 
     def loss_at(step: int) -> torch.Tensor:
-        mean, std, captions = dataset_batch(data, cfg["seed"], step, c["batch_size"], accelerator.process_index)
-        gen = stream_generator(cfg["seed"], DIFFUSION_STREAM, step, accelerator.process_index)
+        rank = accelerator.process_index
+        own = c["batch_size"] - (vectors.batch_share(c["batch_size"]) if vectors else 0)
+        mean, std, captions = dataset_batch(data, cfg["seed"], step, own, rank)
+        if vectors:
+            index = batch_index(identity["mean"].shape[0], cfg["seed"] + 1, step, c["batch_size"] - own, rank)
+            mean = torch.cat([mean, identity["mean"][index].float()])
+            std = torch.cat([std, identity["std"][index].float()])
+            captions = captions + [identity["captions"][i] for i in index.tolist()]
+            seeds = torch.cat([torch.full((own, 2), -1, dtype=torch.int64), identity["seeds"][index]])
+        gen = stream_generator(cfg["seed"], DIFFUSION_STREAM, step, rank)
         captions = ["" if torch.rand((), generator=gen) < c["caption_dropout"] else t for t in captions]
         latents = (mean + std * torch.randn(mean.shape, generator=gen)) * vae.config.scaling_factor
         b = latents.shape[0]
@@ -322,7 +409,11 @@ def train_diffusion(cfg: dict, workdir: Path, vae: AutoencoderKL, data: dict, ac
         noisy = noise_scheduler.add_noise(latents, noise, t)
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids.to(accelerator.device)
-        hidden = text_encoder(ids)[0]
+        if vectors:
+            with vectors.replacing(ids.cpu(), seeds):
+                hidden = text_encoder(ids)[0]
+        else:
+            hidden = text_encoder(ids)[0]
         pred = unet(noisy.to(accelerator.device), t.to(accelerator.device), encoder_hidden_states=hidden).sample
         weight = (torch.clamp(snr[t], max=c["min_snr_gamma"]) / snr[t]).to(accelerator.device)
         return (weight * F.mse_loss(pred, noise.to(accelerator.device), reduction="none").mean(dim=(1, 2, 3))).mean()
@@ -330,6 +421,8 @@ def train_diffusion(cfg: dict, workdir: Path, vae: AutoencoderKL, data: dict, ac
     log_line = _log_every(50, "diffusion")
 
     def after_step(step: int, loss: float) -> None:
+        if vectors:
+            vectors.tie_names(modules["text_encoder"])
         ema_unet.update(modules["unet"], step - 1)
         ema_text.update(modules["text_encoder"], step - 1)
         log_line(step, loss)
@@ -337,6 +430,73 @@ def train_diffusion(cfg: dict, workdir: Path, vae: AutoencoderKL, data: dict, ac
     outcome = engine.run(loss_at, optimizer, modules, params=params, before_step=_lr_schedule(optimizer, c),
                          after_step=after_step)
     return outcome.finished
+
+
+class IdentityVectors:
+    """The identity vectors of a run (tools/world/identity_vectors.py): the basis, the vectors' norm (a fraction
+    of a typical caption word's at the start), the carriers' ids, and the named creatures' tied rows."""
+
+    def __init__(self, cfg: dict, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel):
+        self.config = cfg["identity_vectors"]
+        self.basis = IdentityBasis()
+        table = text_encoder.get_input_embeddings().weight
+        words = [tokenizer.convert_tokens_to_ids(w + "</w>") for w in CAPTION_WORDS if w not in CREATURE_NAMES]
+        self.norm = self.config["norm_scale"] * float(table[words].detach().norm(dim=1).mean())
+        self.carriers = [tokenizer.convert_tokens_to_ids(w + "</w>") for w in CARRIERS]
+        self.name_ids = torch.tensor([tokenizer.convert_tokens_to_ids(w + "</w>") for w in CREATURE_NAMES])
+        self.name_rows = self.basis.vectors(NAMED_CREATURE_SEEDS, self.norm)
+        self._cache: dict[int, torch.Tensor] = {}
+        self._override: tuple[torch.Tensor, torch.Tensor] | None = None
+        text_encoder.get_input_embeddings().register_forward_hook(self._replace)
+        self.tie_names(text_encoder)
+        log.info("identity vectors: norm %.3f, %d named creatures tied", self.norm, len(self.name_ids))
+
+    def batch_share(self, batch_size: int) -> int:
+        return round(batch_size * self.config["batch_fraction"])
+
+    @torch.no_grad()
+    def tie_names(self, text_encoder: CLIPTextModel) -> None:
+        text_encoder.get_input_embeddings().weight[self.name_ids] = self.name_rows
+
+    def _vector(self, seed: int) -> torch.Tensor:
+        if seed not in self._cache:
+            self._cache[seed] = self.basis.vectors([seed], self.norm)[0]
+        return self._cache[seed]
+
+    def _replace(self, module, inputs, output):
+        if self._override is None:
+            return output
+        mask, values = self._override
+        output = output.clone()
+        output[mask.to(output.device)] = values.to(output.device, output.dtype)
+        return output
+
+    def replacing(self, ids: torch.Tensor, seeds: torch.Tensor):
+        """A context in which the text encoder sees, at each carrier word of a row with creature seeds, that
+        creature's vector."""
+        import contextlib
+
+        mask = torch.zeros(ids.shape, dtype=torch.bool)
+        values = []
+        for row in range(ids.shape[0]):
+            for k, carrier in enumerate(self.carriers):
+                if seeds[row, k] < 0:
+                    continue
+                where = (ids[row] == carrier).nonzero().flatten()
+                if len(where):
+                    mask[row, where[0]] = True
+                    values.append((row, int(where[0]), self._vector(int(seeds[row, k]))))
+        values.sort(key=lambda v: (v[0], v[1]))  # boolean indexing takes rows in this order
+
+        @contextlib.contextmanager
+        def context():
+            self._override = (mask, torch.stack([v[2] for v in values])) if values else None
+            try:
+                yield
+            finally:
+                self._override = None
+
+        return context()
 
 
 def _engine(cfg: dict, steps: int, folder: Path, name: str, accelerator: Accelerator, deadline: Deadline,
@@ -399,7 +559,8 @@ def export_model(cfg: dict, workdir: Path, out: Path, checkpoint: Path | None = 
                   "stages": before.get("stages", [{"mix": before.get("mix", "first_edition"),
                                                    "steps": before["trained_steps"]}]) + [
                       {"mix": record["mix"], "steps": step, "continued_from": cfg["init_from_description"],
-                       **({"vae_decoder_steps": cfg["vae_decoder"]["steps"]} if "vae_decoder" in cfg else {})}]}
+                       **({"vae_decoder_steps": cfg["vae_decoder"]["steps"]} if "vae_decoder" in cfg else {}),
+                       **({"identity_vectors": cfg["identity_vectors"]} if "identity_vectors" in cfg else {})}]}
     (out / "conceptkit.json").write_text(json.dumps(record, indent=2) + "\n")
     return out
 
@@ -431,7 +592,12 @@ def main(argv: list[str] | None = None) -> int:
     data = encode_dataset(cfg, args.workdir, vae, deadline)
     if data is None:
         return 0
-    train_diffusion(cfg, args.workdir, vae, data, accelerator, deadline)
+    identity = None
+    if "identity_vectors" in cfg:
+        identity = encode_identity_dataset(cfg, args.workdir, vae, deadline)
+        if identity is None:
+            return 0
+    train_diffusion(cfg, args.workdir, vae, data, accelerator, deadline, identity)
     return 0
 
 
