@@ -12,15 +12,24 @@ from .benchmarks.registry import SUITES
 from .core.errors import ConceptKitError
 
 
-def days(text: str) -> float:
-    """A number of days for --remove-older-than: finite and not negative (a negative age would remove every run)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of days") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} days: give a finite number of days, 0 or more")
-    return value
+def finite(minimum: float, *, above: bool, what: str = "a number"):
+    """An argparse type: a finite number of at least `minimum` (`above`: more than it), as a node's FLOAT input is
+    checked."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {what}") from None
+        if not math.isfinite(value) or value < minimum or (above and value == minimum):
+            bound = "above" if above else "of at least"
+            raise argparse.ArgumentTypeError(f"{text}: give a finite number {bound} {minimum:g}")
+        return value
+
+    return parse
+
+
+days = finite(0, above=False, what="a number of days")  # a negative age would remove every run
+positive = finite(0, above=True)  # a learning rate
 
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
@@ -39,17 +48,6 @@ def whole(minimum: int, maximum: int | None = None):
         return value
 
     return parse
-
-
-def positive(text: str) -> float:
-    """An argparse type: a finite number above 0 (a learning rate)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text}: give a finite number above 0")
-    return value
 
 
 SEED = whole(0, MAX_SEED)

@@ -60,25 +60,27 @@ def check_socket(value, kind: str) -> None:
                              "stack the images with torch.stack, or load them with a Load Image node")
 
 
-def declared_inputs(node_class) -> dict[str, tuple]:
-    spec = node_class.INPUT_TYPES()
+def declared_inputs(spec: dict) -> dict[str, tuple]:
+    """A node's required and optional inputs, from its INPUT_TYPES()."""
     return {**(spec.get("required") or {}), **(spec.get("optional") or {})}
 
 
-def check_call(node_class, values: dict) -> dict:
-    """The values of one call, checked and converted as ComfyUI's validation would; InputError names the first
-    wrong one."""
-    declared = declared_inputs(node_class)
-    hidden = node_class.INPUT_TYPES().get("hidden") or {}
-    values = {k: v for k, v in values.items() if k not in hidden}
-    label = node_class.__name__.removeprefix("ConceptKit") or node_class.__name__
+def _label(node_class) -> str:
+    return node_class.__name__.removeprefix("ConceptKit") or node_class.__name__
+
+
+def check_call(node_class, spec: dict, values: dict) -> dict:
+    """The values of one call (`spec`: the node's INPUT_TYPES()), checked and converted as ComfyUI's validation
+    would; InputError names the first wrong one."""
+    declared = declared_inputs(spec)
+    values = {k: v for k, v in values.items() if k not in (spec.get("hidden") or {})}
     unknown = sorted(set(values) - set(declared))
     if unknown:
-        raise InputError(f"{label}: '{unknown[0]}' is not an input of this node (its inputs: "
+        raise InputError(f"{_label(node_class)}: '{unknown[0]}' is not an input of this node (its inputs: "
                          f"{', '.join(declared)}).")
     checked = dict(values)
     for name, value in values.items():
-        kind, *rest = declared[name] if isinstance(declared[name], tuple) else (declared[name],)
+        kind, *rest = declared[name]
         options = rest[0] if rest else {}
         try:
             if isinstance(kind, list) or kind in WIDGET_KINDS:
@@ -86,14 +88,14 @@ def check_call(node_class, values: dict) -> dict:
             elif isinstance(kind, str):
                 check_socket(value, kind)
         except ValueError as e:
-            raise InputError(f"{label}, input '{name}': {e}.") from None
+            raise InputError(f"{_label(node_class)}, input '{name}': {e}.") from None
     return checked
 
 
-def widget_defaults(node_class) -> dict:
-    """The declared default of every widget input that has one."""
+def widget_defaults(spec: dict) -> dict:
+    """The declared default of every widget input that has one (a combo without one: its first choice)."""
     found = {}
-    for name, (kind, *rest) in declared_inputs(node_class).items():
+    for name, (kind, *rest) in declared_inputs(spec).items():
         options = rest[0] if rest else {}
         if (isinstance(kind, list) or kind in WIDGET_KINDS) and "default" in options:
             found[name] = options["default"]
@@ -111,23 +113,23 @@ def checked_inputs(node_class) -> None:
 
     @functools.wraps(function)
     def call(self, *args, **kwargs):
+        spec = node_class.INPUT_TYPES()  # once per call: it may list model files
         try:
             bound = signature.bind_partial(self, *args, **kwargs)
-        except TypeError as e:
-            check_call(node_class, {k: v for k, v in kwargs.items() if k not in signature.parameters})  # names it
-            raise InputError(f"{node_class.__name__.removeprefix('ConceptKit')}: {e}; see the node's inputs.") \
-                from None
+        except TypeError as e:  # an input the node does not declare is named by check_call; else Python's reason
+            check_call(node_class, spec, {k: v for k, v in kwargs.items() if k not in signature.parameters})
+            raise InputError(f"{_label(node_class)}: {e}; see the node's inputs.") from None
         values = {k: v for k, v in bound.arguments.items() if k != "self"}
         extra = values.pop(next((k for k, p in signature.parameters.items() if p.kind is p.VAR_KEYWORD), ""), {})
-        values = check_call(node_class, {**values, **extra})
+        values = check_call(node_class, spec, {**values, **extra})
         missing = [k for k, p in signature.parameters.items() if k != "self" and k not in values
                    and p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-        defaults = widget_defaults(node_class)  # as the editor fills a new node's widgets
-        values.update({k: defaults[k] for k in missing if k in defaults})
-        missing = [k for k in missing if k not in defaults]
         if missing:
-            raise InputError(f"{node_class.__name__.removeprefix('ConceptKit')}: required input '{missing[0]}' has "
-                             "no value.")
+            defaults = widget_defaults(spec)  # as the editor fills a new node's widgets
+            values.update({k: defaults[k] for k in missing if k in defaults})
+            missing = [k for k in missing if k not in defaults]
+        if missing:
+            raise InputError(f"{_label(node_class)}: required input '{missing[0]}' has no value.")
         return function(self, **values)
 
     call.checks_inputs = True

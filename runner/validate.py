@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
-from ..nodes.inputs import coerce_widget
+from ..nodes.inputs import WIDGET_KINDS, coerce_widget
 from .graph import Link, Node
 
 
@@ -94,8 +94,7 @@ def _check_inputs(node, node_class, graph, registry, problems) -> list[Node]:
         options = rest[0] if rest else {}
         if name not in node.inputs:
             if required:
-                what = "is not connected" if isinstance(kind, str) and kind not in (
-                    "INT", "FLOAT", "STRING", "BOOLEAN") else "has no value"
+                what = "is not connected" if isinstance(kind, str) and kind not in WIDGET_KINDS else "has no value"
                 problems.append(Problem(node, name, f"required input {what}"))
             continue
         value = node.inputs[name]
@@ -119,7 +118,7 @@ def _check_inputs(node, node_class, graph, registry, problems) -> list[Node]:
                                                     f"which gives {out_type}"))
             origins.append(origin)
             continue
-        if not isinstance(kind, list) and kind not in ("INT", "FLOAT", "STRING", "BOOLEAN"):
+        if not isinstance(kind, list) and kind not in WIDGET_KINDS:
             problems.append(Problem(node, name, f"expects a {kind} link, not the value {value!r}"))
             continue
         try:

@@ -130,10 +130,10 @@ def stored_runs(folder: Path) -> list[RunCheckpoints]:
         for run in sorted(p for p in folder.glob("*") if p.is_dir() and not p.is_symlink()) if folder.is_dir() else []:
             newest = latest_checkpoint(run)
             marker = newest if newest is not None else run / RESULT_FILE
-            if not marker.is_file() and newest is None or marker.is_symlink():
-                continue
+            if newest is None and (not marker.is_file() or marker.is_symlink()):
+                continue  # neither a checkpoint nor a kept result of its own
             size = sum(f.stat().st_size for f in run.rglob("*") if f.is_file() and not f.is_symlink())
-            step = int(newest.name.split("_")[1]) if newest is not None else None
+            step = int(CHECKPOINT_NAME.fullmatch(newest.name).group(1)) if newest is not None else None
             runs.append(RunCheckpoints(run, step, marker.stat().st_mtime, size))
     return sorted(runs, key=lambda r: r.modified)
 

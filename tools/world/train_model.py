@@ -118,6 +118,14 @@ def train_vae(cfg: dict, workdir: Path, accelerator: Accelerator, deadline: Dead
     return vae
 
 
+def vae_batch(cfg: dict, c: dict, step: int, accelerator: Accelerator) -> tuple[torch.Tensor, torch.Generator]:
+    """The scenes of a VAE stage's step (a pure function of seed, step and process) in -1..1, and the step's
+    generator for what the stage draws next."""
+    images, _ = training_batch(cfg["seed"] + 1000 * accelerator.process_index + 1, step, c["batch_size"],
+                               scene_mix(cfg))
+    return images_to_tensor(images), stream_generator(cfg["seed"], VAE_STREAM, step, accelerator.process_index)
+
+
 def _vae_from_scratch(cfg: dict, workdir: Path, accelerator: Accelerator, deadline: Deadline) -> AutoencoderKL | None:
     c = cfg["vae"]
     torch.manual_seed(cfg["seed"])
@@ -128,10 +136,8 @@ def _vae_from_scratch(cfg: dict, workdir: Path, accelerator: Accelerator, deadli
     plain = accelerator.unwrap_model(vae)
 
     def loss_at(step: int) -> torch.Tensor:
-        images, _ = training_batch(cfg["seed"] + 1000 * accelerator.process_index + 1, step, c["batch_size"],
-                                   scene_mix(cfg))
-        gen = stream_generator(cfg["seed"], VAE_STREAM, step, accelerator.process_index)
-        x = random_crops(images_to_tensor(images), c["crop"], gen).to(accelerator.device)
+        images, gen = vae_batch(cfg, c, step, accelerator)
+        x = random_crops(images, c["crop"], gen).to(accelerator.device)
         posterior = plain.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(x.device)
         recon = plain.decode(z).sample
@@ -165,10 +171,8 @@ def _decoder_finetuned(cfg: dict, vae: AutoencoderKL, workdir: Path, accelerator
     plain = accelerator.unwrap_model(vae)
 
     def loss_at(step: int) -> torch.Tensor:
-        images, _ = training_batch(cfg["seed"] + 1000 * accelerator.process_index + 1, step, c["batch_size"],
-                                   scene_mix(cfg))
-        gen = stream_generator(cfg["seed"], VAE_STREAM, step, accelerator.process_index)
-        x = images_to_tensor(images).to(accelerator.device)
+        images, gen = vae_batch(cfg, c, step, accelerator)
+        x = images.to(accelerator.device)
         with torch.no_grad():
             posterior = plain.encode(x).latent_dist
             z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(x.device)

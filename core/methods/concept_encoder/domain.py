@@ -56,8 +56,7 @@ def folder_domain(folder: Path, resolution: int, trigger: str) -> Stream:
     if not Path(folder).is_dir():
         raise InputError(f"{folder} is a file; give the folder of the domain's images.")
     with guarded(Path(folder), "list the image folder"):
-        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
-            if Path(folder).is_dir() else []
+        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) < 2:
         raise InputError(f"{folder} holds {len(files)} images ({', '.join(IMAGE_SUFFIXES)}); a domain needs many "
                          "images of one class (hundreds or more).")
