@@ -152,6 +152,17 @@ def test_captions_name_the_subject_by_one_rule_and_never_say_the_class_word_twic
     assert instance_captions(legacy, 3) == instance_captions(resolved, 3)
 
 
+def test_a_trigger_beside_punctuation_is_found_and_swapped_for_the_class_word():
+    """"a photo of <t>, smiling" names the subject: accepted, and its class caption says the class word there."""
+    resolved = recipe_config("textual_inversion", config(captions=["pekizo {trigger}, blue background",
+                                                                   "a photo of ({trigger}).", "{trigger}s here"]))
+    with pytest.raises(InputError, match="caption 3 .* does not contain the trigger"):
+        instance_captions(resolved, 3)
+    resolved = dataclasses.replace(resolved, captions=resolved.captions[:2] * 2)
+    assert class_captions(instance_captions(resolved, 4), resolved)[:2] == [
+        "pekizo creature, blue background", "a photo of (creature)."]
+
+
 def test_augmentation_that_would_contradict_a_caption_is_off_by_default_and_warned_about(world, subject_images,
                                                                                         caplog):
     assert TrainConfig(trigger="<t>", class_word="dog").augment_scale == 1.0 and not TrainConfig("<t>", "dog").flip

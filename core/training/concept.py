@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +157,7 @@ def instance_captions(config: TrainConfig, count: int) -> list[str]:
     else:
         captions = [fill_template(config.templates[i % len(config.templates)], config) for i in range(count)]
     for i, caption in enumerate(captions):
-        if config.trigger not in caption.split():
+        if not trigger_pattern(config.trigger).search(caption):
             raise InputError(f"caption {i + 1} ('{caption}') does not contain the trigger '{config.trigger}'.")
     _check_augmentation(config, captions)
     return captions
@@ -180,12 +181,16 @@ def _check_augmentation(config: TrainConfig, captions: list[str]) -> None:
                     kind, index + 1, caption, ", ".join(words))
 
 
+def trigger_pattern(trigger: str) -> re.Pattern:
+    """The trigger as a word of a caption: between spaces or beside punctuation ("a <s>, smiling")."""
+    return re.compile(rf"(?<![^\s(\[\"']){re.escape(trigger)}(?![^\s,.;:!?)\]\"'])")
+
+
 def class_captions(captions: list[str], config: TrainConfig) -> list[str]:
     """The instance captions with the class word for the identifier: what the class looks like to the base
     model."""
     name = identifier(config)
-    return [" ".join(config.class_word if w == config.trigger else w for w in c.replace(name, config.trigger).split())
-            for c in captions]
+    return [trigger_pattern(config.trigger).sub(config.class_word, c.replace(name, config.trigger)) for c in captions]
 
 
 def _token_init(model: Model, config: TrainConfig) -> list[torch.Tensor]:
