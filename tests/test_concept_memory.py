@@ -91,16 +91,31 @@ def test_two_concepts_of_one_class_are_told_apart_by_their_triggers(world, two_c
     assert (first_image - second_image).abs().mean() > 0.01
 
 
-def test_a_bank_sample_drawn_when_its_concept_was_fresh_stays_until_a_better_one_comes(world):
+def test_the_bank_grows_by_what_is_new_and_keeps_the_samples_an_earlier_concept_was_fresh_in(world, monkeypatch):
+    """Refreshing after a new concept samples candidates for the new one only (learning the fifth concept costs
+    what the first did); an earlier concept keeps its samples, and one whose prompts changed is drawn again."""
+    import conceptkit.core.methods.concept_memory.learning as learning
+
     images, _ = subject(10)
     pixels = prepare_images(images, world.default_size)
     backbone = backbone_for(world, None, "Concept Memory")
-    prompt = "a <p0> creature on the left, red background"
-    # the concept's stored features are the held sample's own: no candidate can score higher
-    held = MemoryBank({"<p0>": bank_features(backbone, pixels[:1])[0]}, {"<p0>": [prompt]}, pixels[:1], [prompt],
-                      ["<p0>"], backbone.name)
+    old, new = "a <p0> creature on the left, red background", "a <p1> creature on the right, blue background"
+    features = bank_features(backbone, pixels[:2])
+    held = MemoryBank({"<p0>": features[0], "<p1>": features[1]}, {"<p0>": [old], "<p1>": [new]}, pixels[:1],
+                      [old], ["<p0>"], backbone.name)
+    drawn = []
+    real_sample = learning.sample
+    monkeypatch.setattr(learning, "sample", lambda model, prompts, **kw: drawn.extend(prompts) or
+                        real_sample(model, prompts, **kw))
     refreshed = refresh_bank(world, backbone, held, TINY)
-    assert torch.equal(refreshed.images, pixels[:1]) and refreshed.owners == ["<p0>"]
+    assert drawn == [new] * TINY.candidates
+    assert torch.equal(refreshed.images[:1], pixels[:1]) and refreshed.owners == ["<p0>", "<p1>"]
+    assert refreshed.image_prompts == [old, new]
+    changed = replace(refreshed, prompts={**refreshed.prompts, "<p0>": ["a <p0> creature at the top, red background"]})
+    drawn.clear()
+    again = refresh_bank(world, backbone, changed, TINY)
+    assert drawn == ["a <p0> creature at the top, red background"] * TINY.candidates
+    assert again.image_prompts == [new, "a <p0> creature at the top, red background"]
 
 
 def test_the_offset_bound_keeps_prompts_without_a_trigger_closer_to_the_base_model(world, tmp_path):

@@ -300,3 +300,17 @@ def test_identity_vectors_give_each_creature_its_point_near_creatures_that_look_
     # nearer, but only a little: whitened, every one of the 128 directions weighs the same and body colour, the
     # largest difference to the eye, spans about 3 of them
     assert float(distance[torch.from_numpy(same)].mean()) < float(distance[torch.from_numpy(different)].mean())
+
+
+def test_identity_scene_batches_draw_the_configured_share_of_pairs_and_replay_exactly():
+    from train_model import identity_scene_index
+
+    seeds = torch.full((100, 2), -1)
+    seeds[:, 0] = torch.arange(100)
+    seeds[:30, 1] = torch.arange(1000, 1030)  # 30 scenes of two creatures
+    uniform = identity_scene_index({}, seeds, 31, 7, 10, 0)
+    assert torch.equal(uniform, identity_scene_index({}, seeds, 31, 7, 10, 0))
+    weighted = [identity_scene_index({"pair_share": 0.7}, seeds, 31, step, 10, 0) for step in range(20)]
+    assert all(int((seeds[i, 1] >= 0).sum()) == 7 for i in weighted)
+    assert torch.equal(weighted[5], identity_scene_index({"pair_share": 0.7}, seeds, 31, 5, 10, 0))
+    assert len(set(torch.cat(weighted).tolist())) > 60  # epoch-wise permutations: every scene comes round

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conceptkit.benchmarks.world_check import FAIR_DOMAINS, domain_gates, identity_gates
+from conceptkit.benchmarks.world_check import FAIR_DOMAINS, domain_gates, identity_gates, text_path_gate
 from conceptkit.core.model import load_model
 from conceptkit.core.sampling import CFG, sample
 from conceptkit.core.world.metrics import as_uint8, identity_features, subject_fidelity
@@ -55,6 +55,12 @@ def test_a_name_draws_its_own_creature_and_moving_its_vector_to_another_name_cha
             with torch.no_grad():
                 table[row] = kept
         assert float((identity_features(drawn) * identity_features(moved)).sum(1).mean()) < 0.8
+
+
+def test_a_small_random_move_of_a_names_vector_changes_the_drawn_creature(world):
+    """The text path (#27): 0.3 of a typical word's norm in a random direction draws another creature."""
+    gate = text_path_gate(world, 3, 1, 2)
+    assert gate.holds and gate.value < 0.8, gate
 
 
 def test_each_fair_unseen_domain_commits_inside_the_sge_window(world):

@@ -247,6 +247,20 @@ def batch_index(n: int, seed: int, step: int, batch_size: int, rank: int) -> tor
     return order[torch.arange(first, first + batch_size) % n]
 
 
+def identity_scene_index(config: dict, seeds: torch.Tensor, seed: int, step: int, count: int, rank: int
+                         ) -> torch.Tensor:
+    """The identity scenes of a step (their creatures' `seeds`, [N, 2], -1: none), a pure function of (seed, step,
+    rank): uniform over them, or with `pair_share` in the config, that share from the scenes with two creatures."""
+    share = config.get("pair_share")
+    if share is None:
+        return batch_index(len(seeds), seed + 1, step, count, rank)
+    paired = seeds[:, 1] >= 0
+    pairs, singles = torch.nonzero(paired).flatten(), torch.nonzero(~paired).flatten()
+    from_pairs = round(count * share)
+    return torch.cat([pairs[batch_index(len(pairs), seed + 2, step, from_pairs, rank)],
+                      singles[batch_index(len(singles), seed + 1, step, count - from_pairs, rank)]])
+
+
 def dataset_batch(data: dict, seed: int, step: int, batch_size: int, rank: int) -> tuple[torch.Tensor, ...]:
     index = batch_index(data["mean"].shape[0], seed, step, batch_size, rank)
     return data["mean"][index].float(), data["std"][index].float(), [data["captions"][i] for i in index.tolist()]
@@ -398,7 +412,8 @@ def train_diffusion(cfg: dict, workdir: Path, vae: AutoencoderKL, data: dict, ac
         own = c["batch_size"] - (vectors.batch_share(c["batch_size"]) if vectors else 0)
         mean, std, captions = dataset_batch(data, cfg["seed"], step, own, rank)
         if vectors:
-            index = batch_index(identity["mean"].shape[0], cfg["seed"] + 1, step, c["batch_size"] - own, rank)
+            index = identity_scene_index(cfg["identity_vectors"], identity["seeds"], cfg["seed"], step,
+                                         c["batch_size"] - own, rank)
             mean = torch.cat([mean, identity["mean"][index].float()])
             std = torch.cat([std, identity["std"][index].float()])
             captions = captions + [identity["captions"][i] for i in index.tolist()]

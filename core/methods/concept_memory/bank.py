@@ -5,10 +5,10 @@
   real models, never the identity network, which is the metric).
 - Short-term memory: generated samples of the concepts with their prompts, replayed when a later concept is
   learned (task-aware memory enhancement).
-At each new task candidates are generated for every concept's prompts and scored
+When a concept is learned, candidates are generated for its prompts and scored
     score = cos(f, stored features of its concept) - beta * max over other concepts cos(f, their features)
-(our reading of "similarity to the concept against other concepts'"); the best `keep` per concept, among the
-new candidates and the samples it holds, are kept.
+(our reading of "similarity to the concept against other concepts'"); its best `keep` are kept. Earlier
+concepts keep theirs (learning.refresh_bank).
 """
 
 from __future__ import annotations

@@ -245,18 +245,19 @@ def _loss_terms(bank: MemoryBank, new_features: torch.Tensor, settings: LearnSet
 
 def refresh_bank(memory_model: Model, backbone: ImageBackbone, bank: MemoryBank, settings: LearnSettings
                  ) -> MemoryBank:
-    """For every concept: `candidates` samples of its prompts from the memory as it now is, scored together with
-    its short-term samples so far; the best `keep` become its short-term samples. A sample drawn while its concept
-    was fresh stays until a better one comes: the bank does not follow a concept that fades."""
+    """For every concept that needs them (a new one, or one whose prompts changed): `candidates` samples of its
+    prompts from the memory as it now is, scored together with its short-term samples so far; the best `keep`
+    become its short-term samples. The bank grows by what is new: a concept whose samples were drawn from its own
+    prompts keeps them (drawn while it was fresh, they stay: the bank does not follow a concept that fades), so
+    learning the fifth concept samples as much as learning the first."""
     for owner, prompts in bank.prompts.items():
+        held = [i for i, o in enumerate(bank.owners) if o == owner]
+        if held and all(bank.image_prompts[i] in prompts for i in held):
+            continue
         chosen = [prompts[i % len(prompts)] for i in range(settings.candidates)]
         with torch.no_grad():
             result = sample(memory_model, chosen, seed=settings.seed, steps=25, guidance=CFG(5.0))
         images = prepare_images(result.images, memory_model.default_size)
-        held = [i for i, o in enumerate(bank.owners) if o == owner]
-        if held:
-            images = torch.cat([bank.images[held].to(images), images])
-            chosen = [bank.image_prompts[i] for i in held] + chosen
         best = bank.scores(bank_features(backbone, images), owner, settings.beta).argsort(descending=True)
         best = best[:settings.keep].tolist()
         bank = bank.with_samples(owner, images[best], [chosen[i] for i in best])
