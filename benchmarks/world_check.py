@@ -89,14 +89,19 @@ def identity_gates(model, count: int) -> list[Gate]:
     return gates
 
 
+def typical_word_norm(tokenizer, table: torch.Tensor) -> float:
+    """A typical word's input-embedding norm: the mean over the world's ordinary words (colours, shapes, places,
+    traits), not the names (what the text-path gate moves, and what identity vectors are scaled against)."""
+    word_ids = [tokenizer.convert_tokens_to_ids(w + "</w>") for w in CAPTION_WORDS if w not in CREATURE_NAMES]
+    return float(table[word_ids].detach().norm(dim=1).mean())
+
+
 def text_path_gate(model, names: int, directions: int, seeds: int) -> Gate:
     """Identity cosine between a named creature drawn as trained and with its embedding moved by 0.3 of a typical
     word's norm in a random direction, same prompt and seed."""
     tokenizer, encoder = model.tokenizers[0], model.text_encoders[0]
     table = encoder.get_input_embeddings().weight
-    # a typical word: the world's ordinary words (colours, shapes, places, traits), not the names being moved
-    word_ids = [tokenizer.convert_tokens_to_ids(w + "</w>") for w in CAPTION_WORDS if w not in CREATURE_NAMES]
-    typical = float(table[word_ids].detach().norm(dim=1).mean())
+    typical = typical_word_norm(tokenizer, table)
     gen = torch.Generator().manual_seed(0)
     cosines = []
     for name, seed in zip(CREATURE_NAMES[:names], NAMED_CREATURE_SEEDS[:names], strict=True):

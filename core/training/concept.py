@@ -156,8 +156,9 @@ def instance_captions(config: TrainConfig, count: int) -> list[str]:
         captions = [fill_template(c, config) for c in config.captions]
     else:
         captions = [fill_template(config.templates[i % len(config.templates)], config) for i in range(count)]
+    named = trigger_pattern(config.trigger)
     for i, caption in enumerate(captions):
-        if not trigger_pattern(config.trigger).search(caption):
+        if not named.search(caption):
             raise InputError(f"caption {i + 1} ('{caption}') does not contain the trigger '{config.trigger}'.")
     _check_augmentation(config, captions)
     return captions
@@ -189,8 +190,8 @@ def trigger_pattern(trigger: str) -> re.Pattern:
 def class_captions(captions: list[str], config: TrainConfig) -> list[str]:
     """The instance captions with the class word for the identifier: what the class looks like to the base
     model."""
-    name = identifier(config)
-    return [trigger_pattern(config.trigger).sub(config.class_word, c.replace(name, config.trigger)) for c in captions]
+    name, named = identifier(config), trigger_pattern(config.trigger)
+    return [named.sub(config.class_word, c.replace(name, config.trigger)) for c in captions]
 
 
 def _token_init(model: Model, config: TrainConfig) -> list[torch.Tensor]:

@@ -34,6 +34,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 from identity_vectors import IdentityBasis
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from conceptkit.benchmarks.world_check import typical_word_norm
 from conceptkit.core.training import RunSettings, TrainingEngine
 from conceptkit.core.training.checkpoints import latest_checkpoint, load_training_state
 from conceptkit.core.world.scenes import MIXES, Scene, WorldObject, background_colours, training_batch
@@ -194,48 +195,63 @@ def latent_scaling_factor(vae: AutoencoderKL, seed: int, n: int = 512) -> float:
 
 
 @torch.no_grad()
-def encode_dataset(cfg: dict, workdir: Path, vae: AutoencoderKL, deadline: Deadline) -> dict | None:
-    """Encode the fixed training set once: posterior mean and std of every image, and its caption."""
-    path = workdir / "latents.safetensors"
-    if path.exists():
-        from safetensors.torch import load_file
-
-        data = load_file(str(path))
-        data["captions"] = json.loads((workdir / "captions.json").read_text())
-        return data
-    c = cfg["dataset"]
-    parts = workdir / "latents_parts"
-    parts.mkdir(exist_ok=True)
-    n_parts = c["size"] // c["encode_batch"]
-    vae.eval()
+def encoded_parts(parts: Path, count: int, encode_part, deadline: Deadline, label: str
+                  ) -> tuple[dict[str, torch.Tensor], list[str]] | None:
+    """`count` parts encoded once each into `parts` (resumable: a part on disk is kept), then joined: the
+    concatenated tensors and captions. `encode_part(i)` -> (tensors, captions). None when the deadline passed."""
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    for i in range(n_parts):
+    parts.mkdir(exist_ok=True)
+    for i in range(count):
         part = parts / f"{i:05d}.safetensors"
         if part.exists():
             continue
         if deadline.passed():
             return None
-        images, captions = training_batch(cfg["seed"] + 7, i, c["encode_batch"], scene_mix(cfg))
-        posterior = vae.encode(images_to_tensor(images)).latent_dist
-        save_file({"mean": posterior.mean.half().contiguous(), "std": posterior.std.half().contiguous()}, str(part),
+        with torch.no_grad():
+            tensors, captions = encode_part(i)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(part),
                   metadata={"captions": json.dumps(captions)})
         if i % 20 == 0:
-            log.info("encoded %d/%d", (i + 1) * c["encode_batch"], c["size"])
-    from safetensors import safe_open
-
-    means, stds, captions = [], [], []
-    for i in range(n_parts):
+            log.info("%s: encoded part %d/%d", label, i + 1, count)
+    joined: dict[str, list[torch.Tensor]] = {}
+    captions = []
+    for i in range(count):
         part = parts / f"{i:05d}.safetensors"
-        tensors = load_file(str(part))
-        means.append(tensors["mean"])
-        stds.append(tensors["std"])
+        for key, value in load_file(str(part)).items():
+            joined.setdefault(key, []).append(value)
         with safe_open(str(part), "pt") as f:
             captions += json.loads(f.metadata()["captions"])
-    data = {"mean": torch.cat(means), "std": torch.cat(stds)}
-    save_file(data, str(path))
-    (workdir / "captions.json").write_text(json.dumps(captions))
-    data["captions"] = captions
+    return {k: torch.cat(v) for k, v in joined.items()}, captions
+
+
+def _posterior(vae: AutoencoderKL, images: np.ndarray) -> dict[str, torch.Tensor]:
+    posterior = vae.encode(images_to_tensor(images)).latent_dist
+    return {"mean": posterior.mean.half(), "std": posterior.std.half()}
+
+
+def encode_dataset(cfg: dict, workdir: Path, vae: AutoencoderKL, deadline: Deadline) -> dict | None:
+    """Encode the fixed training set once: posterior mean and std of every image, and its caption."""
+    from safetensors.torch import load_file, save_file
+
+    path = workdir / "latents.safetensors"
+    if not path.exists():
+        c = cfg["dataset"]
+        vae.eval()
+
+        def encode_part(i: int):
+            images, captions = training_batch(cfg["seed"] + 7, i, c["encode_batch"], scene_mix(cfg))
+            return _posterior(vae, images), captions
+
+        joined = encoded_parts(workdir / "latents_parts", c["size"] // c["encode_batch"], encode_part, deadline,
+                               "training scenes")
+        if joined is None:
+            return None
+        save_file(joined[0], str(path))
+        (workdir / "captions.json").write_text(json.dumps(joined[1]))
+    data = load_file(str(path))
+    data["captions"] = json.loads((workdir / "captions.json").read_text())
     return data
 
 
@@ -292,35 +308,21 @@ def identity_scenes(seed: int, part: int, count: int, pairs: float) -> tuple[np.
 
 def encode_identity_dataset(cfg: dict, workdir: Path, vae: AutoencoderKL, deadline: Deadline) -> dict | None:
     """The identity scenes (`identity_vectors` in the config), encoded once like the main dataset."""
-    c = cfg["identity_vectors"]
-    path = workdir / "identity_latents.safetensors"
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
+    c = cfg["identity_vectors"]
+    path = workdir / "identity_latents.safetensors"
     if not path.exists():
-        parts = workdir / "identity_parts"
-        parts.mkdir(exist_ok=True)
-        for i in range(c["size"] // c["encode_batch"]):
-            part = parts / f"{i:05d}.safetensors"
-            if part.exists():
-                continue
-            if deadline.passed():
-                return None
+        def encode_part(i: int):
             images, captions, seeds = identity_scenes(cfg["seed"] + 8, i, c["encode_batch"], c["pairs"])
-            with torch.no_grad():
-                posterior = vae.encode(images_to_tensor(images)).latent_dist
-            save_file({"mean": posterior.mean.half().contiguous(), "std": posterior.std.half().contiguous(),
-                       "seeds": torch.from_numpy(seeds)}, str(part), metadata={"captions": json.dumps(captions)})
-            if i % 10 == 0:
-                log.info("identity scenes: encoded %d/%d", (i + 1) * c["encode_batch"], c["size"])
-        tensors, captions = {"mean": [], "std": [], "seeds": []}, []
-        for i in range(c["size"] // c["encode_batch"]):
-            part = parts / f"{i:05d}.safetensors"
-            for key, value in load_file(str(part)).items():
-                tensors[key].append(value)
-            with safe_open(str(part), "pt") as f:
-                captions += json.loads(f.metadata()["captions"])
-        save_file({k: torch.cat(v) for k, v in tensors.items()}, str(path), metadata={"captions": json.dumps(captions)})
+            return {**_posterior(vae, images), "seeds": torch.from_numpy(seeds)}, captions
+
+        joined = encoded_parts(workdir / "identity_parts", c["size"] // c["encode_batch"], encode_part, deadline,
+                               "identity scenes")
+        if joined is None:
+            return None
+        save_file(joined[0], str(path), metadata={"captions": json.dumps(joined[1])})
     data = load_file(str(path))
     with safe_open(str(path), "pt") as f:
         data["captions"] = json.loads(f.metadata()["captions"])
@@ -459,8 +461,7 @@ class IdentityVectors:
         self.config = cfg["identity_vectors"]
         self.basis = IdentityBasis()
         table = text_encoder.get_input_embeddings().weight
-        words = [tokenizer.convert_tokens_to_ids(w + "</w>") for w in CAPTION_WORDS if w not in CREATURE_NAMES]
-        self.norm = self.config["norm_scale"] * float(table[words].detach().norm(dim=1).mean())
+        self.norm = self.config["norm_scale"] * typical_word_norm(tokenizer, table)
         self.carriers = [tokenizer.convert_tokens_to_ids(w + "</w>") for w in CARRIERS]
         self.name_ids = torch.tensor([tokenizer.convert_tokens_to_ids(w + "</w>") for w in CREATURE_NAMES])
         self.name_rows = self.basis.vectors(NAMED_CREATURE_SEEDS, self.norm)
