@@ -9,11 +9,12 @@ concept applied together, on 5 held-out creatures (20-24, no other suite's) lear
 - lora_per_concept: one LoRA per concept trained on the base model alone, all applied together.
 Every method trains with the same LoRA rank, learning rate, steps and batch. After each task: the subject
 fidelity of every concept so far (8 evaluation prompts each) and drift on prompts without triggers; at the end,
-prompts with two learned concepts (every adjacent pair of the sequence, 8 prompts each): both present, pair
+prompts with two learned concepts (every pair of them, 8 prompts each): both present, pair
 fidelity, homogenization; for concept_memory also with the artist off (the ablation)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 
@@ -57,7 +58,7 @@ def run_method(method: str, model_source, quick: bool, seed: int) -> dict:
     model = load_model(model_source)
     subjects = SUBJECTS[quick]
     base_drift = generate(model, drift_scenes(), seed)
-    rows, seconds, concepts, shown = [], 0.0, [], {}
+    rows, seconds, concepts, shown = [], [], [], {}
     folder = Path(tempfile.mkdtemp())
     store = MemoryStore.open_or_create(folder, "bench", model)
     learned_model = model
@@ -78,7 +79,7 @@ def run_method(method: str, model_source, quick: bool, seed: int) -> dict:
             settings = LearnSettings(steps=STEPS[quick], seed=seed, **protection, **TRAIN)
             learn(store, model, pixels, token(subject), "creature", settings, captions=captions)
             learned_model = memory_model(model, store, artist=protect)
-        seconds += time.perf_counter() - start
+        seconds.append(time.perf_counter() - start)
         for earlier in subjects[:task + 1]:
             generated = generate(learned_model, evaluation_scenes(earlier, named(earlier), EVAL_IMAGES), seed)
             rows.append({"method": method, "task": task + 1, "concept": earlier,
@@ -98,11 +99,12 @@ def run_method(method: str, model_source, quick: bool, seed: int) -> dict:
         variants[" (artist off)"] = memory_model(model, store, artist=False)
     for suffix, tuned in variants.items():
         scores, images = [], []
-        for a, b in zip(subjects, subjects[1:], strict=False):
+        for a, b in itertools.combinations(subjects, 2):
             scenes = pair_scenes((a, named(a)), (b, named(b)), PAIR_IMAGES[quick])
             generated = generate(tuned, scenes, seed)
             scores.append(pair_fidelity(generated, scenes, references))
-            images.append(generated[:2])
+            if len(images) < 4:
+                images.append(generated[:2])
         pairs[suffix] = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
         shown[f"pairs{suffix}"] = np.concatenate(images)
     return {"rows": rows, "pairs": pairs, "seconds": seconds, "shown": shown}
@@ -125,20 +127,24 @@ def memory_suite(options):
             drop = drops[subjects.index(row["concept"])] if final else None
             rows.append({**row, "forgetting": drop, "pair_both_present": None, "pair_fidelity": None,
                          "homogenization": None, "seconds": None})
+        alone = float(np.mean([r["subject_fidelity"] for r in result["rows"] if r["task"] == len(subjects)]))
         for suffix, pair in result["pairs"].items():
             rows.append({"method": method + suffix, "task": len(subjects), "concept": "pairs",
                          "subject_fidelity": None, "forgetting": float(np.mean(drops[:-1])),
                          "drift_text": rows[-1]["drift_text"], "drift_fd": rows[-1]["drift_fd"],
                          "pair_both_present": pair["both_present"], "pair_fidelity": pair["pair_fidelity"],
-                         "homogenization": pair["homogenization"], "seconds": result["seconds"]})
+                         "likeness_alone": alone,
+                         "homogenization": pair["homogenization"], "seconds": sum(result["seconds"]),
+                         "seconds_first": result["seconds"][0], "seconds_last": result["seconds"][-1]})
         for name, images in result["shown"].items():
             grids[f"{method}_{name}"] = (images, [f"{method}, {name}, image {i}" for i in range(len(images))])
     notes = (f"Subjects {subjects} learned in this order, 4 training renders each, {STEPS[options.quick]} steps per "
              f"concept, LoRA {TRAIN}; subject fidelity on {EVAL_IMAGES} evaluation prompts per concept after every "
              f"task (DDIM {EVAL_STEPS}, CFG {EVAL_CFG}); forgetting = mean over concepts 1..4 of (fidelity just after "
              "learning it - fidelity after the last task); drift against the base model on prompts without triggers; "
-             f"pairs: every adjacent pair of the sequence, {PAIR_IMAGES[options.quick]} prompts each. seconds: all "
-             "training (and the bank) of the method. Mean subject fidelity after each task: "
+             f"pairs: every pair of the concepts, {PAIR_IMAGES[options.quick]} prompts each. seconds: all "
+             "training (and the bank) of the method; seconds_first / seconds_last: learning the first / the last "
+             "concept. Mean subject fidelity after each task: "
              + "; ".join(f"{m}: {', '.join(f'{v:.3f}' for v in c)}" for m, c in curves.items()))
     return rows, grids, notes, {"forgetting_curve.png": _curve_plot(curves)}
 

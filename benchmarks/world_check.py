@@ -37,7 +37,6 @@ from .sge import run_method as sge_run_method
 
 log = logging.getLogger("conceptkit.world_check")
 DOMAIN_CANDIDATES = ("big_checks", "snowline", "top_left", "bottom_right")  # checked; zigzag is known unfair
-FAIR_DOMAINS = ("top_left", "bottom_right")  # those that pass every fairness gate on the shipped weights
 STEPS, GUIDANCE = 25, 5.0
 TI_STEPS, LORA_STEPS = 1000, 300
 

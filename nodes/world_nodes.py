@@ -7,7 +7,7 @@ import torch
 
 from ..core.errors import InputError
 from ..core.methods.sge_inverter import MAX_IMAGES
-from ..core.world import HELDOUT_DOMAINS, HELDOUT_INSTANCE_SEEDS, HELDOUT_STYLE, style_renders, training_renders
+from ..core.world import FAIR_DOMAINS, HELDOUT_DOMAINS, HELDOUT_INSTANCE_SEEDS, style_renders, training_renders
 from .sockets import CATEGORY, MAX_SEED
 
 
@@ -58,12 +58,13 @@ class ConceptKitWorldDomain:
                              "tooltip": "Which scenes (fixed: an inversion downstream resumes only on the same "
                                         "images)."}),
         }, "optional": {
-            "domain": (list(HELDOUT_DOMAINS), {"default": HELDOUT_STYLE, "tooltip": "zigzag: a fine texture; "
-                       "big_checks: 16 px checks; snowline: the bottom third of the background white; top_left, "
-                       "bottom_right: the scene's object in that corner."}),
+            "domain": (list(HELDOUT_DOMAINS), {"default": FAIR_DOMAINS[0], "tooltip": "top_left, bottom_right: the "
+                       "scene's object in that corner (the domains the embedded model can learn and that commit "
+                       "where the SGE Inverter guides: `conceptkit world check`); zigzag: a fine texture; "
+                       "big_checks: 16 px checks; snowline: the bottom third of the background white."}),
         }}
 
-    def render(self, count, seed, domain=HELDOUT_STYLE):
+    def render(self, count, seed, domain=FAIR_DOMAINS[0]):
         if domain not in HELDOUT_DOMAINS:
             raise InputError(f"domain '{domain}' is not one of {', '.join(HELDOUT_DOMAINS)}.")
         return (torch.from_numpy(style_renders(count, seed, domain=domain)).float() / 255,)

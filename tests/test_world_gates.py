@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from conceptkit.benchmarks.world_check import FAIR_DOMAINS, domain_gates, identity_gates, text_path_gate
+from conceptkit.benchmarks.world_check import domain_gates, identity_gates, text_path_gate
 from conceptkit.core.model import load_model
 from conceptkit.core.sampling import CFG, sample
 from conceptkit.core.world.metrics import as_uint8, identity_features, subject_fidelity
 from conceptkit.core.world.scenes import Scene, WorldObject, background_colours
-from conceptkit.core.world.vocabulary import CREATURE_NAMES, NAMED_CREATURE_SEEDS
+from conceptkit.core.world.vocabulary import CREATURE_NAMES, FAIR_DOMAINS, NAMED_CREATURE_SEEDS
 
 
 @pytest.fixture(scope="module")

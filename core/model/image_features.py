@@ -1,7 +1,9 @@
 """Frozen image backbones: features of images that methods read (an encoder's input, a memory bank's scores).
 
-- World: the world model's own VAE encoder (its mid-block feature map). Never the identity network or
-  anything trained with its objective: that network is the metric.
+- World: the world model's own VAE encoder (its mid-block feature map) on the image's subject (its foreground
+  cropped and enlarged to the model's size: on the whole scene the features cannot tell creatures apart, on the
+  subject they can). Never the identity network or anything trained with its objective: that network is the
+  metric.
 - Real models: a CLIP vision model, from ComfyUI's `clip_vision` folder (a node's CLIP_VISION input) or a
   local transformers folder (headless). Never downloaded.
 A backbone gives features of images [B, 3, H, W] in -1..1: a map [B, C, h, w] (`spatial`) or a vector [B, C];
@@ -14,13 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, ModelLoadError
 from .model import Model
 
-WORLD_BACKBONE = "world_vae"
+WORLD_BACKBONE = "world_vae_subject"
 CLIP_BACKBONE = "clip_vision"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -46,11 +49,16 @@ class ImageBackbone:
 
 
 def world_backbone(model: Model) -> ImageBackbone:
-    """The world VAE encoder's mid-block features, [B, C, H/f, W/f]."""
+    """The world VAE encoder's mid-block features of each image's subject, [B, C, H/f, W/f]."""
+    from ..world.checkers import subject_crop
+
     encoder = model.vae.encoder
 
     def encode(images: torch.Tensor) -> torch.Tensor:
-        x = encoder.conv_in(images.to(model.vae.device, model.vae.dtype))
+        pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1)
+        subjects = [subject_crop(image, images.shape[-1]) for image in pixels.numpy()]
+        subjects = torch.from_numpy(np.stack(subjects)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        x = encoder.conv_in(subjects.to(model.vae.device, model.vae.dtype))
         for block in encoder.down_blocks:
             x = block(x)
         return encoder.mid_block(x)

@@ -6,6 +6,7 @@ from .subjects import training_renders
 from .vocabulary import (
     CAPTION_WORDS,
     COLOURS,
+    FAIR_DOMAINS,
     HELDOUT_DOMAINS,
     HELDOUT_INSTANCE_SEEDS,
     HELDOUT_STYLE,
@@ -16,6 +17,6 @@ from .vocabulary import (
     SIZES,
 )
 
-__all__ = ["CAPTION_WORDS", "COLOURS", "HELDOUT_DOMAINS", "HELDOUT_INSTANCE_SEEDS", "HELDOUT_STYLE", "IMAGE_SIZE",
-           "PATTERNS", "POSITIONS", "SHAPES", "SIZES", "Scene", "WorldObject", "evaluation_scenes", "random_scene",
-           "style_renders", "training_batch", "training_renders"]
+__all__ = ["CAPTION_WORDS", "COLOURS", "FAIR_DOMAINS", "HELDOUT_DOMAINS", "HELDOUT_INSTANCE_SEEDS", "HELDOUT_STYLE",
+           "IMAGE_SIZE", "PATTERNS", "POSITIONS", "SHAPES", "SIZES", "Scene", "WorldObject", "evaluation_scenes",
+           "random_scene", "style_renders", "training_batch", "training_renders"]

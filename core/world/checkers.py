@@ -136,14 +136,38 @@ PLACE_TOLERANCE = 9  # pixels (each axis) between the foreground's centroid and 
 FOREGROUND_DIFFERENCE = 40  # levels (any channel) from the background read, where an object is
 
 
+def foreground(image: np.ndarray, reading: BackgroundReading | None = None) -> np.ndarray:
+    """[H, W] bool: where the image differs from the background read from it (pattern and phase included)."""
+    reading = reading or read_background_pattern(image)
+    plain = background(reading.colour, reading.pattern, reading.phase)
+    return np.abs(image.astype(np.float32) - plain).max(-1) > FOREGROUND_DIFFERENCE
+
+
+def subject_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [size, size, 3]: the image's foreground on black, in the square around its bounding box, resized
+    (area): what a render shows of its subject, whatever the scene's background and place. The whole image
+    when nothing stands out."""
+    mask = foreground(image)
+    if mask.sum() < MIN_OBJECT_PIXELS:
+        square = image
+    else:
+        ys, xs = np.nonzero(mask)
+        side = int(max(ys.max() - ys.min(), xs.max() - xs.min())) + 1
+        top, left = (int(ys.min() + ys.max()) + 1 - side) // 2, (int(xs.min() + xs.max()) + 1 - side) // 2
+        held = np.pad(np.where(mask[..., None], image, 0).astype(np.uint8), ((side, side), (side, side), (0, 0)))
+        square = held[top + side:top + 2 * side, left + side:left + 2 * side]
+    resized = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(square)).permute(2, 0, 1)[None]
+                                              .float(), size=(size, size), mode="area")
+    return resized[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+
+
 def _held_out_place(image: np.ndarray, reading: BackgroundReading) -> str | None:
     """A layout domain (HELDOUT_PLACES) when the image's foreground (what differs from the background read from
     it, pattern and phase included) sits at its place."""
-    plain = background(reading.colour, reading.pattern, reading.phase)
-    foreground = np.abs(image.astype(np.float32) - plain).max(-1) > FOREGROUND_DIFFERENCE
-    if foreground.sum() < MIN_OBJECT_PIXELS:
+    mask = foreground(image, reading)
+    if mask.sum() < MIN_OBJECT_PIXELS:
         return None
-    ys, xs = np.nonzero(foreground)
+    ys, xs = np.nonzero(mask)
     centre = np.array([xs.mean(), ys.mean()])
     for place, anchor in HELDOUT_PLACES.items():
         if np.abs(centre - np.array(anchor)).max() <= PLACE_TOLERANCE:

@@ -65,6 +65,7 @@ HELDOUT_STYLE = "zigzag"
 HELDOUT_DOMAINS = ("zigzag", "big_checks", "snowline", "top_left", "bottom_right")
 HELDOUT_PLACES: dict[str, tuple[int, int]] = {"top_left": (13, 13), "bottom_right": (51, 51)}  # centres (x, y)
 LAYOUT_DOMAINS = tuple(HELDOUT_PLACES)
+FAIR_DOMAINS = LAYOUT_DOMAINS  # those the shipped model passes `conceptkit world check`'s fairness gates on
 SNOWLINE_ROW = 43  # the first white row of a snowline background
 
 

@@ -8,6 +8,7 @@ frozen), with two loss terms beside the denoising loss on the new images:
   on earlier concepts' prompts (eps matching on their bank samples, noised), each concept weighted by its
   elastic weight  w_c = distill_weight * (1 + cos(f_c, f_new)) / mean over earlier c (1 + cos)
   (our reading: concepts that look like the new one are the ones it would overwrite, so they weigh more).
+Both terms are taken on the same noised bank sample with one pass of the new model (`Rehearsal`).
 A bound on each task's weight offset is added (ours, not the paper's): the parameter-offset penalty
 offset_penalty * ||delta W||^2 on the new LoRA, from the first concept on. Without it each task moved the whole
 model (drift grew task by task and every concept with it); with it the memory keeps its concepts and the base
@@ -34,7 +35,6 @@ from ...model.image_features import ImageBackbone, backbone_for
 from ...sampling import CFG, sample
 from ...training import (
     DenoisingObjective,
-    ImageReplay,
     OffsetPenalty,
     RunFolder,
     TrainConfig,
@@ -78,13 +78,17 @@ IF_LEARNED = ("new_version", "error")  # what learning a trigger the memory hold
 
 
 @dataclass
-class ElasticDistillation:
-    """eps matching against the model before the task, on earlier concepts' samples and prompts."""
+class Rehearsal:
+    """Both terms on earlier concepts' bank samples, at one noised sample and ONE pass of the new model: replay
+    (`replay_weight` x the denoising loss) and elastic distillation (each sample's elastic weight x the eps
+    matching against the model before the task). One pass serves both, so a task with earlier concepts costs
+    one pass of the new model more than the first task, not two."""
 
     images: torch.Tensor
     prompts: list[str]
-    weights: list[float]  # per sample: its concept's elastic weight
-    name: str = "elastic_distillation"
+    weights: list[float]  # per sample: its concept's elastic weight (distill_weight folded in)
+    replay_weight: float
+    name: str = "rehearsal"
 
     def __call__(self, run, step, generator):
         pick = torch.randint(0, len(self.images), (run.batch_size,), generator=generator)
@@ -93,12 +97,16 @@ class ElasticDistillation:
         noised = DenoisingObjective().noising(run, images, generator)
         size = images.shape[-1]
         denoise = unet_denoiser(run.model, size, size)
-        with run.teacher() as teacher:
-            target = denoise(noised.noisy, noised.timesteps, encode_text(teacher, prompts)).float()
+        distill = bool(weights.any())
+        if distill:
+            with run.teacher() as teacher:
+                target = denoise(noised.noisy, noised.timesteps, encode_text(teacher, prompts)).float()
         with run.accelerator.autocast():
             student = denoise(noised.noisy, noised.timesteps, encode_text(run.model, prompts)).float()
-        per_sample = F.mse_loss(student, target, reduction="none").mean((1, 2, 3))
-        return (weights * per_sample).mean()
+        loss = self.replay_weight * F.mse_loss(student, noised.target.float())
+        if distill:
+            loss = loss + (weights * F.mse_loss(student, target, reduction="none").mean((1, 2, 3))).mean()
+        return loss
 
 
 def bank_features(backbone: ImageBackbone, images: torch.Tensor) -> torch.Tensor:
@@ -235,12 +243,9 @@ def _loss_terms(bank: MemoryBank, new_features: torch.Tensor, settings: LearnSet
     similarity = {t: 1 + float(F.cosine_similarity(f, new_features, dim=0)) for t, f in bank.features.items()}
     mean = sum(similarity[o] for o in set(owners)) / len(set(owners))
     weights = [settings.distill_weight * similarity[o] / mean for o in owners]
-    terms = []
-    if settings.replay_weight:
-        terms.append(ImageReplay(images, prompts, settings.replay_weight, name="replay"))
-    if settings.distill_weight:
-        terms.append(ElasticDistillation(images, prompts, weights))
-    return terms + bound
+    if not settings.replay_weight and not settings.distill_weight:
+        return bound
+    return [Rehearsal(images, prompts, weights, settings.replay_weight), *bound]
 
 
 def refresh_bank(memory_model: Model, backbone: ImageBackbone, bank: MemoryBank, settings: LearnSettings
