@@ -31,6 +31,8 @@ SETTINGS = {"textual_inversion": dict(embedding_learning_rate=5e-3),
 BATCH = 4  # the baselines' batch
 COST_ROUNDS = {False: 6, True: 1}
 COST_BATCH = 4
+DEPENDENCE_BATCHES, DEPENDENCE_BATCH = 8, 16
+DEPENDENCE_SEED = 7  # held-out batches of the encoder's domain: a seed its pre-training (seed 0) does not draw
 
 
 def encoder_concept(model, image, token: str, steps: int, seed: int, encoder_off: bool = False):
@@ -82,10 +84,12 @@ def run_one(method: str, images_count: int, steps: int | None, model_source, qui
             if e4t:
                 concept = encoder_concept(model, renders[0], token, steps, seed, method == "e4t_encoder_off")
             else:
-                settings = SETTINGS.get(method, dict(trainable="full", learning_rate=tuning.learning_rate))
+                if method in SETTINGS:
+                    settings, batch = SETTINGS[method], BATCH
+                else:  # the ablation: E4T's tuning (steps, batch, learning rate) on the full UNet, no encoder
+                    settings, batch = dict(trainable="full", learning_rate=tuning.learning_rate), tuning.batch_size
                 config = TrainConfig(trigger=token, class_word="creature", captions=captions, steps=steps,
-                                     batch_size=BATCH if method in SETTINGS else tuning.batch_size, seed=seed,
-                                     **settings)
+                                     batch_size=batch, seed=seed, **settings)
                 concept = train_method(model, torch.from_numpy(renders).float() / 255, config, method).concept
         seconds += cost.seconds
         peak = max(peak, cost.peak_mb)
@@ -140,10 +144,10 @@ def encoder_suite(options):
             shown, [f"{name}: subject {subjects[i // 4]}, evaluation prompt {i % 4}" for i in range(len(shown))])
     cost = run_isolated(sampling_cost, options.model, options.quick, options.seed)
     reads = run_isolated(shipped_encoder_dependence, options.model, options.quick)
-    e4t, ti = rows[1], next(r for r in rows if r["method"] == "textual_inversion")
+    e4t, ti = (next(r for r in rows if r["method"] == name) for name in ("e4t", "textual_inversion"))
     notes = (f"Held-out subjects {subjects}, ONE image each (its first training render; the 4-image reference uses "
              f"the first four), {EVAL_IMAGES} evaluation prompts per subject at {EVAL_STEPS} DDIM steps, CFG "
-             f"{EVAL_CFG}. Baseline settings: {SETTINGS}, batch 4. seconds_per_concept and peak_mb: making the "
+             f"{EVAL_CFG}. Baseline settings: {SETTINGS}, batch {BATCH}. seconds_per_concept and peak_mb: making the "
              "concept only, each method in a fresh process. fidelity_min/max: the spread over subjects. "
              f"Speed: E4T / textual inversion = {e4t['seconds_per_concept'] / ti['seconds_per_concept']:.4f}. "
              f"Sampling cost per image, E4T concept / CFG on the base (batch {COST_BATCH}, {cost['rounds']} "
@@ -167,9 +171,6 @@ def shipped_encoder_dependence(model_source, quick: bool) -> dict:
     return {**image_dependence(model, pretrained, world_backbone(model), batches=batches), "batches": batches,
             "encoder_steps": pretrained.steps}
 
-
-DEPENDENCE_BATCHES, DEPENDENCE_BATCH = 8, 16
-DEPENDENCE_SEED = 7  # held-out batches of the encoder's domain: a seed its pre-training (seed 0) does not draw
 
 
 def image_dependence(model, pretrained, backbone, batches: int = DEPENDENCE_BATCHES,

@@ -26,6 +26,7 @@ from conceptkit.core.model import EMBEDDED, load_model
 from conceptkit.core.sampling.preview import decode_latents
 from conceptkit.core.sampling.schedulers import make_scheduler
 from conceptkit.core.world.checkers import read_domain
+from conceptkit.core.world.metrics import as_uint8
 from conceptkit.core.world.scenes import style_renders
 
 SMALL = dict(steps=8, window=(2, 5), epochs=3)  # 3 segments x 3 epochs: a few seconds
@@ -204,7 +205,7 @@ def test_the_nodes_invert_save_load_and_sample_under_comfyuis_inference_mode(wor
     nodes = {name: cls() for name, cls in NODE_CLASS_MAPPINGS.items()}
     (images,) = nodes["ConceptKitWorldDomain"].render(count=3, seed=0)
     assert images.shape == (3, 64, 64, 3)
-    assert [read_domain((image.numpy() * 255).round().astype("uint8")) for image in images] == ["top_left"] * 3
+    assert [read_domain(image) for image in as_uint8(images)] == ["top_left"] * 3
     with torch.inference_mode():
         (sge,) = nodes["ConceptKitSGEInverter"].invert(world, images, steps=8, window="step", window_start=2,
                                                        window_end=5, scale=2.0, epochs=2, seed=0)
