@@ -118,6 +118,30 @@ def test_the_bank_grows_by_what_is_new_and_keeps_the_samples_an_earlier_concept_
     assert again.image_prompts == [new, "a <p0> creature at the top, red background"]
 
 
+def test_a_later_concept_trains_in_one_pass_a_step_with_its_rehearsal_riding_along(world, tmp_path):
+    """Learning concept k costs one UNet call per step on the new images and `rehearsal_batch` bank samples
+    together, plus the teacher's call on the bank samples: not a second pass (concept 5 costs about what 1 did)."""
+    store = MemoryStore.open_or_create(tmp_path, "costs", world)
+    before = {k: v.clone() for k, v in world.unet.state_dict().items()}
+    calls = []
+    hook = world.unet.register_forward_pre_hook(lambda module, args: calls.append((len(args[0]),
+                                                                                    torch.is_grad_enabled())))
+    sizes = []
+    try:
+        for k, index in enumerate((10, 11)):
+            images, captions = subject(index)
+            calls.clear()
+            learn(store, world, images, f"<p{k}>", "creature", TINY, captions=captions)
+            sizes.append([size for size, trains in calls if trains])
+    finally:
+        hook.remove()
+    assert sizes[0] == [TINY.batch_size] * TINY.steps
+    assert sizes[1] == [TINY.batch_size + TINY.rehearsal_batch] * TINY.steps
+    assert store.current().triggers == ["<p0>", "<p1>"]
+    # the memory's LoRA was folded into the weights while concept 2 trained, and taken out exactly
+    assert all(torch.equal(v, before[k]) for k, v in world.unet.state_dict().items())
+
+
 def test_the_offset_bound_keeps_prompts_without_a_trigger_closer_to_the_base_model(world, tmp_path):
     images, captions = subject(12)
     prompts = ["a creature on the left, blue background", "a creature at the top, yellow background"]
@@ -172,6 +196,8 @@ def test_kill_9_during_learning_leaves_the_previous_version_loadable_and_complet
     images, captions = subject(13)
     learn(store, world, images, "<p1>", "creature", TINY, captions=captions)  # ... and taken over by the next writer
     assert store.current().triggers == ["<p0>", "<p1>"]
+    # the memory's LoRA was folded into the weights while concept 2 trained, and taken out exactly
+    assert all(torch.equal(v, before[k]) for k, v in world.unet.state_dict().items())
     assert not (store.folder / "lock").exists()
 
 

@@ -210,8 +210,33 @@ def test_prior_preservation_makes_class_images_once_and_reuses_them(world, subje
     made = sorted(tmp_path.rglob("*.png"))
     assert len(made) == 2
     stamps = [p.stat().st_mtime_ns for p in made]
-    train_recipe(world, subject_images, config(steps=1), method, class_image_count=2, class_cache_dir=tmp_path)
+    again = train_recipe(world, subject_images, config(steps=1), method, class_image_count=2,
+                         class_cache_dir=tmp_path)
     assert [p.stat().st_mtime_ns for p in sorted(tmp_path.rglob("*.png"))] == stamps
+    assert again.losses == pytest.approx(result.losses, rel=1e-5)  # the same pixels whether made or read
+
+
+def test_prior_preservation_puts_class_images_in_the_instance_pass_and_minimizes_what_two_passes_did(
+        world, subject_images, tmp_path, monkeypatch):
+    """As the diffusers DreamBooth script: one UNet call per step on instance and class images together, with the
+    loss two calls gave."""
+    from conceptkit.core.training import DenoisingObjective
+
+    calls = []
+    hook = world.unet.register_forward_pre_hook(lambda module, args: calls.append((len(args[0]),
+                                                                                    torch.is_grad_enabled())))
+    try:
+        shared = train_recipe(world, subject_images, config(steps=3), "dreambooth_prior", class_image_count=2,
+                              class_cache_dir=tmp_path)
+    finally:
+        hook.remove()
+    assert [size for size, trains in calls if trains] == [4] * 3  # 2 instance + 2 class images a step
+    monkeypatch.setattr(DenoisingObjective, "shares_pass", False)
+    apart = train_recipe(world, subject_images, config(steps=3), "dreambooth_prior", class_image_count=2,
+                         class_cache_dir=tmp_path)
+    assert shared.losses == pytest.approx(apart.losses, rel=1e-4)
+    without = train_recipe(world, subject_images, config(steps=3), "dreambooth_lora")
+    assert without.losses[0] != pytest.approx(shared.losses[0], rel=1e-2)  # the class images' loss is in it
 
 
 def test_textual_inversion_changes_only_the_trigger_vector(world, subject_images):

@@ -6,7 +6,8 @@ a sampler or trainer enters `patches_in_effect(model)`, which, for the duration 
 - serves added tokens' vectors from a small table beside each text encoder's own (no resized copy).
   A vector is `[dim]`, or `[B, dim]`: one per prompt of the batch (a per-sample row);
 - adds LoRA deltas through forward hooks, whose `scale` can be switched between passes at no cost
-  (one number, or one per sample);
+  (one number, or one per sample); or, for a block that never switches them (a training run over concepts the
+  model carries), folds them into the weights, so that a layer costs the same whatever the concepts hold;
 - adds full weight offsets in place and restores the exact original weights afterwards;
 and yields the `PatchState`: what the patches changed, for extensions that need it (weak-model guidance).
 A patch whose token vectors depend on the current latents (an image encoder's) adds a `StepHook`: the
@@ -215,6 +216,7 @@ class PatchState:
     tokens: list[TokenRow] = field(default_factory=list)
     step_hooks: list[StepHook] = field(default_factory=list)
     attention: list = field(default_factory=list)  # attention controllers (the sampling loop's AttentionController)
+    fold_lora: bool = False  # LoRA deltas added to the weights in place (restored exactly), not through hooks
     _vectors: list[dict[int, tuple[torch.Tensor, torch.Tensor, str]]] = field(default_factory=list)
     _stack: ExitStack = field(default_factory=ExitStack)
 
@@ -272,6 +274,10 @@ class PatchState:
             raise InputError(f"the concept's LoRA for '{name}' has shapes {tuple(down.shape)} and {tuple(up.shape)}, "
                              f"which do not fit the model's layer ({out_features}x{in_features}); it was made for "
                              "another model, or the file is damaged.")
+        if self.fold_lora:
+            weight = module.weight
+            self._change(weight, up.to(weight) @ down.to(weight), factor, name)
+            return
         hook = LoraHook(module, down, up, factor, text=not name.startswith("unet."))
         self._stack.callback(hook.handle.remove)
         self.lora_hooks.append(hook)
@@ -282,10 +288,13 @@ class PatchState:
         if param.shape != delta.shape:
             raise InputError(f"the concept's offset for '{name}' has shape {tuple(delta.shape)}, the model's "
                              f"weight {tuple(param.shape)}; it was made for a different model.")
+        self._change(param, delta.to(param), strength, name)
+
+    def _change(self, param: torch.nn.Parameter, delta: torch.Tensor, alpha: float, name: str) -> None:
         with torch.no_grad():
             changed = ChangedWeight(param, param.detach().clone(), param.data, text=not name.startswith("unet."))
             self._stack.callback(_restore, changed)
-            param.add_(delta.to(param), alpha=strength)
+            param.add_(delta, alpha=alpha)
         self.weights.append(changed)
 
     def _install_tokens(self) -> None:
@@ -339,9 +348,10 @@ def add_patch(model: Model, patch: Patch) -> Model:
 
 
 @contextmanager
-def patches_in_effect(model: Model) -> Iterator[PatchState]:
-    """The model's patches take effect for the duration of the block; yields what they changed."""
-    state = PatchState(model)
+def patches_in_effect(model: Model, *, fold_lora: bool = False) -> Iterator[PatchState]:
+    """The model's patches take effect for the duration of the block; yields what they changed. `fold_lora`:
+    LoRA deltas go into the weights (no per-pass scale; the weights are restored exactly afterwards)."""
+    state = PatchState(model, fold_lora=fold_lora)
     with state._stack:
         for patch in model.patches:
             patch.enter(model, state)

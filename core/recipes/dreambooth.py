@@ -50,22 +50,23 @@ def recipe_config(recipe: str, base: TrainConfig) -> TrainConfig:
 
 def class_images(model: Model, prompts: list[str], seed: int, cache_dir: Path | None,
                  progress=None, cancel=None) -> torch.Tensor:
-    """Images of the class prompts drawn by the base model ([N, H, W, 3] in 0..1), cached as PNGs keyed by
-    the model, the prompts and the seed, so prior preservation pays for them once."""
+    """Images of the class prompts drawn by the base model ([N, H, W, 3] in 0..1, 8 bits as stored), cached as
+    PNGs keyed by the model, the prompts and the seed, so prior preservation pays for them once (and trains on
+    the same pixels whether it made them or read them)."""
     key = hashlib.sha256(json.dumps([model.fingerprint(), prompts, seed, CLASS_IMAGE_STEPS, CLASS_IMAGE_CFG])
                          .encode()).hexdigest()[:16]
     folder = Path(cache_dir) / key if cache_dir is not None else None
     files = [folder / f"{i:04d}.png" for i in range(len(prompts))] if folder else []
     if files and all(f.is_file() for f in files):
         return torch.cat([load_image_file(f)[0] for f in files])
-    images = sample(model, prompts, seed=seed, steps=CLASS_IMAGE_STEPS, guidance=CFG(CLASS_IMAGE_CFG),
-                    progress=progress, cancel=cancel).images
+    drawn = sample(model, prompts, seed=seed, steps=CLASS_IMAGE_STEPS, guidance=CFG(CLASS_IMAGE_CFG),
+                   progress=progress, cancel=cancel).images
+    stored = (drawn.numpy() * 255).round().astype(np.uint8)
     if folder is not None:
         make_folder(folder)
-        for f, image in zip(files, images, strict=True):
-            pixels = (image.numpy() * 255).round().astype(np.uint8)
+        for f, pixels in zip(files, stored, strict=True):
             atomic_write(f, lambda out, p=pixels: Image.fromarray(p).save(out, format="PNG"), if_exists="overwrite")
-    return images
+    return torch.from_numpy(stored).float() / 255
 
 
 def prior_preservation(model: Model, images, config: TrainConfig, weight: float, count: int,

@@ -1,7 +1,8 @@
 """Loss terms of the training loop, beside its objective.
 
-A term is called once per step with the run (model, trainable set, the denoising-loss function, the
-teacher) and that step's generator, and returns a scalar to add to the loss. Methods bring their own
+A term is called once per step with the run (model, trainable set, the teacher) and that step's generator, and
+returns a scalar to add to the loss; a term that is a denoising loss on other images rides the objective's pass
+instead (`ride`, objective.Rider). Methods bring their own
 terms (distillation); image replay (prior preservation) and the parameter-offset penalty are here because several
 recipes and methods use them."""
 
@@ -11,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import InputError
-from .objective import Run
+from .objective import DenoisingObjective, Posterior, Rider, Run, encode_posterior, ride_alone
 
 OFFSET_NORMS = ("frobenius", "spectral")
 
@@ -34,14 +36,22 @@ class ImageReplay:
     captions: list[str]
     weight: float = 1.0
     name: str = "prior_preservation"
+    _posterior: Posterior | None = field(default=None, repr=False)  # the images' latents, encoded once
 
     def __post_init__(self):
         if len(self.images) == 0 or len(self.images) != len(self.captions):
             raise InputError(f"{self.name.replace('_', ' ')} needs images, one caption each.")
 
-    def __call__(self, run, step, generator):
+    def ride(self, run, step, generator) -> Rider:
+        if self._posterior is None:
+            self._posterior = encode_posterior(run.model, self.images)
         pick = torch.randint(0, len(self.images), (run.batch_size,), generator=generator)
-        return self.weight * run.denoising_loss(self.images[pick], [self.captions[i] for i in pick], generator)
+        noised = DenoisingObjective().noising_posterior(run, self._posterior.select(pick), generator)
+        return Rider(noised, [self.captions[i] for i in pick],
+                     lambda prediction: self.weight * F.mse_loss(prediction, noised.target.float()))
+
+    def __call__(self, run, step, generator):
+        return ride_alone(run, self.ride(run, step, generator))
 
 
 @dataclass

@@ -5,12 +5,18 @@ The default is the denoising loss, split in two so that an objective can change 
 - `prediction`: the UNet's prediction on x_t for the captions.
 An objective that conditions on x_t (E4T's encoder reads the noisy latent) overrides `prediction` (or
 `__call__`) and may add auxiliary losses to what `__call__` returns.
+
+A loss term that is itself a denoising loss on other images (prior preservation's class images, a memory's
+replay) can ride the objective's pass: it gives a `Rider` (its noised samples, their captions, its loss on the
+predictions) and the objective predicts its samples in the same UNet call as its own batch, as the diffusers
+DreamBooth script puts class images in the instance batch: one pass of a larger batch instead of two.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import torch
@@ -29,9 +35,6 @@ class Run(Protocol):
     noise_scheduler: Any
     batch_size: int
 
-    def denoising_loss(self, images: torch.Tensor, captions: list[str], generator: torch.Generator
-                       ) -> torch.Tensor: ...
-
     def teacher(self) -> AbstractContextManager: ...
 
     def serving_token(self, vectors: list[torch.Tensor]) -> AbstractContextManager: ...
@@ -46,6 +49,42 @@ class Noised:
     target: torch.Tensor  # what the UNet should predict (the noise, or v for v-prediction models)
 
 
+    def select(self, index: torch.Tensor) -> Noised:
+        return Noised(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    @staticmethod
+    def cat(parts: list[Noised]) -> Noised:
+        return Noised(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Noised)))
+
+
+@dataclass
+class Posterior:
+    """The VAE's latent distribution of images (unscaled): encoded once for images a run draws from again and
+    again, sampled afresh at every step as the encoding would be."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> Posterior:
+        return Posterior(self.mean[index], self.std[index])
+
+
+def encode_posterior(model, images: torch.Tensor) -> Posterior:
+    """The latent distribution of images [B, 3, H, W] in -1..1, in chunks."""
+    with torch.no_grad():
+        parts = [model.vae.encode(chunk.to(model.device, model.vae.dtype)).latent_dist for chunk in images.split(16)]
+    return Posterior(torch.cat([p.mean for p in parts]), torch.cat([p.std for p in parts]))
+
+
+@dataclass
+class Rider:
+    """Samples a loss term adds to the objective's own UNet pass, and its loss on their predictions."""
+
+    noised: Noised
+    captions: list[str]
+    loss: Callable[[torch.Tensor], torch.Tensor]  # predictions [B, C, h, w] (float) -> the term's scalar
+
+
 @dataclass
 class Batch:
     images: torch.Tensor  # [B, 3, H, W] in -1..1
@@ -56,10 +95,14 @@ class Batch:
 class DenoisingObjective:
     """||eps - eps_theta(x_t, t, c)||^2 (or v for v-prediction models)."""
 
+    shares_pass = True  # riders' samples join its UNet call (an objective whose prediction reads its batch: False)
+
     def noising(self, run: Run, images: torch.Tensor, generator: torch.Generator) -> Noised:
+        return self.noising_posterior(run, encode_posterior(run.model, images), generator)
+
+    def noising_posterior(self, run: Run, posterior: Posterior, generator: torch.Generator) -> Noised:
         model, scheduler = run.model, run.noise_scheduler
         with torch.no_grad():
-            posterior = model.vae.encode(images.to(model.device, model.vae.dtype)).latent_dist
             noise_z = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
             latents = (posterior.mean + posterior.std * noise_z) * model.vae.config.scaling_factor
         latents = latents.to(model.dtype)
@@ -71,12 +114,36 @@ class DenoisingObjective:
         return Noised(latents, noise, t, noisy, target)
 
     def prediction(self, run: Run, noised: Noised, captions: list[str], batch: Batch) -> torch.Tensor:
-        size = batch.images.shape[-1]
-        with run.accelerator.autocast():
-            return unet_denoiser(run.model, size, size)(noised.noisy, noised.timesteps,
-                                                        encode_text(run.model, captions))
+        return plain_prediction(run, noised, captions)
 
-    def __call__(self, run: Run, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, run: Run, batch: Batch, generator: torch.Generator,
+                 riders: Callable[[], list[Rider]] | None = None) -> torch.Tensor:
+        """The loss on the batch; with `riders` (called after the batch is noised, so that the step's random
+        draws keep their order), theirs too, predicted in the same UNet call when their latents are the batch's
+        size (else each in its own)."""
         noised = self.noising(run, batch.images, generator)
-        prediction = self.prediction(run, noised, batch.captions, batch)
-        return F.mse_loss(prediction.float(), noised.target.float())
+        joined = riders() if riders is not None else []
+        together = [r for r in joined if r.noised.noisy.shape[1:] == noised.noisy.shape[1:]]
+        prediction = self.prediction(run, Noised.cat([noised, *(r.noised for r in together)]),
+                                     batch.captions + [c for r in together for c in r.captions], batch).float()
+        parts = prediction.split([len(noised.noisy), *(len(r.noised.noisy) for r in together)])
+        loss = F.mse_loss(parts[0], noised.target.float())
+        for rider, part in zip(together, parts[1:], strict=True):
+            loss = loss + rider.loss(part)
+        for rider in joined:
+            if not any(rider is r for r in together):
+                loss = loss + ride_alone(run, rider)
+        return loss
+
+
+def plain_prediction(run: Run, noised: Noised, captions: list[str]) -> torch.Tensor:
+    """The UNet's prediction on noised latents for captions, under the run's autocast."""
+    factor = run.model.vae_scale_factor
+    denoise = unet_denoiser(run.model, noised.noisy.shape[-1] * factor, noised.noisy.shape[-2] * factor)
+    with run.accelerator.autocast():
+        return denoise(noised.noisy, noised.timesteps, encode_text(run.model, captions))
+
+
+def ride_alone(run: Run, rider: Rider) -> torch.Tensor:
+    """A rider's loss with a UNet call of its own (beside an objective that does not share its pass)."""
+    return rider.loss(plain_prediction(run, rider.noised, rider.captions).float())

@@ -147,8 +147,8 @@ class RunToken:
 @dataclass
 class TrainingRun:
     """One training run (see the module's docstring). The objective and the loss terms read it (objective.Run):
-    `model` (as it trains), `trainable`, `accelerator`, `noise_scheduler`, `batch_size`, `teacher()`,
-    `denoising_loss(...)` and `serving_token(vectors)`."""
+    `model` (as it trains), `trainable`, `accelerator`, `noise_scheduler`, `batch_size`, `teacher()` and
+    `serving_token(vectors)`."""
 
     model: Model
     trains: Callable[[Model], TrainableSet]  # builds what trains, on the model with its concepts in effect
@@ -177,12 +177,6 @@ class TrainingRun:
     def batch_size(self) -> int:
         return self.per_step.batch_size
 
-    def denoising_loss(self, images: torch.Tensor, captions: list[str], generator: torch.Generator) -> torch.Tensor:
-        """The plain diffusion loss on images [B, 3, H, W] in -1..1 with their captions (replay of fixed images)."""
-        from .objective import Batch
-
-        return DenoisingObjective()(self, Batch(images, captions), generator)
-
     @contextmanager
     def teacher(self) -> Iterator[Model]:
         """The model as it was before the run (with the concepts it carried), for the block; no gradients."""
@@ -199,7 +193,7 @@ class TrainingRun:
         outcome)`, taken while what trained is still in place (a concept's tensors). The concepts the model
         carries are in effect and frozen throughout; the model is put back as it was in every case. Call it
         inside `training_mode(model)`."""
-        with patches_in_effect(self.model):
+        with patches_in_effect(self.model, fold_lora=True):  # the carried concepts' LoRAs cost nothing per step
             self.trainable = self.trains(self.model)
             try:
                 return self._train(collect)
@@ -263,8 +257,9 @@ def training_mode(model: Model) -> Iterator[Model]:
 
 
 class StepLoss(torch.nn.Module):
-    """One step's loss: the objective on the data source's batch plus the loss terms. A module, so that
-    `accelerator.prepare` can wrap it (DDP averages the trained parameters' gradients across processes)."""
+    """One step's loss: the objective on the data source's batch plus the loss terms, those that can ride
+    the objective's UNet pass when it shares it. A module, so that `accelerator.prepare` can wrap it (DDP averages the
+    trained parameters' gradients across processes)."""
 
     def __init__(self, run: TrainingRun):
         super().__init__()
@@ -278,9 +273,15 @@ class StepLoss(torch.nn.Module):
         run = self.run
         gen = step_generator(run.per_step.seed, step, run.accelerator.process_index)
         batch = run.data.batch(step, run.per_step.batch_size, gen)
-        loss = run.objective(run, batch, gen)
+        riding = [t for t in run.loss_terms if hasattr(t, "ride")] if getattr(run.objective, "shares_pass", False) \
+            else []
+        if riding:
+            loss = run.objective(run, batch, gen, lambda: [term.ride(run, step, gen) for term in riding])
+        else:
+            loss = run.objective(run, batch, gen)
         for term in run.loss_terms:
-            loss = loss + term(run, step, gen)
+            if not any(term is t for t in riding):
+                loss = loss + term(run, step, gen)
         return loss
 
 

@@ -112,6 +112,7 @@ class EncoderObjective(DenoisingObjective):
     class_vectors: list[torch.Tensor] = field(default_factory=list)
     image_features: torch.Tensor | None = None
     weight: float = DEFAULT_ENCODER_WEIGHT
+    shares_pass = False  # its prediction serves per-sample vectors for its own batch
     _empty: Conditioning | None = None
 
     def __call__(self, run, batch: Batch, generator: torch.Generator) -> torch.Tensor:

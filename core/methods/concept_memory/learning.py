@@ -22,7 +22,7 @@ compete with the ones the bank holds (bank.py).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -30,17 +30,21 @@ import torch.nn.functional as F
 
 from ...concepts import Concept, apply_concept
 from ...errors import InputError
-from ...model import Model, encode_text, unet_denoiser
+from ...model import Conditioning, Model, encode_text, unet_denoiser
 from ...model.image_features import ImageBackbone, backbone_for
 from ...sampling import CFG, sample
 from ...training import (
     DenoisingObjective,
     OffsetPenalty,
+    Posterior,
+    Rider,
     RunFolder,
     TrainConfig,
+    encode_posterior,
     keep_result,
     kept_result,
     prepare_images,
+    ride_alone,
     settings_signature,
     train_concept,
 )
@@ -61,6 +65,7 @@ class LearnSettings:
     rank: int = 16
     learning_rate: float = 5e-3
     batch_size: int = 4
+    rehearsal_batch: int = 2  # earlier concepts' bank samples per step, in the same pass as the new images
     replay_weight: float = 1.0  # mu
     distill_weight: float = 1.0
     offset_penalty: float = 3e-5  # lambda of each task's ||delta W||^2 (0: off)
@@ -79,34 +84,47 @@ IF_LEARNED = ("new_version", "error")  # what learning a trigger the memory hold
 
 @dataclass
 class Rehearsal:
-    """Both terms on earlier concepts' bank samples, at one noised sample and ONE pass of the new model: replay
-    (`replay_weight` x the denoising loss) and elastic distillation (each sample's elastic weight x the eps
-    matching against the model before the task). One pass serves both, so a task with earlier concepts costs
-    one pass of the new model more than the first task, not two."""
+    """Both terms on earlier concepts' bank samples, at one noised sample of each and no UNet call of their own:
+    replay (`replay_weight` x the denoising loss) and elastic distillation (each sample's elastic weight x the eps
+    matching against the model before the task) ride the new images' pass (objective.Rider), and the bank's
+    latents are encoded once. A task with earlier concepts costs a larger batch in the same pass and the
+    teacher's prediction on the bank samples, not a second pass."""
 
     images: torch.Tensor
     prompts: list[str]
     weights: list[float]  # per sample: its concept's elastic weight (distill_weight folded in)
     replay_weight: float
+    batch: int = 2  # bank samples per step
     name: str = "rehearsal"
+    _posterior: Posterior | None = field(default=None, repr=False)
+    _teacher_text: Conditioning | None = field(default=None, repr=False)  # the prompts as the teacher reads them
+
+    def ride(self, run, step, generator) -> Rider:
+        if self._posterior is None:
+            self._posterior = encode_posterior(run.model, self.images)
+        pick = torch.randint(0, len(self.images), (self.batch,), generator=generator)
+        prompts = [self.prompts[i] for i in pick]
+        weights = torch.tensor([self.weights[i] for i in pick], device=run.model.device)
+        noised = DenoisingObjective().noising_posterior(run, self._posterior.select(pick), generator)
+        target = None
+        if bool(weights.any()):
+            size = self.images.shape[-1]
+            with run.teacher() as teacher:
+                if self._teacher_text is None:
+                    self._teacher_text = encode_text(teacher, self.prompts)
+                target = unet_denoiser(teacher, size, size)(noised.noisy, noised.timesteps,
+                                                            self._teacher_text.select(pick)).float()
+
+        def loss(student: torch.Tensor) -> torch.Tensor:
+            total = self.replay_weight * F.mse_loss(student, noised.target.float())
+            if target is not None:
+                total = total + (weights * F.mse_loss(student, target, reduction="none").mean((1, 2, 3))).mean()
+            return total
+
+        return Rider(noised, prompts, loss)
 
     def __call__(self, run, step, generator):
-        pick = torch.randint(0, len(self.images), (run.batch_size,), generator=generator)
-        images, prompts = self.images[pick], [self.prompts[i] for i in pick]
-        weights = torch.tensor([self.weights[i] for i in pick], device=run.model.device)
-        noised = DenoisingObjective().noising(run, images, generator)
-        size = images.shape[-1]
-        denoise = unet_denoiser(run.model, size, size)
-        distill = bool(weights.any())
-        if distill:
-            with run.teacher() as teacher:
-                target = denoise(noised.noisy, noised.timesteps, encode_text(teacher, prompts)).float()
-        with run.accelerator.autocast():
-            student = denoise(noised.noisy, noised.timesteps, encode_text(run.model, prompts)).float()
-        loss = self.replay_weight * F.mse_loss(student, noised.target.float())
-        if distill:
-            loss = loss + (weights * F.mse_loss(student, target, reduction="none").mean((1, 2, 3))).mean()
-        return loss
+        return ride_alone(run, self.ride(run, step, generator))
 
 
 def bank_features(backbone: ImageBackbone, images: torch.Tensor) -> torch.Tensor:
@@ -245,7 +263,7 @@ def _loss_terms(bank: MemoryBank, new_features: torch.Tensor, settings: LearnSet
     weights = [settings.distill_weight * similarity[o] / mean for o in owners]
     if not settings.replay_weight and not settings.distill_weight:
         return bound
-    return [Rehearsal(images, prompts, weights, settings.replay_weight), *bound]
+    return [Rehearsal(images, prompts, weights, settings.replay_weight, settings.rehearsal_batch), *bound]
 
 
 def refresh_bank(memory_model: Model, backbone: ImageBackbone, bank: MemoryBank, settings: LearnSettings
