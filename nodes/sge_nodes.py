@@ -10,6 +10,7 @@ from ..core.methods.sge_inverter import (
     DEFAULT_PENALTY,
     DEFAULT_RELAX,
     DEFAULT_SCALE,
+    DEFAULT_SETTLE,
     DEFAULT_STEPS,
     MAPPINGS,
     MAX_IMAGES,
@@ -83,15 +84,20 @@ class ConceptKitSGEInverter:
                 "q_noise": (list(Q_NOISES), {"default": "random", "tooltip": "Noise of the noised targets: random "
                             "(fresh at every step, the official run's) or fixed (one seed-0 noise for every epoch: "
                             "the base model's predictions are computed once, much faster)."}),
+                "settle": ("FLOAT", {"default": DEFAULT_SETTLE, "min": 0.0, "max": 0.5, "step": 0.001,
+                                     "round": 1e-4, "tooltip": "End a segment before its epochs once its loss has "
+                                     "settled: the last 10 epochs' mean loss is less than this fraction below the 10 "
+                                     "before (0: every epoch, as the official code)."}),
             },
         }
 
     def invert(self, model, images, steps, window, window_start, window_end, scale, epochs, seed, prompt="", cfg=1.0,
-               q_noise="random", learning_rate=DEFAULT_LR, penalty=DEFAULT_PENALTY, checkpoint_every=300):
+               q_noise="random", learning_rate=DEFAULT_LR, penalty=DEFAULT_PENALTY, checkpoint_every=300,
+               settle=DEFAULT_SETTLE):
         explicit = (window_start, window_end) if window_end else None
         settings = InvertSettings(steps=steps, mapping=window, window=explicit, scale=scale, epochs=epochs,
                                   learning_rate=learning_rate, penalty=penalty, prompt=prompt.strip(), cfg=cfg,
-                                  q_noise=q_noise, seed=seed, checkpoint_every=checkpoint_every)
+                                  q_noise=q_noise, settle=settle, seed=seed, checkpoint_every=checkpoint_every)
         folder = comfy.run_folder(images, settings, model)
         return (invert(model, images, settings, checkpoint_dir=folder.path,
                        progress=comfy.Progress(epochs, "SGE Inverter"), cancel=comfy.cancel_requested),)

@@ -90,6 +90,26 @@ def test_inversion_reports_every_step_with_previews_of_its_current_estimate_with
     assert 2 <= len(shown) <= 3 and all(image.size == (64, 64) for image in shown)
 
 
+def test_a_segment_ends_once_its_loss_settles_and_a_resumed_inversion_ends_where_a_straight_one_does(world, domain,
+                                                                                                     tmp_path):
+    every = invert(world, domain, InvertSettings(**{**SMALL, "epochs": 40}, settle=0.0))
+    assert every.parameters["segment_epochs"] == [40, 40, 40]
+    settings = InvertSettings(**{**SMALL, "epochs": 40}, settle=0.2, checkpoint_every=0)
+    straight = invert(world, domain, settings)
+    ran = straight.parameters["segment_epochs"]
+    assert len(ran) == 3 and min(ran) >= 20 and sum(ran) < 120  # some settled before the cap, none before 20
+    calls = {"n": 0}
+
+    def cancel_in_the_second_segment():
+        calls["n"] += 1
+        return calls["n"] == ran[0] + 3
+
+    with pytest.raises(Cancelled):
+        invert(world, domain, settings, checkpoint_dir=tmp_path, cancel=cancel_in_the_second_segment)
+    resumed = invert(world, domain, settings, checkpoint_dir=tmp_path)
+    assert resumed.parameters["segment_epochs"] == ran and torch.equal(resumed.sge, straight.sge)
+
+
 @pytest.mark.parametrize("q_noise,bound", [("fixed", 0.4), ("random", 0.85)])
 def test_the_embeddings_steer_generation_toward_their_target(world, q_noise, bound):
     """One target, its own row and no relaxing: the target comes back (as the VAE draws it: its reconstruction is

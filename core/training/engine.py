@@ -57,13 +57,14 @@ class RunSettings:
     signature: str | None = None  # what a checkpoint must agree on to be resumed (None: not checked)
     grad_clip: float | None = None
     name: str = "training"
+    done: Callable[[int], bool] | None = None  # asked after every step (and on resume): True ends it, finished
 
 
 @dataclass
 class RunOutcome:
     losses: list[float]  # one per step, from step 0 (a resumed run's earlier losses come from its checkpoint)
     resumed_from: int
-    finished: bool  # False when `stop` ended the run early
+    finished: bool  # False when `stop` ended the run early (True when `done` ended it before its steps)
 
 
 class TrainingEngine:
@@ -129,14 +130,16 @@ class TrainingEngine:
         after_step: Callable[[int, float], None] | None = None,
         preview_at: Callable[[int], Callable[[], Image.Image | None]] | None = None,
     ) -> RunOutcome:
-        """Train from the newest checkpoint (or step 0) to `settings.steps`: `loss_at(step)` is the step's loss;
-        `state` names what a checkpoint holds (modules, or anything with state_dict/load_state_dict)."""
+        """Train from the newest checkpoint (or step 0) to `settings.steps`, or until `settings.done(step)`:
+        `loss_at(step)` is the step's loss; `state` names what a checkpoint holds (modules, or anything with
+        state_dict/load_state_dict)."""
         s = self.settings
         step, losses = self._resume(state, optimizer)
         start = step
+        done = s.done is not None and step > 0 and s.done(step)
         try:  # on Cancel (ours, or ComfyUI's interrupt from cancel() or its progress bar) and on errors,
             # checkpoint the last finished step so that the run resumes there
-            while step < s.steps:
+            while step < s.steps and not done:
                 if self.cancel is not None and self.cancel():
                     raise Cancelled(f"{s.name} was cancelled at step {step} of {s.steps}" + (
                         f"; run it again to resume from {s.checkpoint_dir}." if s.checkpoint_dir else "."))
@@ -154,13 +157,17 @@ class TrainingEngine:
                 losses.append(float(loss.item()))
                 if after_step is not None:
                     after_step(step, losses[-1])
-                if s.checkpoint_every and step % s.checkpoint_every == 0 and (step < s.steps or s.checkpoint_at_end):
+                done = s.done is not None and s.done(step)
+                if done and s.checkpoint_at_end:
+                    self._save(state, optimizer, step, losses)
+                elif s.checkpoint_every and step % s.checkpoint_every == 0 and (step < s.steps or s.checkpoint_at_end):
                     self._save(state, optimizer, step, losses)
                 elif step == s.steps and s.checkpoint_at_end:
                     self._save(state, optimizer, step, losses)
                 if self.progress is not None:
-                    self.progress(step, s.steps, preview_at(step) if preview_at else _no_preview)
-                if self.stop is not None and self.stop() and step < s.steps:  # stop() sees every step
+                    total = step if done else s.steps
+                    self.progress(step, total, preview_at(step) if preview_at else _no_preview)
+                if self.stop is not None and self.stop() and step < s.steps and not done:  # stop() sees every step
                     self._save(state, optimizer, step, losses)
                     break
         except Diverged:
@@ -171,7 +178,7 @@ class TrainingEngine:
             except ConceptKitError as e:  # the error that stopped the run is the one to report
                 log.warning("%s", e)
             raise
-        return RunOutcome(losses, start, step >= s.steps)
+        return RunOutcome(losses, start, step >= s.steps or done)
 
 
 def _all_finite(state: dict) -> bool:

@@ -9,6 +9,7 @@ from .inversion import (
     DEFAULT_MAPPING,
     DEFAULT_PENALTY,
     DEFAULT_SCALE,
+    DEFAULT_SETTLE,
     DEFAULT_STEPS,
     MAX_IMAGES,
     Q_NOISES,
@@ -19,5 +20,5 @@ from .sge import SGESet, load_sge, save_sge, sge_path
 from .window import MAPPINGS, Window, map_window
 
 __all__ = ["DEFAULT_EPOCHS", "DEFAULT_LR", "DEFAULT_MAPPING", "DEFAULT_PENALTY", "DEFAULT_RELAX", "DEFAULT_SCALE",
-           "DEFAULT_STEPS", "MAPPINGS", "MAX_IMAGES", "Q_NOISES", "InvertSettings", "RelaxedSGE", "SGESet", "Window",
-           "invert", "load_sge", "map_window", "sample_sge", "save_sge", "sge_path"]
+           "DEFAULT_SETTLE", "DEFAULT_STEPS", "MAPPINGS", "MAX_IMAGES", "Q_NOISES", "InvertSettings", "RelaxedSGE",
+           "SGESet", "Window", "invert", "load_sge", "map_window", "sample_sge", "save_sge", "sge_path"]

@@ -9,6 +9,10 @@ steps before the epoch's one optimizer step, is
     mse(x0_hat, x0) + mse(x_{t_prev}, y) + lambda * mean over elements of (G[i, k] - mean_j G[j, k])^2.
 G is one tensor [N, K, C, h, w] under one Adam for the whole inversion, as the official `GradientConfig`: a
 finished segment gets zero gradients and moves only by its optimizer momentum while the next ones train.
+A segment ends after `epochs` epochs, or sooner once its loss has settled (`settle`: the mean epoch loss of the
+last SETTLE_WINDOW epochs is not below the mean of the window before by that fraction; 0 runs every epoch, as the
+official code): which segment an epoch trains is a function of the losses so far, kept with G in the checkpoints,
+so a resumed inversion ends as an uninterrupted one.
 G enters after the UNet call, so the UNet runs forward only and never changes: an epoch's steps go through it as
 one batch, and with fixed noise its prediction at each step's x_t is computed once and reused. A training run:
 resume, Cancel, progress with a preview (the current x0_hat of the first target: a VAE decode, no UNet pass).
@@ -51,6 +55,8 @@ DEFAULT_LR = 0.05
 DEFAULT_PENALTY = 1.0
 DEFAULT_STEPS = 25
 DEFAULT_MAPPING = "noise"  # chosen by `conceptkit bench sge` (README)
+DEFAULT_SETTLE = 0.01
+SETTLE_WINDOW = 10  # epochs
 Q_NOISES = ("random", "fixed")
 
 
@@ -66,6 +72,7 @@ class InvertSettings:
     prompt: str = ""
     cfg: float = 1.0
     q_noise: str = "random"  # the official main.sh's; "fixed": one seed-0 noise for every epoch (Q_NOISES)
+    settle: float = DEFAULT_SETTLE  # a segment ends once its loss improves less than this (0: every epoch)
     seed: int = 0
     checkpoint_every: int = 300
 
@@ -106,6 +113,28 @@ def steps_per_epoch(first: int, last: int) -> int:
     return max(1, int(0.8 * (last - first)))
 
 
+def segment_ends(losses: list[float], epochs: int, segments: int, settle: float) -> list[int]:
+    """The step count at which each segment ended (at most `segments`), given the epoch losses so far in order:
+    after `epochs` epochs, or once settled (module docstring)."""
+    ends, start = [], 0
+    for i in range(len(losses)):
+        run = losses[start:i + 1]
+        if len(run) >= epochs or _settled(run, settle):
+            ends.append(i + 1)
+            start = i + 1
+            if len(ends) == segments:
+                break
+    return ends
+
+
+def _settled(losses: list[float], settle: float) -> bool:
+    if settle <= 0 or len(losses) < 2 * SETTLE_WINDOW:
+        return False
+    last = sum(losses[-SETTLE_WINDOW:]) / SETTLE_WINDOW
+    before = sum(losses[-2 * SETTLE_WINDOW:-SETTLE_WINDOW]) / SETTLE_WINDOW
+    return last > before * (1 - settle)
+
+
 def epoch_passes(window: Window) -> float:
     """Forward passes per target of an epoch, over the segments on average (what a preview is weighed against)."""
     return sum(steps_per_epoch(*window.segment_steps(k)) for k in range(window.segments)) / window.segments
@@ -139,16 +168,21 @@ class SampleEmbeddings(TrainableSet):
 
     kind = "sge"
 
-    def __init__(self, model: Model, count: int, segments: int, shape: tuple[int, ...], generator: torch.Generator):
+    def __init__(self, model: Model, count: int, segments: int, shape: tuple[int, ...], generator: torch.Generator,
+                 steps: int):
         super().__init__(model, [], train_token=False, train_text_encoder=False)
         self.embeddings = torch.nn.Parameter(torch.randn(count, segments, *shape, generator=generator)
                                              .to(model.device))
+        self.history = torch.zeros(steps)  # each epoch's loss so far: which segment the next one trains
 
     def weight_parameters(self):
         return [self.embeddings]
 
     def state(self):
-        return {"embeddings": self.embeddings}
+        return {"embeddings": self.embeddings, "history": self.history}
+
+    def losses(self, steps: int) -> list[float]:
+        return self.history[:steps].tolist()
 
 
 @dataclass
@@ -190,7 +224,10 @@ def _invert(model, images, settings, checkpoint_dir, progress, cancel, name) -> 
         uncond = encode_negative(model, [""] * len(x0))
     denoise = unet_denoiser(model, model.default_size, model.default_size)
     embeddings = SampleEmbeddings(model, len(x0), window.segments, tuple(x0.shape[1:]),
-                                  torch.Generator().manual_seed(settings.seed))
+                                  torch.Generator().manual_seed(settings.seed), window.segments * settings.epochs)
+
+    def ends_before(step: int) -> list[int]:
+        return segment_ends(embeddings.losses(step), settings.epochs, window.segments, settings.settle)
     clean_first = timesteps.flip(0).long()  # DDIM timestep of each step counted from the clean end
     final_alpha = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float32, device=model.device)
     latest: dict[str, torch.Tensor] = {}
@@ -243,12 +280,15 @@ def _invert(model, images, settings, checkpoint_dir, progress, cancel, name) -> 
     def epoch_loss(run: TrainingRun, batch: Batch, generator: torch.Generator) -> torch.Tensor:
         """One epoch of one segment: the losses of ~0.8 x its steps (one in each equal sub-range), summed, as
         the official code accumulates them before its one optimizer step per epoch."""
-        segment = batch.extra["step"] // settings.epochs
+        step = batch.extra["step"]
+        segment = len(ends_before(step))
         first, last = window.segment_steps(segment)
         count = steps_per_epoch(first, last)
         width = (last - first) / count
         steps = [int(first + width * i + float(torch.rand((), generator=generator)) * width) for i in range(count)]
-        return steps_loss(segment, steps, generator)
+        loss = steps_loss(segment, steps, generator)
+        embeddings.history[step] = float(loss.detach())
+        return loss
 
     def preview(_model: Model):  # the first target's current x0_hat: a VAE decode, no UNet pass
         return preview_image(model, latest["x0"].to(model.dtype)) if "x0" in latest else None
@@ -257,15 +297,18 @@ def _invert(model, images, settings, checkpoint_dir, progress, cancel, name) -> 
 
     run = TrainingRun(model, lambda _: embeddings, _Epochs(),
                       RunSettings(window.segments * settings.epochs, checkpoint_dir, settings.checkpoint_every,
-                                  signature=settings.signature(), name=name),
+                                  signature=settings.signature(), name=name,
+                                  done=lambda step: len(ends_before(step)) == window.segments),
                       StepSettings(len(x0), settings.seed, passes=len(x0) * epoch_passes(window)),
                       optimizer=lambda t: torch.optim.Adam(t.weight_parameters(), lr=settings.learning_rate),
                       objective=epoch_loss, train_unet_mode=False,
                       hooks=RunHooks(progress=progress, cancel=cancel, preview=preview))
     outcome = run.train(lambda trainable, outcome: outcome)
+    ends = segment_ends(outcome.losses, settings.epochs, window.segments, settings.settle)
     sge = embeddings.embeddings.detach().float().cpu()
     return SGESet(sge, x0.cpu(), window, settings.scale, settings.prompt, settings.cfg, model.family,
                   model.fingerprint(), model.prediction_type,
                   {"epochs": settings.epochs, "learning_rate": settings.learning_rate, "penalty": settings.penalty,
                    "mapping": settings.mapping, "seed": settings.seed, "images": len(x0), "q_noise": settings.q_noise,
+                   "settle": settings.settle, "segment_epochs": [b - a for a, b in zip([0, *ends], ends, strict=False)],
                    "losses": [round(v, 6) for v in outcome.losses[-window.segments * 1:]]})
