@@ -196,8 +196,6 @@ def test_kill_9_during_learning_leaves_the_previous_version_loadable_and_complet
     images, captions = subject(13)
     learn(store, world, images, "<p1>", "creature", TINY, captions=captions)  # ... and taken over by the next writer
     assert store.current().triggers == ["<p0>", "<p1>"]
-    # the memory's LoRA was folded into the weights while concept 2 trained, and taken out exactly
-    assert all(torch.equal(v, before[k]) for k, v in world.unet.state_dict().items())
     assert not (store.folder / "lock").exists()
 
 
