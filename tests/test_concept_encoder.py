@@ -344,3 +344,24 @@ def test_the_pretraining_node_resumes_after_a_cancel_and_writes_the_encoder(worl
     resumed = written(node.pretrain(**args))  # queued again: resumes at step 2
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     assert not list((tmp_path / "interrupted").rglob("step_*"))  # checkpoints gone; the result is kept
+
+
+def test_the_encoders_unet_features_stop_at_the_mid_block_and_equal_a_whole_passes(world):
+    """The empty-prompt pass the encoder reads skips the up-blocks (tuning's cost), and reads what a whole pass
+    would have given."""
+    from conceptkit.core.methods.concept_encoder.encoder import UnetFeatureTap, empty_prompt_features
+    from conceptkit.core.model import encode_prompts, unet_denoiser
+
+    noisy = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    timesteps, empty = torch.tensor([900, 100]), encode_prompts(world, ["", ""])
+    ran = []
+    hook = world.unet.up_blocks[0].register_forward_hook(lambda *args: ran.append(1))
+    try:
+        read = empty_prompt_features(world, noisy, timesteps, empty)
+    finally:
+        hook.remove()
+    assert not ran
+    whole = []
+    with torch.no_grad(), UnetFeatureTap(world, lambda features, context: whole.append(features)).attached():
+        unet_denoiser(world, 64, 64)(noisy, timesteps, empty)
+    assert torch.equal(read, whole[-1])

@@ -121,13 +121,26 @@ class UnetFeatureTap:
                 handle.remove()
 
 
+class _FeaturesFound(Exception):
+    """Ends a UNet pass once the features are read: the up-blocks would compute nothing the encoder uses."""
+
+
 def empty_prompt_features(model: Model, noisy: torch.Tensor, timesteps: torch.Tensor, empty: Conditioning
                           ) -> torch.Tensor:
-    """Pooled UNet features of x_t with the empty prompt, no gradients (pre-training and tuning)."""
+    """Pooled UNet features of x_t with the empty prompt, no gradients (pre-training and tuning); the pass stops
+    after the mid-block, where the features end."""
     size = noisy.shape[-1] * model.vae_scale_factor
     found: list[torch.Tensor] = []
-    with torch.no_grad(), UnetFeatureTap(model, lambda features, context: found.append(features)).attached():
-        unet_denoiser(model, size, size)(noisy, timesteps, empty)
+
+    def keep(features: torch.Tensor, context) -> None:
+        found.append(features)
+        raise _FeaturesFound
+
+    with torch.no_grad(), UnetFeatureTap(model, keep).attached():
+        try:
+            unet_denoiser(model, size, size)(noisy, timesteps, empty)
+        except _FeaturesFound:
+            pass
     return found[-1]
 
 
