@@ -9,7 +9,6 @@ the same prompt, batch and steps, interleaved in one process."""
 from __future__ import annotations
 
 import logging
-import re
 import time
 
 import numpy as np
@@ -140,7 +139,7 @@ def encoder_suite(options):
         row, shown = run_isolated(run_one, method, images_count, steps, options.model, options.quick, options.seed,
                                   subjects)
         rows.append({"method": name, **row})
-        grids[re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")] = (
+        grids[name] = (
             shown, [f"{name}: subject {subjects[i // 4]}, evaluation prompt {i % 4}" for i in range(len(shown))])
     cost = run_isolated(sampling_cost, options.model, options.quick, options.seed)
     reads = run_isolated(shipped_encoder_dependence, options.model, options.quick)
@@ -170,7 +169,6 @@ def shipped_encoder_dependence(model_source, quick: bool) -> dict:
     batches = 2 if quick else DEPENDENCE_BATCHES
     return {**image_dependence(model, pretrained, world_backbone(model), batches=batches), "batches": batches,
             "encoder_steps": pretrained.steps}
-
 
 
 def image_dependence(model, pretrained, backbone, batches: int = DEPENDENCE_BATCHES,

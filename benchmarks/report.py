@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +47,17 @@ def write_json(path: Path, suite: str, rows: list[dict]) -> None:
 
 def write_report(folder: Path, suite: str, rows: list[dict], grids: dict[str, tuple[np.ndarray, list[str]]],
                  notes: str = "", figures: dict[str, Image.Image] | None = None) -> Path:
-    """report.md with the table, one grid PNG per entry of `grids` (name -> (images, captions)) and the named
-    figures (file name -> image) the notes link to."""
+    """report.md with the table, one grid PNG per entry of `grids` (name -> (images, captions); the file is the
+    name with every run of other characters than letters and digits as one '_') and the named figures (file name
+    -> image) the notes link to."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, figure in (figures or {}).items():
         figure.save(folder / name)
     lines = [f"# ConceptKit bench: {suite}", "", notes, "", format_table(rows), ""]
     for name, (images, captions) in grids.items():
-        image_grid(images).resize((8 * 128, -(-len(images) // 8) * 128), Image.NEAREST).save(folder / f"{name}.png")
-        lines += [f"## {name}", "", f"![{name}]({name}.png)", "", "Prompts, row by row:", ""]
+        stem = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
+        image_grid(images).resize((8 * 128, -(-len(images) // 8) * 128), Image.NEAREST).save(folder / f"{stem}.png")
+        lines += [f"## {name}", "", f"![{name}]({stem}.png)", "", "Prompts, row by row:", ""]
         lines += [f"{i + 1}. {c}" for i, c in enumerate(captions)] + [""]
     path = folder / "report.md"
     text = "\n".join(lines).encode()

@@ -189,9 +189,9 @@ def sge_suite(options):
                              "seconds_invert": result["seconds_invert"],
                              "seconds_per_image": result["seconds_per_image"], **info})
                 log.info("sge: %s", rows[-1])
-                name = f"{domain}_{method}_{shots}_shots".replace(" ", "_").replace("(", "").replace(")", "")
-                grids[name] = (samples[:16], [f"{domain}, {method}, {shots} shots, sample {i}"
-                                              for i in range(min(16, len(samples)))])
+                shown = samples[:16]
+                grids[f"{domain} {method} {shots} shots"] = (
+                    shown, [f"{domain}, {method}, {shots} shots, sample {i}" for i in range(len(shown))])
     notes = (f"Domains {', '.join(FAIR_DOMAINS)} (style_renders(shots, domain=...): the world's creatures and shapes "
              f"at a place no caption names), {SAMPLES[options.quick]} samples per method (seeds {SAMPLE_SEED}+); "
              f"domain_fd against {REFERENCE_RENDERS} other renders of the domain. SGE: the default settings "

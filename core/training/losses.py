@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .objective import DenoisingObjective, Posterior, Rider, Run, encode_posterior, ride_alone
+from .objective import DenoisingObjective, Noised, Posterior, Rider, Run, encode_posterior, ride_alone
 
 OFFSET_NORMS = ("frobenius", "spectral")
 
@@ -42,11 +42,15 @@ class ImageReplay:
         if len(self.images) == 0 or len(self.images) != len(self.captions):
             raise InputError(f"{self.name.replace('_', ' ')} needs images, one caption each.")
 
-    def ride(self, run, step, generator) -> Rider:
+    def draw(self, run, count: int, generator) -> tuple[torch.Tensor, Noised]:
+        """`count` of the images, drawn with replacement, and their noised latents (the latents encoded once)."""
         if self._posterior is None:
             self._posterior = encode_posterior(run.model, self.images)
-        pick = torch.randint(0, len(self.images), (run.batch_size,), generator=generator)
-        noised = DenoisingObjective().noising_posterior(run, self._posterior.select(pick), generator)
+        pick = torch.randint(0, len(self.images), (count,), generator=generator)
+        return pick, DenoisingObjective().noising_posterior(run, self._posterior.select(pick), generator)
+
+    def ride(self, run, step, generator) -> Rider:
+        pick, noised = self.draw(run, run.batch_size, generator)
         return Rider(noised, [self.captions[i] for i in pick],
                      lambda prediction: self.weight * F.mse_loss(prediction, noised.target.float()))
 

@@ -273,15 +273,15 @@ class StepLoss(torch.nn.Module):
         run = self.run
         gen = step_generator(run.per_step.seed, step, run.accelerator.process_index)
         batch = run.data.batch(step, run.per_step.batch_size, gen)
-        riding = [t for t in run.loss_terms if hasattr(t, "ride")] if getattr(run.objective, "shares_pass", False) \
-            else []
+        shares = getattr(run.objective, "shares_pass", False)
+        riding = [t for t in run.loss_terms if shares and hasattr(t, "ride")]
+        alone = [t for t in run.loss_terms if not (shares and hasattr(t, "ride"))]
         if riding:
             loss = run.objective(run, batch, gen, lambda: [term.ride(run, step, gen) for term in riding])
         else:
             loss = run.objective(run, batch, gen)
-        for term in run.loss_terms:
-            if not any(term is t for t in riding):
-                loss = loss + term(run, step, gen)
+        for term in alone:
+            loss = loss + term(run, step, gen)
         return loss
 
 

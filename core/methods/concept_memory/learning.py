@@ -8,7 +8,7 @@ frozen), with two loss terms beside the denoising loss on the new images:
   on earlier concepts' prompts (eps matching on their bank samples, noised), each concept weighted by its
   elastic weight  w_c = distill_weight * (1 + cos(f_c, f_new)) / mean over earlier c (1 + cos)
   (our reading: concepts that look like the new one are the ones it would overwrite, so they weigh more).
-Both terms are taken on the same noised bank sample with one pass of the new model (`Rehearsal`).
+Both terms are taken on the same noised bank samples, riding the new images' UNet pass (`Rehearsal`).
 A bound on each task's weight offset is added (ours, not the paper's): the parameter-offset penalty
 offset_penalty * ||delta W||^2 on the new LoRA, from the first concept on. Without it each task moved the whole
 model (drift grew task by task and every concept with it); with it the memory keeps its concepts and the base
@@ -34,13 +34,11 @@ from ...model import Conditioning, Model, encode_text, unet_denoiser
 from ...model.image_features import ImageBackbone, backbone_for
 from ...sampling import CFG, sample
 from ...training import (
-    DenoisingObjective,
+    ImageReplay,
     OffsetPenalty,
-    Posterior,
     Rider,
     RunFolder,
     TrainConfig,
-    encode_posterior,
     keep_result,
     kept_result,
     prepare_images,
@@ -85,9 +83,9 @@ IF_LEARNED = ("new_version", "error")  # what learning a trigger the memory hold
 @dataclass
 class Rehearsal:
     """Both terms on earlier concepts' bank samples, at one noised sample of each and no UNet call of their own:
-    replay (`replay_weight` x the denoising loss) and elastic distillation (each sample's elastic weight x the eps
-    matching against the model before the task) ride the new images' pass (objective.Rider), and the bank's
-    latents are encoded once. A task with earlier concepts costs a larger batch in the same pass and the
+    replay (`replay_weight` x the denoising loss: an ImageReplay of the bank, which draws the samples) and elastic
+    distillation (each sample's elastic weight x the eps matching against the model before the task) ride the new
+    images' pass (objective.Rider). A task with earlier concepts costs a larger batch in the same pass and the
     teacher's prediction on the bank samples, not a second pass."""
 
     images: torch.Tensor
@@ -96,16 +94,16 @@ class Rehearsal:
     replay_weight: float
     batch: int = 2  # bank samples per step
     name: str = "rehearsal"
-    _posterior: Posterior | None = field(default=None, repr=False)
+    _replay: ImageReplay | None = field(default=None, repr=False)
     _teacher_text: Conditioning | None = field(default=None, repr=False)  # the prompts as the teacher reads them
 
+    def __post_init__(self):
+        self._replay = ImageReplay(self.images, self.prompts, self.replay_weight, name="replay")
+
     def ride(self, run, step, generator) -> Rider:
-        if self._posterior is None:
-            self._posterior = encode_posterior(run.model, self.images)
-        pick = torch.randint(0, len(self.images), (self.batch,), generator=generator)
+        pick, noised = self._replay.draw(run, self.batch, generator)
         prompts = [self.prompts[i] for i in pick]
         weights = torch.tensor([self.weights[i] for i in pick], device=run.model.device)
-        noised = DenoisingObjective().noising_posterior(run, self._posterior.select(pick), generator)
         target = None
         if bool(weights.any()):
             size = self.images.shape[-1]
