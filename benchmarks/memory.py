@@ -29,6 +29,8 @@ STEPS = {False: 200, True: 30}
 TRAIN = dict(rank=16, learning_rate=5e-3, batch_size=4)
 PAIR_IMAGES = {False: 8, True: 2}
 METHODS = ("concept_memory", "naive_sequential", "lora_per_concept")
+CALIBRATION_SUBJECTS = {False: (30, 31, 32, 33, 34), True: (30, 31)}  # no bench suite's creatures
+PENALTY_GRID = (3e-5, 1e-4, 3e-4)
 
 
 def token(subject: int) -> str:
@@ -175,3 +177,57 @@ def _curve_plot(curves: dict[str, list[float]]):
     draw.text((2, height - pad - 6), f"{low:.2f}", fill="black")
     draw.text((2, height // 2 - 6), "mean\nfidelity", fill="black")
     return image
+
+
+def learned_in_sequence(penalty: float, model_source, quick: bool, seed: int) -> dict:
+    """Concept Memory with offset_penalty `penalty` on the calibration creatures: each concept's likeness just
+    after it is learned and after the last task (sampled as the bench samples, artist on)."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from ..core.methods.concept_memory import LearnSettings, MemoryStore, learn, memory_model
+    from ..core.model import load_model
+    from ..core.world.metrics import subject_fidelity
+    from ..core.world.subjects import evaluation_scenes, reference_renders, training_renders
+
+    torch.manual_seed(seed)
+    model = load_model(model_source)
+    subjects = CALIBRATION_SUBJECTS[quick]
+    store = MemoryStore.open_or_create(Path(tempfile.mkdtemp()), "calibration", model)
+
+    def likeness(tuned, subject: int) -> float:
+        generated = generate(tuned, evaluation_scenes(subject, named(subject), EVAL_IMAGES), seed)
+        return subject_fidelity(generated, reference_renders(subject))
+
+    fresh = []
+    for subject in subjects:
+        images, captions = training_renders(subject, 4)
+        settings = LearnSettings(steps=STEPS[quick], seed=seed, offset_penalty=penalty, **TRAIN)
+        learn(store, model, torch.from_numpy(images).float() / 255, token(subject), "creature", settings,
+              captions=captions)
+        tuned = memory_model(model, store, artist=True)
+        fresh.append(likeness(tuned, subject))
+    final = [likeness(tuned, s) for s in subjects[:-1]] + fresh[-1:]
+    return {"fresh": fresh, "final": final}
+
+
+def penalty_suite(options):
+    """Suite `memory_penalty`: Concept Memory's offset_penalty chosen on calibration creatures, by a fixed rule:
+    the penalty of PENALTY_GRID whose concepts are drawn best after the last task (mean likeness)."""
+    rows = []
+    for penalty in PENALTY_GRID:
+        result = run_isolated(learned_in_sequence, penalty, options.model, options.quick, options.seed)
+        drops = [a - b for a, b in zip(result["fresh"][:-1], result["final"][:-1], strict=True)]
+        rows.append({"offset_penalty": penalty, "forgetting": float(np.mean(drops)),
+                     "likeness_fresh": float(np.mean(result["fresh"])),
+                     "likeness_final": float(np.mean(result["final"]))})
+        log.info("memory_penalty: %s", rows[-1])
+    chosen = max(rows, key=lambda r: r["likeness_final"])["offset_penalty"]
+    notes = (f"Calibration creatures {CALIBRATION_SUBJECTS[options.quick]} (no bench suite's), learned in sequence, "
+             f"{STEPS[options.quick]} steps each, LoRA {TRAIN}; likeness on {EVAL_IMAGES} evaluation prompts just "
+             "after each concept is learned (fresh) and after the last task (final); forgetting = mean over all "
+             "but the last concept of fresh - final. Rule: the penalty with the best final likeness. Chosen: "
+             f"{chosen} (the shipped default is LearnSettings.offset_penalty).")
+    return rows, {}, notes, {}

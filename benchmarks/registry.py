@@ -15,6 +15,7 @@ SUITES = {
     "sampling": ("sampling", "sampling_suite"),
     "sge": ("sge", "sge_suite"),
     "memory": ("memory", "memory_suite"),
+    "memory_penalty": ("memory", "penalty_suite"),
 }
 
 

@@ -15,6 +15,10 @@
 - pairs: the base model draws two named creatures with both present at their places (>= 0.80); two held-out
   subjects' DreamBooth-LoRAs applied together keep homogenization <= 0.25;
 - each unseen domain is learnable: a 10-shot LoRA draws it in >= 0.80 of its images.
+
+The domain gates are required of the fair domains (FAIR_DOMAINS, at least two, those the SGE bench uses); the
+other candidates are checked and printed, not required: a candidate the world cannot express is a finding about
+the candidate.
 """
 
 from __future__ import annotations
@@ -30,7 +34,13 @@ from ..core.sampling import CFG, sample
 from ..core.world.checkers import read_domain
 from ..core.world.metrics import as_uint8, identity_features
 from ..core.world.scenes import Scene, WorldObject, background_colours, style_renders
-from ..core.world.vocabulary import CAPTION_WORDS, CREATURE_NAMES, HELDOUT_INSTANCE_SEEDS, NAMED_CREATURE_SEEDS
+from ..core.world.vocabulary import (
+    CAPTION_WORDS,
+    CREATURE_NAMES,
+    FAIR_DOMAINS,
+    HELDOUT_INSTANCE_SEEDS,
+    NAMED_CREATURE_SEEDS,
+)
 from .base import base_suite
 from .common import SETTINGS, generate, train_method
 from .sge import run_method as sge_run_method
@@ -48,6 +58,7 @@ class Gate:
     spread: float  # standard deviation over seeds and subjects (0 where one figure is all there is)
     bound: str  # e.g. ">= 0.95"
     holds: bool
+    required: bool = True  # False: printed, not part of the check's verdict (a domain candidate not claimed fair)
 
 
 def roc_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
@@ -148,9 +159,10 @@ def domain_gates(model, count: int, domains: tuple[str, ...] = DOMAIN_CANDIDATES
             hits = np.array([read_domain(i) == domain for i in images], float)
             rates[where] = (float(hits.mean()), float(hits.std() / np.sqrt(len(hits))))
         gates.append(Gate(f"{domain}: kept from the window's low end", *rates["low end"], ">= 0.90",
-                          rates["low end"][0] >= 0.90))
+                          rates["low end"][0] >= 0.90, domain in FAIR_DOMAINS))
         gates.append(Gate(f"{domain}: kept from the window's top, no guidance (base draws it {base_rate:.2f})",
-                          *rates["top"], f"<= {base_rate + 0.05:.2f}", rates["top"][0] <= base_rate + 0.05))
+                          *rates["top"], f"<= {base_rate + 0.05:.2f}", rates["top"][0] <= base_rate + 0.05,
+                          domain in FAIR_DOMAINS))
     return gates
 
 
@@ -278,7 +290,8 @@ def domain_lora_gates(options, shots: int = 10, domains: tuple[str, ...] = DOMAI
         samples = sge_run_method("lora", shots, options.model, options.quick, options.seed, domain)["samples"]
         hits = np.array([read_domain(i) == domain for i in samples], float)
         gates.append(Gate(f"{domain}: a {shots}-shot LoRA draws it", float(hits.mean()),
-                          float(hits.std() / np.sqrt(len(hits))), ">= 0.80", hits.mean() >= 0.80))
+                          float(hits.std() / np.sqrt(len(hits))), ">= 0.80", hits.mean() >= 0.80,
+                          domain in FAIR_DOMAINS))
     return gates
 
 
@@ -304,11 +317,20 @@ def world_check(options) -> tuple[list[Gate], bool]:
     gates += learned
     gates += pair_gates(model, concepts, 8 if quick else 24, options.seed)
     gates += domain_lora_gates(options)
-    return gates, all(g.holds for g in gates)
+    return gates, all_required_hold(gates)
+
+
+def all_required_hold(gates: list[Gate]) -> bool:
+    return all(g.holds for g in gates if g.required)
+
+
+def _verdict(gate: Gate) -> str:
+    if gate.required:
+        return "yes" if gate.holds else "NO"
+    return ("yes" if gate.holds else "no") + " (a candidate, not required)"
 
 
 def table(gates: list[Gate]) -> str:
     lines = ["| gate | value | spread | bound | holds |", "|---|---|---|---|---|"]
-    lines += [f"| {g.name} | {g.value:.3f} | {g.spread:.3f} | {g.bound} | {'yes' if g.holds else 'NO'} |"
-              for g in gates]
+    lines += [f"| {g.name} | {g.value:.3f} | {g.spread:.3f} | {g.bound} | {_verdict(g)} |" for g in gates]
     return "\n".join(lines)

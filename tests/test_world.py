@@ -314,3 +314,25 @@ def test_identity_scene_batches_draw_the_configured_share_of_pairs_and_replay_ex
     assert all(int((seeds[i, 1] >= 0).sum()) == 7 for i in weighted)
     assert torch.equal(weighted[5], identity_scene_index({"pair_share": 0.7}, seeds, 31, 5, 10, 0))
     assert len(set(torch.cat(weighted).tolist())) > 60  # epoch-wise permutations: every scene comes round
+
+
+def test_the_unsaid_mix_draws_objects_anywhere_without_saying_where_and_never_names_a_held_out_place():
+    from conceptkit.core.world.checkers import read_domain
+    from conceptkit.core.world.scenes import MIXES
+    from conceptkit.core.world.vocabulary import HELDOUT_PLACES, POSITION_PHRASES, UNSAID
+
+    def says_a_place(caption):
+        return any(phrase in caption for phrase in POSITION_PHRASES.values())
+
+    _, captions = training_batch(5, 0, 200, MIXES["third_edition"])
+    assert all(says_a_place(c) for c in captions)
+    images, captions = training_batch(5, 0, 600, MIXES["third_edition_unsaid"])
+    unsaid = [i for i, c in enumerate(captions) if not says_a_place(c)]
+    assert 0.09 < len(unsaid) / len(captions) < 0.17
+    assert not any(place in caption for caption in captions for place in HELDOUT_PLACES)
+    rng = np.random.default_rng(2)
+    scenes = [random_scene(rng, "train", MIXES["third_edition_unsaid"]) for _ in range(3000)]
+    anchors = np.array([o.anchor for s in scenes for o in s.objects if o.position == UNSAID])
+    assert anchors.min() <= 12 and anchors.max() >= 52  # corners included
+    corner = [s for s in scenes if s.objects[0].position == UNSAID and max(abs(a - 13) for a in s.objects[0].anchor) <= 3]
+    assert corner and all(read_domain(s.render()) == "top_left" for s in corner)  # drawn where the anchor is

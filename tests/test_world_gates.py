@@ -84,3 +84,14 @@ def test_generated_images_have_no_frame(world):
     drawn = _draw(world, "a large red star in the centre, blue background", 2).astype(int)
     edge = np.concatenate([drawn[:, 0], drawn[:, -1], drawn[:, :, 0], drawn[:, :, -1]], axis=1).reshape(-1, 3)
     assert np.abs(edge.mean(0) - (40, 80, 220)).max() <= 10
+
+
+def test_the_world_check_verdict_needs_every_required_gate_and_prints_candidates_as_not_required():
+    from conceptkit.benchmarks.world_check import Gate, all_required_hold, table
+
+    fair = Gate("top_left: kept from the window's low end", 0.95, 0.03, ">= 0.90", True)
+    candidate = Gate("snowline: kept from the window's low end", 0.08, 0.04, ">= 0.90", False, required=False)
+    assert all_required_hold([fair, candidate])
+    assert not all_required_hold([fair, candidate, Gate("text path", 0.9, 0.1, "< 0.8", False)])
+    assert "| snowline: kept from the window's low end | 0.080 | 0.040 | >= 0.90 | no (a candidate, not required) |" \
+        in table([fair, candidate])

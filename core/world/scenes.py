@@ -24,6 +24,8 @@ from .vocabulary import (
     SHAPES,
     SIZES,
     TRAIN_INSTANCE_SEEDS,
+    UNSAID,
+    UNSAID_RANGE,
 )
 
 JITTER = 2  # pixels an object may move off its anchor
@@ -34,19 +36,24 @@ TWO_SHAPE_FRACTION = 0.3  # of the shape scenes
 class SceneMix:
     """Fractions of the training scenes with creatures (the rest are shape scenes: one or two shapes), and how
     their creatures are captioned: `named` of them are named creatures (captioned by name); of the others,
-    `described[0]` are captioned with all their traits, `described[1]` with some, the rest as "a creature"."""
+    `described[0]` are captioned with all their traits, `described[1]` with some, the rest as "a creature".
+    `unsaid` of the one-object scenes put their object anywhere (UNSAID_RANGE) and do not say where, as many
+    real captions do not: the model knows an object can stand at places no word names."""
     one_creature: float
     two_creatures: float = 0.0
     creature_with_shape: float = 0.0
     named: float = 0.0
     described: tuple[float, float] = (0.0, 0.0)
+    unsaid: float = 0.0
 
 
 FIRST_EDITION = SceneMix(one_creature=0.2)
 SECOND_EDITION = SceneMix(one_creature=0.15, two_creatures=0.15, creature_with_shape=0.15)
 THIRD_EDITION = SceneMix(one_creature=0.4, two_creatures=0.17, creature_with_shape=0.08, named=0.55,
                          described=(0.6, 0.2))
-MIXES = {"first_edition": FIRST_EDITION, "second_edition": SECOND_EDITION, "third_edition": THIRD_EDITION}
+THIRD_EDITION_UNSAID = replace(THIRD_EDITION, unsaid=0.2)
+MIXES = {"first_edition": FIRST_EDITION, "second_edition": SECOND_EDITION, "third_edition": THIRD_EDITION,
+         "third_edition_unsaid": THIRD_EDITION_UNSAID}
 TRAITS = ("body", "colour", "marking")
 
 
@@ -59,14 +66,20 @@ class WorldObject:
     instance: int | None = None  # ... or a creature, by its seed
     token: str | None = None  # the word naming that creature, if any: a named creature's name, a personal token
     said: tuple[str, ...] = ()  # which of its TRAITS the caption says, when no word names it
+    anchor: tuple[int, int] | None = None  # its centre (x, y) when its place is UNSAID
 
     def phrase(self) -> str:
-        where = POSITION_PHRASES.get(self.position, self.position)  # a held-out place: its own name
-        if self.instance is not None:
+        where = "" if self.position == UNSAID else " " + POSITION_PHRASES.get(self.position, self.position)
+        if self.instance is not None:  # a held-out place says its own name
             if self.token:
-                return f"{self.token} {where}"  # a name stands for the creature, as "Tavi on the left"
-            return f"{creature_traits(self.instance).words(self.said)} {where}"
-        return f"a {self.size} {self.colour} {self.shape} {where}"
+                return f"{self.token}{where}"  # a name stands for the creature, as "Tavi on the left"
+            return f"{creature_traits(self.instance).words(self.said)}{where}"
+        return f"a {self.size} {self.colour} {self.shape}{where}"
+
+    def centre(self) -> tuple[int, int]:
+        if self.anchor is not None:
+            return self.anchor
+        return POSITIONS[self.position] if self.position in POSITIONS else HELDOUT_PLACES[self.position]
 
 
 @dataclass(frozen=True)
@@ -85,7 +98,7 @@ class Scene:
         phase = tuple(int(v) for v in rng.integers(0, 8, size=2)) if rng is not None else (0, 0)
         image = background(self.background, self.pattern, phase)
         for obj in self.objects:
-            cx, cy = POSITIONS[obj.position] if obj.position in POSITIONS else HELDOUT_PLACES[obj.position]
+            cx, cy = obj.centre()
             cx, cy = cx + int(rng.integers(-JITTER, JITTER + 1)), cy + int(rng.integers(-JITTER, JITTER + 1))
             if obj.instance is not None:
                 mask, rgb = instance_sprite(obj.instance)
@@ -161,7 +174,7 @@ def random_scene(rng: np.random.Generator, split: str = "train", mix: SceneMix =
     if split == "train":
         draw = rng.random()
         if draw < mix.one_creature:
-            return Scene(bg, pattern, (_train_creature(rng, bg, mix),))
+            return Scene(bg, pattern, (_maybe_unsaid(rng, _train_creature(rng, bg, mix), mix),))
         if draw < mix.one_creature + mix.two_creatures:
             return _pair_scene(rng, bg, pattern, with_shape=False, mix=mix)
         if draw < mix.one_creature + mix.two_creatures + mix.creature_with_shape:
@@ -174,7 +187,17 @@ def random_scene(rng: np.random.Generator, split: str = "train", mix: SceneMix =
         objects = tuple(random_shape_object(rng, p, bg, heldout=False, size=s)
                         for p, s in zip((first, second), sizes, strict=True))
         return Scene(bg, pattern, objects)
-    return Scene(bg, pattern, (random_shape_object(rng, _pick(rng, POSITIONS), bg, heldout=False),))
+    shape = random_shape_object(rng, _pick(rng, POSITIONS), bg, heldout=False)
+    return Scene(bg, pattern, (_maybe_unsaid(rng, shape, mix) if split == "train" else shape,))
+
+
+def _maybe_unsaid(rng: np.random.Generator, obj: WorldObject, mix: SceneMix) -> WorldObject:
+    """`obj` anywhere, its place unsaid, in `mix.unsaid` of draws (no draw at all for a mix without them, so
+    the earlier mixes' scenes stay as they were)."""
+    if not mix.unsaid or rng.random() >= mix.unsaid:
+        return obj
+    anchor = tuple(int(v) for v in rng.integers(UNSAID_RANGE[0], UNSAID_RANGE[1] + 1, size=2))
+    return replace(obj, position=UNSAID, anchor=anchor)
 
 
 def evaluation_scenes(split: str, count: int, seed: int = 1234) -> list[Scene]:

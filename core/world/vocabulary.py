@@ -32,6 +32,8 @@ POSITION_PHRASES = {
     "centre": "in the centre",
 }
 PAIRED_POSITIONS = (("left", "right"), ("top", "bottom"))  # where two objects go
+UNSAID = "unsaid"  # an object's place when the caption does not say it: anywhere in UNSAID_RANGE (its anchor)
+UNSAID_RANGE = (10, 54)  # centres (each axis, pixels) an unsaid place is drawn from, corners included
 PATTERNS = ("plain", "striped", "checked", "dotted")
 PATTERN_WORDS = {"plain": "", "striped": "striped", "checked": "checked", "dotted": "dotted"}
 
