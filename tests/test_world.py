@@ -334,5 +334,6 @@ def test_the_unsaid_mix_draws_objects_anywhere_without_saying_where_and_never_na
     scenes = [random_scene(rng, "train", MIXES["third_edition_unsaid"]) for _ in range(3000)]
     anchors = np.array([o.anchor for s in scenes for o in s.objects if o.position == UNSAID])
     assert anchors.min() <= 12 and anchors.max() >= 52  # corners included
-    corner = [s for s in scenes if s.objects[0].position == UNSAID and max(abs(a - 13) for a in s.objects[0].anchor) <= 3]
+    corner = [s for s in scenes
+              if s.objects[0].position == UNSAID and max(abs(a - 13) for a in s.objects[0].anchor) <= 3]
     assert corner and all(read_domain(s.render()) == "top_left" for s in corner)  # drawn where the anchor is

@@ -68,7 +68,7 @@ class LearnSettings:
     rehearsal_batch: int = 2  # earlier concepts' bank samples per step, in the same pass as the new images
     replay_weight: float = 1.0  # mu
     distill_weight: float = 1.0
-    offset_penalty: float = 1e-4  # lambda of each task's ||delta W||^2 (0: off); chosen on calibration subjects (METHODS)
+    offset_penalty: float = 1e-4  # lambda of each task's ||delta W||^2 (0: off); chosen on calibration creatures
     beta: float = DEFAULT_BETA
     candidates: int = 8  # generated per concept at each task
     keep: int = 4  # kept per concept in the short-term memory
