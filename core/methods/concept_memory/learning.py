@@ -14,7 +14,7 @@ offset_penalty * ||delta W||^2 on the new LoRA, from the first concept on. Witho
 model (drift grew task by task and every concept with it); with it the memory keeps its concepts and the base
 model's prompts (README: the memory bench with and without it). Its default, 1e-4, was chosen on five
 calibration creatures no bench uses (30-34): forgetting 0.041 against 0.164 at 3e-5, their likeness after all
-five tasks 0.55 against 0.43 (METHODS).
+five tasks 0.55 against 0.42 (METHODS).
 The new LoRA is then consolidated into the memory's: LoRA deltas add, so the two are joined along the rank
 (down = [d_old; d_new], up = [u_old, u_new] with each one's scale folded into its up) — exact, one LoRA.
 Old training images are not kept: at every task new samples are drawn for every concept's prompts and
