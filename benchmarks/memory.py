@@ -42,6 +42,15 @@ def named(subject: int) -> str:
     return f"{token(subject)} creature"
 
 
+def evaluated(tuned, subject: int, seed: int):
+    """A learned subject drawn from its EVAL_IMAGES evaluation prompts, and its subject fidelity."""
+    from ..core.world.metrics import subject_fidelity
+    from ..core.world.subjects import evaluation_scenes, reference_renders
+
+    generated = generate(tuned, evaluation_scenes(subject, named(subject), EVAL_IMAGES), seed)
+    return generated, subject_fidelity(generated, reference_renders(subject))
+
+
 def run_method(method: str, model_source, quick: bool, seed: int) -> dict:
     import tempfile
     from pathlib import Path
@@ -53,8 +62,8 @@ def run_method(method: str, model_source, quick: bool, seed: int) -> dict:
     from ..core.model import load_model
     from ..core.recipes import train_recipe
     from ..core.training import TrainConfig
-    from ..core.world.metrics import drift, pair_fidelity, subject_fidelity
-    from ..core.world.subjects import evaluation_scenes, pair_scenes, reference_renders, subject_seed, training_renders
+    from ..core.world.metrics import drift, pair_fidelity
+    from ..core.world.subjects import pair_scenes, reference_renders, subject_seed, training_renders
 
     torch.manual_seed(seed)
     model = load_model(model_source)
@@ -83,9 +92,8 @@ def run_method(method: str, model_source, quick: bool, seed: int) -> dict:
             learned_model = memory_model(model, store, artist=protect)
         seconds.append(time.perf_counter() - start)
         for earlier in subjects[:task + 1]:
-            generated = generate(learned_model, evaluation_scenes(earlier, named(earlier), EVAL_IMAGES), seed)
-            rows.append({"method": method, "task": task + 1, "concept": earlier,
-                         "subject_fidelity": subject_fidelity(generated, reference_renders(earlier))})
+            generated, fidelity = evaluated(learned_model, earlier, seed)
+            rows.append({"method": method, "task": task + 1, "concept": earlier, "subject_fidelity": fidelity})
             if task == len(subjects) - 1:
                 shown[earlier] = generated[:4]
         moved = drift(base_drift, generate(learned_model, drift_scenes(), seed), drift_scenes())
@@ -189,8 +197,7 @@ def learned_in_sequence(penalty: float, model_source, quick: bool, seed: int) ->
 
     from ..core.methods.concept_memory import LearnSettings, MemoryStore, learn, memory_model
     from ..core.model import load_model
-    from ..core.world.metrics import subject_fidelity
-    from ..core.world.subjects import evaluation_scenes, reference_renders, training_renders
+    from ..core.world.subjects import training_renders
 
     torch.manual_seed(seed)
     model = load_model(model_source)
@@ -198,8 +205,7 @@ def learned_in_sequence(penalty: float, model_source, quick: bool, seed: int) ->
     store = MemoryStore.open_or_create(Path(tempfile.mkdtemp()), "calibration", model)
 
     def likeness(tuned, subject: int) -> float:
-        generated = generate(tuned, evaluation_scenes(subject, named(subject), EVAL_IMAGES), seed)
-        return subject_fidelity(generated, reference_renders(subject))
+        return evaluated(tuned, subject, seed)[1]
 
     fresh = []
     for subject in subjects:
@@ -216,11 +222,14 @@ def learned_in_sequence(penalty: float, model_source, quick: bool, seed: int) ->
 def penalty_suite(options):
     """Suite `memory_penalty`: Concept Memory's offset_penalty chosen on calibration creatures, by a fixed rule:
     the penalty of PENALTY_GRID whose concepts are drawn best after the last task (mean likeness)."""
+    from ..core.world.metrics import forgetting
+
     rows = []
     for penalty in PENALTY_GRID:
         result = run_isolated(learned_in_sequence, penalty, options.model, options.quick, options.seed)
-        drops = [a - b for a, b in zip(result["fresh"][:-1], result["final"][:-1], strict=True)]
-        rows.append({"offset_penalty": penalty, "forgetting": float(np.mean(drops)),
+        # forgetting reads each concept just after it was learned (after[k][k]) and all at the end (after[-1])
+        after = [[float("nan")] * k + [f] for k, f in enumerate(result["fresh"][:-1])] + [result["final"]]
+        rows.append({"offset_penalty": penalty, "forgetting": float(np.mean(forgetting(after)[:-1])),
                      "likeness_fresh": float(np.mean(result["fresh"])),
                      "likeness_final": float(np.mean(result["final"]))})
         log.info("memory_penalty: %s", rows[-1])
