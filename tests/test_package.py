@@ -175,3 +175,24 @@ def test_errors_show_a_clean_type_name_in_comfyui_and_survive_pickling():
         "conceptkit.InputError", "conceptkit.Cancelled", "conceptkit.Diverged"]
     again = pickle.loads(pickle.dumps(Diverged("training diverged at step 3")))
     assert type(again) is Diverged and str(again) == "training diverged at step 3"
+
+
+def readme_node_rows():
+    rows = {}
+    for line in (ROOT / "README.md").read_text(encoding="utf-8").split("## Nodes", 1)[1].splitlines():
+        if line.startswith("| **"):
+            name = line.split("**")[1]
+            assert name not in rows, f"README's Nodes table has two rows for {name}"
+            rows[name] = line
+        elif rows and not line.startswith("|"):
+            break
+    return rows
+
+
+def test_readme_nodes_table_lists_every_node_with_its_inputs():
+    rows = readme_node_rows()
+    assert set(rows) == set(conceptkit.NODE_DISPLAY_NAME_MAPPINGS.values())
+    for name, node in all_nodes():
+        row = rows[conceptkit.NODE_DISPLAY_NAME_MAPPINGS[name]]
+        for input_name in node.INPUT_TYPES()["required"]:
+            assert f"`{input_name}`" in row, f"README's row for {name} does not name its input {input_name}"
