@@ -316,6 +316,19 @@ def test_identity_scene_batches_draw_the_configured_share_of_pairs_and_replay_ex
     assert len(set(torch.cat(weighted).tolist())) > 60  # epoch-wise permutations: every scene comes round
 
 
+def test_identity_scene_batches_draw_the_configured_share_of_atypical_creatures_and_replay_exactly():
+    from train_model import identity_scene_index
+
+    seeds = torch.full((100, 2), -1)
+    seeds[:, 0] = torch.arange(100)
+    atypical = torch.arange(100) >= 80  # 20 scenes with an atypical creature
+    config = {"atypical_share": 0.5}
+    drawn = [identity_scene_index(config, seeds, 31, step, 10, 0, atypical) for step in range(20)]
+    assert all(int(atypical[i].sum()) >= 5 for i in drawn)  # half from them, the rest from all scenes
+    assert torch.equal(drawn[3], identity_scene_index(config, seeds, 31, 3, 10, 0, atypical))
+    assert len(set(torch.cat(drawn).tolist())) > 60
+
+
 def test_the_unsaid_mix_draws_objects_anywhere_without_saying_where_and_never_names_a_held_out_place():
     from conceptkit.core.world.checkers import read_domain
     from conceptkit.core.world.scenes import MIXES

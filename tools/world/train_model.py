@@ -263,10 +263,16 @@ def batch_index(n: int, seed: int, step: int, batch_size: int, rank: int) -> tor
     return order[torch.arange(first, first + batch_size) % n]
 
 
-def identity_scene_index(config: dict, seeds: torch.Tensor, seed: int, step: int, count: int, rank: int
-                         ) -> torch.Tensor:
+def identity_scene_index(config: dict, seeds: torch.Tensor, seed: int, step: int, count: int, rank: int,
+                         atypical: torch.Tensor | None = None) -> torch.Tensor:
     """The identity scenes of a step (their creatures' `seeds`, [N, 2], -1: none), a pure function of (seed, step,
-    rank): uniform over them, or with `pair_share` in the config, that share from the scenes with two creatures."""
+    rank): uniform over them, or with `pair_share` in the config, that share from the scenes with two creatures, or
+    with `atypical_share`, that share from the scenes `atypical` marks (ATYPICAL_QUANTILE)."""
+    if config.get("atypical_share") is not None:
+        from_atypical = round(count * config["atypical_share"])
+        rare, rest = torch.nonzero(atypical).flatten(), torch.arange(len(seeds))
+        return torch.cat([rare[batch_index(len(rare), seed + 3, step, from_atypical, rank)],
+                          rest[batch_index(len(rest), seed + 1, step, count - from_atypical, rank)]])
     share = config.get("pair_share")
     if share is None:
         return batch_index(len(seeds), seed + 1, step, count, rank)
@@ -282,6 +288,7 @@ def dataset_batch(data: dict, seed: int, step: int, batch_size: int, rank: int) 
     return data["mean"][index].float(), data["std"][index].float(), [data["captions"][i] for i in index.tolist()]
 
 
+ATYPICAL_QUANTILE = 0.8  # `atypical_share`: a creature is atypical when its vector's norm is above this quantile
 CARRIERS = CREATURE_NAMES[:2]  # the words whose input embedding an identity scene replaces by its creatures' vectors
 
 
@@ -397,6 +404,7 @@ def train_diffusion(cfg: dict, workdir: Path, vae: AutoencoderKL, data: dict, ac
         grown_text_encoder(CLIPTextModel.from_pretrained(init / "text_encoder"),
                            CLIPTokenizer.from_pretrained(init / "tokenizer"), text_encoder, tokenizer, cfg["seed"])
     vectors = IdentityVectors(cfg, tokenizer, text_encoder) if identity is not None else None
+    atypical = vectors.atypical(identity["seeds"]) if vectors and "atypical_share" in vectors.config else None
     ema_unet, ema_text = EMA(unet, c["ema_decay"]), EMA(text_encoder, c["ema_decay"])
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=c["lr"], weight_decay=1e-2)
@@ -415,7 +423,7 @@ def train_diffusion(cfg: dict, workdir: Path, vae: AutoencoderKL, data: dict, ac
         mean, std, captions = dataset_batch(data, cfg["seed"], step, own, rank)
         if vectors:
             index = identity_scene_index(cfg["identity_vectors"], identity["seeds"], cfg["seed"], step,
-                                         c["batch_size"] - own, rank)
+                                         c["batch_size"] - own, rank, atypical)
             mean = torch.cat([mean, identity["mean"][index].float()])
             std = torch.cat([std, identity["std"][index].float()])
             captions = captions + [identity["captions"][i] for i in index.tolist()]
@@ -470,6 +478,17 @@ class IdentityVectors:
         text_encoder.get_input_embeddings().register_forward_hook(self._replace)
         self.tie_names(text_encoder)
         log.info("identity vectors: norm %.3f, %d named creatures tied", self.norm, len(self.name_ids))
+
+    def atypical(self, seeds: torch.Tensor) -> torch.Tensor:
+        """[N] bool: the scenes with a creature whose vector's norm is above the ATYPICAL_QUANTILE of all of
+        theirs (the creatures least like the pool, whose vectors the model draws worst: docs/world.md)."""
+        norms = torch.full(seeds.shape, -1.0)
+        present = seeds >= 0
+        norms[present] = self.basis.vectors(seeds[present].tolist(), 1.0).norm(dim=1)
+        highest = norms.max(dim=1).values
+        marked = highest > torch.quantile(norms[present], ATYPICAL_QUANTILE)
+        log.info("identity vectors: %d of %d scenes have an atypical creature", int(marked.sum()), len(seeds))
+        return marked
 
     def batch_share(self, batch_size: int) -> int:
         return round(batch_size * self.config["batch_fraction"])
