@@ -5,6 +5,9 @@ prompts that measure drift, and running a method in a fresh process (its wall ti
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 from ..core.methods.lipschitz_finetune import DEFAULT_LAMBDA
@@ -59,6 +62,21 @@ def subject_words(method: str, config) -> str:
 
 
 def run_isolated(function, *args):
-    """function(*args) in a fresh process, so its wall time and peak memory are its own."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    """function(*args) in a fresh process, so its wall time and peak memory are its own. The process ends with the
+    bench: killed or interrupted, it leaves nothing running to slow the next one."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         return pool.submit(function, *args).result()
+
+
+PARENT_CHECK_SECONDS = 0.5
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a worker: a watcher that ends the process as soon as the bench that started it is gone."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
