@@ -203,19 +203,15 @@ def learned_in_sequence(penalty: float, model_source, quick: bool, seed: int) ->
     model = load_model(model_source)
     subjects = CALIBRATION_SUBJECTS[quick]
     store = MemoryStore.open_or_create(Path(tempfile.mkdtemp()), "calibration", model)
-
-    def likeness(tuned, subject: int) -> float:
-        return evaluated(tuned, subject, seed)[1]
-
+    settings = LearnSettings(steps=STEPS[quick], seed=seed, offset_penalty=penalty, **TRAIN)
     fresh = []
     for subject in subjects:
         images, captions = training_renders(subject, 4)
-        settings = LearnSettings(steps=STEPS[quick], seed=seed, offset_penalty=penalty, **TRAIN)
         learn(store, model, torch.from_numpy(images).float() / 255, token(subject), "creature", settings,
               captions=captions)
         tuned = memory_model(model, store, artist=True)
-        fresh.append(likeness(tuned, subject))
-    final = [likeness(tuned, s) for s in subjects[:-1]] + fresh[-1:]
+        fresh.append(evaluated(tuned, subject, seed)[1])
+    final = [evaluated(tuned, s, seed)[1] for s in subjects[:-1]] + fresh[-1:]
     return {"fresh": fresh, "final": final}
 
 

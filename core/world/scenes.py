@@ -69,8 +69,9 @@ class WorldObject:
     anchor: tuple[int, int] | None = None  # its centre (x, y) when its place is UNSAID
 
     def phrase(self) -> str:
+        # an unsaid place is left out; a held-out place says its own name
         where = "" if self.position == UNSAID else " " + POSITION_PHRASES.get(self.position, self.position)
-        if self.instance is not None:  # a held-out place says its own name
+        if self.instance is not None:
             if self.token:
                 return f"{self.token}{where}"  # a name stands for the creature, as "Tavi on the left"
             return f"{creature_traits(self.instance).words(self.said)}{where}"
