@@ -302,6 +302,27 @@ def test_identity_vectors_give_each_creature_its_point_near_creatures_that_look_
     assert float(distance[torch.from_numpy(same)].mean()) < float(distance[torch.from_numpy(different)].mean())
 
 
+def test_partly_whitened_identity_vectors_keep_body_colour_in_more_of_the_norm():
+    from identity_vectors import IdentityBasis
+
+    from conceptkit.core.world.render import creature_traits
+
+    seeds = list(range(200))
+    colours = np.array([creature_traits(s).colour for s in seeds])
+    same = torch.from_numpy((colours[:, None] == colours[None]) & ~np.eye(len(seeds), dtype=bool))
+    different = torch.from_numpy(colours[:, None] != colours[None])
+
+    def same_colour_closeness(whitening: float) -> float:  # same-colour distance over other-colour distance
+        vectors = IdentityBasis(creatures=512, whitening=whitening).vectors(seeds, norm=0.25)
+        assert abs(float(vectors.norm(dim=1).mean()) - 0.25) < 0.05  # at the norm asked for, whatever the power
+        distance = torch.cdist(vectors, vectors)
+        return float(distance[same].mean() / distance[different].mean())
+
+    assert torch.equal(IdentityBasis(creatures=512).vectors(seeds[:5], 0.25),
+                       IdentityBasis(creatures=512, whitening=1.0).vectors(seeds[:5], 0.25))  # the shipped code
+    assert same_colour_closeness(0.5) < same_colour_closeness(1.0) - 0.03
+
+
 def test_identity_scene_batches_draw_the_configured_share_of_pairs_and_replay_exactly():
     from train_model import identity_scene_index
 
@@ -327,6 +348,8 @@ def test_identity_scene_batches_draw_the_configured_share_of_atypical_creatures_
     assert all(int(atypical[i].sum()) >= 5 for i in drawn)  # half from them, the rest from all scenes
     assert torch.equal(drawn[3], identity_scene_index(config, seeds, 31, 3, 10, 0, atypical))
     assert len(set(torch.cat(drawn).tolist())) > 60
+    with pytest.raises(ValueError, match="not both"):  # one share decides a batch: the other would go unheard
+        identity_scene_index({**config, "pair_share": 0.7}, seeds, 31, 3, 10, 0, atypical)
 
 
 def test_the_unsaid_mix_draws_objects_anywhere_without_saying_where_and_never_names_a_held_out_place():

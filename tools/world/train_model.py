@@ -267,7 +267,9 @@ def identity_scene_index(config: dict, seeds: torch.Tensor, seed: int, step: int
                          atypical: torch.Tensor | None = None) -> torch.Tensor:
     """The identity scenes of a step (their creatures' `seeds`, [N, 2], -1: none), a pure function of (seed, step,
     rank): uniform over them, or with `pair_share` in the config, that share from the scenes with two creatures, or
-    with `atypical_share`, that share from the scenes `atypical` marks (ATYPICAL_QUANTILE)."""
+    with `atypical_share`, that share from the scenes `atypical` marks (ATYPICAL_QUANTILE); not both."""
+    if config.get("atypical_share") is not None and config.get("pair_share") is not None:
+        raise ValueError("identity_vectors: set atypical_share or pair_share, not both (one share decides a batch)")
     if config.get("atypical_share") is not None:
         from_atypical = round(count * config["atypical_share"])
         rare, rest = torch.nonzero(atypical).flatten(), torch.arange(len(seeds))
@@ -467,7 +469,7 @@ class IdentityVectors:
 
     def __init__(self, cfg: dict, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel):
         self.config = cfg["identity_vectors"]
-        self.basis = IdentityBasis()
+        self.basis = IdentityBasis(whitening=self.config.get("whitening", 1.0))
         table = text_encoder.get_input_embeddings().weight
         self.norm = self.config["norm_scale"] * typical_word_norm(tokenizer, table)
         self.carriers = [tokenizer.convert_tokens_to_ids(w + "</w>") for w in CARRIERS]
