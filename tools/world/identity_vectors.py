@@ -48,6 +48,7 @@ class IdentityBasis:
         self._expected_norm = float(np.sqrt((self.scales ** (2 - 2 * whitening)).sum()))
 
     def vectors(self, seeds, norm: float) -> torch.Tensor:
-        """[n, DIMENSIONS] float32: whitened coordinates scaled so their expected norm is `norm`."""
+        """[n, DIMENSIONS] float32: coordinates divided by the spreads to the power `whitening`, scaled so their
+        expected norm is `norm`."""
         z = (sprite_features(seeds) - self.mean) @ self.components.T / self.scales ** self.whitening
         return torch.from_numpy(z * norm / self._expected_norm).float()

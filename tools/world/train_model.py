@@ -406,7 +406,8 @@ def train_diffusion(cfg: dict, workdir: Path, vae: AutoencoderKL, data: dict, ac
         grown_text_encoder(CLIPTextModel.from_pretrained(init / "text_encoder"),
                            CLIPTokenizer.from_pretrained(init / "tokenizer"), text_encoder, tokenizer, cfg["seed"])
     vectors = IdentityVectors(cfg, tokenizer, text_encoder) if identity is not None else None
-    atypical = vectors.atypical(identity["seeds"]) if vectors and "atypical_share" in vectors.config else None
+    atypical = vectors.atypical(identity["seeds"]) if vectors and vectors.config.get("atypical_share") is not None \
+        else None
     ema_unet, ema_text = EMA(unet, c["ema_decay"]), EMA(text_encoder, c["ema_decay"])
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=c["lr"], weight_decay=1e-2)
