@@ -16,7 +16,14 @@ from conceptkit.core.methods.lipschitz_finetune import finetune
 from conceptkit.core.model import load_model
 from conceptkit.core.recipes import recipe_config, train_recipe
 from conceptkit.core.sampling import CFG, sample
-from conceptkit.core.training import OffsetPenalty, TrainConfig, class_captions, instance_captions, train_concept
+from conceptkit.core.training import (
+    Companion,
+    OffsetPenalty,
+    TrainConfig,
+    class_captions,
+    instance_captions,
+    train_concept,
+)
 from conceptkit.core.training.trainable import DenseOffset, LowRankOffset
 from conceptkit.core.world.scenes import Scene, WorldObject
 
@@ -150,6 +157,48 @@ def test_captions_name_the_subject_by_one_rule_and_never_say_the_class_word_twic
     assert class_captions(instance_captions(resolved, 3), resolved)[0] == "a creature on the left, blue background"
     legacy = dataclasses.replace(resolved, captions=[CAPTIONS[0]] * 3)  # "a {trigger} {class} on the left, ..."
     assert instance_captions(legacy, 3) == instance_captions(resolved, 3)
+
+
+def test_subjects_trained_together_are_each_captioned_by_their_own_trigger_and_refused_when_miscounted(world):
+    companion = Companion("<c2>", "cat", ("a {trigger} in the centre, red background",) * 2)
+    joint = recipe_config("dreambooth_lora", config(captions=["a {trigger} on the left, blue background"],
+                                                    companions=(companion,)))
+    assert instance_captions(joint, 3) == ["a <c1> creature on the left, blue background",
+                                           "a <c2> cat in the centre, red background",
+                                           "a <c2> cat in the centre, red background"]
+    assert class_captions(instance_captions(joint, 3), joint)[:2] == ["a creature on the left, blue background",
+                                                                     "a cat in the centre, red background"]
+    with pytest.raises(InputError, match="give the run's own subject's images first"):
+        instance_captions(joint, 2)
+    with pytest.raises(InputError, match="share a trigger"):
+        train_concept(world, torch.zeros(3, 64, 64, 3), dataclasses.replace(
+            joint, companions=(dataclasses.replace(companion, trigger="<c1>"),)))
+
+
+@pytest.mark.parametrize("recipe", ["dreambooth_lora", "textual_inversion"])
+def test_a_joint_run_gives_one_concept_with_every_trigger_and_resumes_exactly(world, subject_images, tmp_path,
+                                                                                recipe):
+    """Two subjects in one run (multi-concept DreamBooth): one concept whose triggers both draw, the companion's
+    vector trained where the recipe trains vectors, and a checkpoint that holds it."""
+    joint = config(captions=CAPTIONS[:2], companions=(Companion("<c2>", "creature", (CAPTIONS[2],)),))
+    whole = train_recipe(world, subject_images, joint, recipe).concept
+    assert [t.word for t in whole.triggers] == ["<c1>", "<c2>"]
+    assert {"embedding.0.te0", "embedding.1.te0"} <= set(whole.tensors)
+    if recipe == "textual_inversion":
+        start = world.text_encoders[0].get_input_embeddings().weight[
+            world.tokenizers[0].convert_tokens_to_ids("creature</w>")]
+        assert not torch.allclose(whole.tensors["embedding.1.te0"][0], start)  # the companion's vector trained
+    stop_at = iter(range(100))
+    with pytest.raises(Cancelled):
+        train_recipe(world, subject_images, dataclasses.replace(joint, checkpoint_every=4), recipe,
+                     checkpoint_dir=tmp_path, cancel=lambda: next(stop_at) == 4)
+    resumed = train_recipe(world, subject_images, dataclasses.replace(joint, checkpoint_every=4), recipe,
+                           checkpoint_dir=tmp_path)
+    assert resumed.resumed_from == 4 and same_tensors(resumed.concept.tensors, whole.tensors)
+    tuned = apply_concept(world, whole)
+    words = {"dreambooth_lora": "{} creature", "textual_inversion": "{}"}[recipe]
+    prompt = f"a {words.format('<c1>')} on the left and a {words.format('<c2>')} on the right, blue background"
+    assert torch.isfinite(sample(tuned, prompt, seed=0, steps=2, guidance=CFG(3.0)).images).all()
 
 
 def test_a_trigger_beside_punctuation_is_found_and_swapped_for_the_class_word():

@@ -373,3 +373,20 @@ def test_the_unsaid_mix_draws_objects_anywhere_without_saying_where_and_never_na
     corner = [s for s in scenes
               if s.objects[0].position == UNSAID and max(abs(a - 13) for a in s.objects[0].anchor) <= 3]
     assert corner and all(read_domain(s.render()) == "top_left" for s in corner)  # drawn where the anchor is
+
+
+def test_pair_prompts_name_the_left_or_top_subject_first_as_every_two_object_caption_of_training_does():
+    """The world never saw "X on the right and Y on the left": it draws the first-named creature on the left, so a
+    pair prompt in that order would score a faithful model as blending. Either subject takes the first place."""
+    from conceptkit.core.world.subjects import pair_scenes, subject_seed
+
+    trained = [random_scene(np.random.default_rng([3, i]), "pairs").caption() for i in range(300)]
+    assert any(" on the left and " in c for c in trained) and any(" at the top and " in c for c in trained)
+    assert not any(" on the right and " in c or " at the bottom and " in c for c in trained)
+    scenes = pair_scenes((0, "<s0> creature"), (1, "<s1> creature"), 24)
+    assert all(s.objects[0].position in ("left", "top") for s in scenes)
+    assert {s.objects[0].instance for s in scenes} == {subject_seed(0), subject_seed(1)}
+    assert scenes[0].caption().startswith(("a <s0> creature ", "a <s1> creature "))
+    named = pair_scenes((0, "<s0>"), (1, "<s1>"), 4, named=True)
+    assert named[0].caption().startswith(("<s0> on the left and <s1>", "<s1> on the left and <s0>",
+                                          "<s0> at the top and <s1>", "<s1> at the top and <s0>"))

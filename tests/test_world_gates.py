@@ -93,5 +93,5 @@ def test_the_world_check_verdict_needs_every_required_gate_and_prints_candidates
     candidate = Gate("snowline: kept from the window's low end", 0.08, 0.04, ">= 0.90", False, required=False)
     assert all_required_hold([fair, candidate])
     assert not all_required_hold([fair, candidate, Gate("text path", 0.9, 0.1, "< 0.8", False)])
-    assert "| snowline: kept from the window's low end | 0.080 | 0.040 | >= 0.90 | no (a candidate, not required) |" \
+    assert "| snowline: kept from the window's low end | 0.080 | 0.040 | >= 0.90 | no (not required) |" \
         in table([fair, candidate])

@@ -3,6 +3,7 @@ accelerate, what trains, its data, objective and loss terms) and the recipe most
 personal concept (`train_concept`)."""
 
 from .concept import (
+    Companion,
     TrainConfig,
     TrainResult,
     caption_lines,
@@ -15,6 +16,7 @@ from .concept import (
     keep_result,
     kept_result,
     settings_signature,
+    subject_configs,
     token_and_weight_optimizer,
     train_concept,
 )
@@ -27,10 +29,11 @@ from .objective import Batch, DenoisingObjective, Noised, Posterior, Rider, enco
 from .run import MIXED_PRECISION, RunFolder, RunHooks, StepSettings, TrainingRun, training_mode
 from .trainable import TrainableSet, trainable_kinds
 
-__all__ = ["Batch", "DEFAULT_PREVIEW_SHARE", "DataSource", "DenoisingObjective", "FewShotImages", "ImageReplay",
-           "LossTerm", "MIXED_PRECISION", "Noised", "OFFSET_NORMS", "OffsetPenalty", "Posterior", "PreviewBudget",
-           "Rider", "RunFolder", "RunHooks", "RunOutcome", "RunSettings", "StepSettings", "Stream", "TrainConfig",
-           "TrainResult", "TrainableSet", "TrainingEngine", "TrainingRun", "caption_lines", "check_trigger",
-           "class_captions", "encode_posterior", "fill_template", "first_caption", "identifier", "instance_captions",
-           "keep_result", "kept_result", "loss_curve", "prepare_images", "ride_alone", "settings_signature",
-           "step_generator", "token_and_weight_optimizer", "train_concept", "trainable_kinds", "training_mode"]
+__all__ = ["Batch", "Companion", "DEFAULT_PREVIEW_SHARE", "DataSource", "DenoisingObjective", "FewShotImages",
+           "ImageReplay", "LossTerm", "MIXED_PRECISION", "Noised", "OFFSET_NORMS", "OffsetPenalty", "Posterior",
+           "PreviewBudget", "Rider", "RunFolder", "RunHooks", "RunOutcome", "RunSettings", "StepSettings", "Stream",
+           "TrainConfig", "TrainResult", "TrainableSet", "TrainingEngine", "TrainingRun", "caption_lines",
+           "check_trigger", "class_captions", "encode_posterior", "fill_template", "first_caption", "identifier",
+           "instance_captions", "keep_result", "kept_result", "loss_curve", "prepare_images", "ride_alone",
+           "settings_signature", "step_generator", "subject_configs", "token_and_weight_optimizer", "train_concept",
+           "trainable_kinds", "training_mode"]

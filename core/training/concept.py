@@ -4,7 +4,8 @@ It reads top to bottom as DreamBooth and textual inversion do: prepare the image
 trigger a starting vector (the class word's, or a rare random one), choose what trains (the trigger's vector,
 LoRA, attention weights, the full UNet), and train a run (`TrainingRun`) on the denoising loss plus the recipe's
 loss terms. The model may carry concepts already (they stay frozen; `run.teacher()` is the model as it was before
-the run). The result is a Concept, applied with `apply_concept`.
+the run). The result is a Concept, applied with `apply_concept`. Several subjects may learn in one run
+(`TrainConfig.companions`): one concept with every subject's trigger.
 """
 
 from __future__ import annotations
@@ -39,6 +40,18 @@ DEFAULT_TEMPLATES = ("a {trigger}",)
 TOKEN_INITS = ("auto", "class", "rare")
 
 
+@dataclass(frozen=True)
+class Companion:
+    """Another subject learned in the same run (a joint run, as multi-concept DreamBooth trains several subjects
+    in one): its trigger, its class word and one caption per image ("{trigger}" where it is named); its images
+    follow those of the subjects before it. Trained together, one set of weights has to tell the subjects apart,
+    which offsets trained apart and merged do not."""
+
+    trigger: str
+    class_word: str
+    captions: tuple[str, ...]
+
+
 @dataclass
 class TrainConfig:
     trigger: str
@@ -67,6 +80,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     method: str = "custom"
     parameters: dict = field(default_factory=dict)  # method-specific values recorded in the concept
+    companions: tuple[Companion, ...] = ()  # more subjects learned in the same run (their images follow)
 
     def signature(self) -> str:
         """What a checkpoint must agree on to be resumed (not the step count: a run may be extended)."""
@@ -97,9 +111,22 @@ def _check_config(model: Model, config: TrainConfig) -> None:
         raise InputError(f"augment_scale must be in (0, 1] (got {config.augment_scale}); 1 turns crops off.")
     if config.steps < 1 or config.batch_size < 1:
         raise InputError(f"steps and batch_size must be at least 1 (got {config.steps}, {config.batch_size}).")
-    check_trigger(model, config.trigger)
-    if not config.class_word.strip():
-        raise InputError("the class word is empty; give the kind of thing the subject is (e.g. 'dog').")
+    triggers = [subject.trigger for subject in subject_configs(config)]
+    if len(set(triggers)) < len(triggers):
+        raise InputError(f"the subjects of one run share a trigger ({', '.join(triggers)}); give each its own word.")
+    for subject in subject_configs(config):
+        check_trigger(model, subject.trigger)
+        if not subject.class_word.strip():
+            raise InputError(f"the class word of '{subject.trigger}' is empty; give the kind of thing the subject is "
+                             "(e.g. 'dog').")
+
+
+def subject_configs(config: TrainConfig) -> list[TrainConfig]:
+    """The run's subjects, each as a config of its own: the run's (trigger, class word, captions), then each
+    companion's with the run's other settings."""
+    alone = dataclasses.replace(config, companions=())
+    return [alone] + [dataclasses.replace(alone, trigger=c.trigger, class_word=c.class_word, captions=list(c.captions))
+                      for c in config.companions]
 
 
 def check_trigger(model: Model, trigger: str) -> None:
@@ -149,6 +176,16 @@ def first_caption(config: TrainConfig) -> str:
 
 
 def instance_captions(config: TrainConfig, count: int) -> list[str]:
+    """One caption per image with its slots filled (the companions' images last, with their own captions)."""
+    if config.companions:
+        theirs = [len(c.captions) for c in config.companions]
+        own = count - sum(theirs)
+        if own < 1:
+            raise InputError(f"{count} images were given for {len(theirs) + 1} subjects whose companions have "
+                             f"{sum(theirs)} captions; give the run's own subject's images first, then each "
+                             "companion's, one caption per image.")
+        return [caption for subject, n in zip(subject_configs(config), [own, *theirs], strict=True)
+                for caption in instance_captions(subject, n)]
     if config.captions:
         if len(config.captions) != count:
             raise InputError(f"{len(config.captions)} captions were given for {count} images; give one per image "
@@ -190,11 +227,14 @@ def trigger_pattern(trigger: str) -> re.Pattern:
 def class_captions(captions: list[str], config: TrainConfig) -> list[str]:
     """The instance captions with the class word for the identifier: what the class looks like to the base
     model."""
-    name, named = identifier(config), trigger_pattern(config.trigger)
-    return [named.sub(config.class_word, c.replace(name, config.trigger)) for c in captions]
+    for subject in subject_configs(config):
+        name, named = identifier(subject), trigger_pattern(subject.trigger)
+        captions = [named.sub(subject.class_word, c.replace(name, subject.trigger)) for c in captions]
+    return captions
 
 
 def _token_init(model: Model, config: TrainConfig) -> list[torch.Tensor]:
+    """Where the trigger's vectors start, one per text encoder."""
     vectors = []
     for i, encoder in enumerate(model.text_encoders):
         table = encoder.get_input_embeddings().weight.detach().float().cpu()
@@ -230,12 +270,12 @@ def train_concept(
         pixels = prepare_images(images, model.default_size)
         data = FewShotImages(pixels, instance_captions(config, len(pixels)), config.augment_scale, config.flip)
         alpha = float(config.lora_alpha or config.rank)
-        token_init = _token_init(model, config)
+        token_init, *companion_inits = [_token_init(model, subject) for subject in subject_configs(config)]
         lora = config.trainable == "lora"
 
         def concept_of(trainable: TrainableSet, outcome: RunOutcome) -> TrainResult:
             concept = Concept(name=name, method=config.method, family=model.family, base_fingerprint=base_fingerprint,
-                              triggers=(Trigger(config.trigger, config.class_word),),
+                              triggers=tuple(Trigger(s.trigger, s.class_word) for s in subject_configs(config)),
                               tensors=trainable.concept_tensors(), lora_rank=config.rank if lora else 0,
                               lora_alpha=alpha if lora else 0.0,
                               parameters={"steps": config.steps, "learning_rate": config.learning_rate,
@@ -249,13 +289,14 @@ def train_concept(
             model,
             lambda carrying: build_trainable(carrying, config.trainable, token_init, train_token=train_token,
                                              train_text_encoder=config.train_text_encoder, rank=config.rank,
-                                             alpha=alpha, seed=config.seed),
+                                             alpha=alpha, seed=config.seed, companion_inits=companion_inits),
             data,
             RunSettings(config.steps, checkpoint_dir, config.checkpoint_every, config.keep_checkpoints,
                         signature=config.signature(), name=name),
             StepSettings(config.batch_size, config.seed, config.mixed_precision, config.gradient_checkpointing),
             optimizer=lambda t: token_and_weight_optimizer(t, config.learning_rate, config.embedding_learning_rate),
-            loss_terms=list(loss_terms), token=config.trigger, train_unet_mode=config.trainable != "embedding",
+            loss_terms=list(loss_terms), token=config.trigger,
+            companions=tuple(c.trigger for c in config.companions), train_unet_mode=config.trainable != "embedding",
             hooks=RunHooks(progress, cancel, preview, preview_share, on_finished))
         return run.train(concept_of)
 

@@ -159,6 +159,7 @@ class TrainingRun:
     objective: Callable = field(default_factory=DenoisingObjective)
     loss_terms: list[LossTerm] = field(default_factory=list)
     token: str | None = None  # the run's own word, if it has one
+    companions: tuple[str, ...] = ()  # the words of the run's other subjects (trainable.companion_tokens)
     train_unet_mode: bool = True  # the UNet in training mode (dropout) while it runs
     hooks: RunHooks = field(default_factory=RunHooks)
     accelerator: Accelerator | None = None
@@ -207,13 +208,16 @@ class TrainingRun:
         engine = TrainingEngine(self.settings, self.accelerator, progress=hooks.progress, cancel=hooks.cancel)
         unet_mode, checkpointing = unet.training, unet.is_gradient_checkpointing
         try:
-            base = self.model if self.token is None else \
-                add_patch(self.model, RunToken(self.token, tuple(self.trainable.token)))
+            base = self.model
+            words = [(self.token, self.trainable.token)] if self.token is not None else []
+            for word, vectors in words + list(zip(self.companions, self.trainable.companion_tokens, strict=True)):
+                base = add_patch(base, RunToken(word, tuple(vectors)))
+            own = len(base.patches) - len(self.model.patches)
             self.model = replace(base, patches=())  # the model as it trains: the patches below are in effect
             if self.per_step.gradient_checkpointing:
                 unet.enable_gradient_checkpointing()
             step_loss, optimizer = engine.prepare(StepLoss(self), self.optimizer(self.trainable))
-            with patches_in_effect(replace(base, patches=base.patches[-1:] if self.token else ())) as state:
+            with patches_in_effect(replace(base, patches=base.patches[len(base.patches) - own:])) as state:
                 self._token_state = state
                 unet.train(self.train_unet_mode)
                 outcome = engine.run(step_loss, optimizer, {"trainable": _TensorState(self.trainable.state())},

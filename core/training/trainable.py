@@ -84,7 +84,14 @@ class TrainableSet:
     def __init__(self, model: Model, token_init: list[torch.Tensor], train_token: bool, train_text_encoder: bool):
         self.model = model
         self.token = [torch.nn.Parameter(v.detach().clone().float(), requires_grad=train_token) for v in token_init]
+        self.companion_tokens: list[list[torch.nn.Parameter]] = []  # the run's other triggers (TrainConfig.companions)
         self.train_text_encoder = train_text_encoder
+
+    def add_companions(self, token_inits: list[list[torch.Tensor]]) -> None:
+        """Vectors for the run's other triggers, one list per trigger, trained where the run's own trains."""
+        self.companion_tokens = [[torch.nn.Parameter(v.detach().clone().float(),
+                                                     requires_grad=self.token[i].requires_grad)
+                                  for i, v in enumerate(vectors)] for vectors in token_inits]
 
     def parts(self) -> list[tuple[str, torch.nn.Module]]:
         """('unet' | 'te<i>', module) for each module whose weights this set may change."""
@@ -101,18 +108,20 @@ class TrainableSet:
         return []
 
     def token_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.token if p.requires_grad]
+        return [p for p in (*self.token, *(p for t in self.companion_tokens for p in t)) if p.requires_grad]
 
     def offsets(self) -> dict[str, LowRankOffset | DenseOffset]:
         """name -> offset from the base weights, with gradients (token vectors excluded: they have no base)."""
         return {}
 
     def concept_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"embedding.0.te{i}": p.detach().clone()[None] for i, p in enumerate(self.token)}
+        return {f"embedding.{k}.te{i}": p.detach().clone()[None]
+                for k, vectors in enumerate([self.token, *self.companion_tokens]) for i, p in enumerate(vectors)}
 
     def state(self) -> dict[str, torch.nn.Parameter]:
         """Everything a checkpoint must hold to resume (the same Parameter objects, restored in place)."""
-        return {f"token.{i}": p for i, p in enumerate(self.token)}
+        return {f"token{k or ''}.{i}": p
+                for k, vectors in enumerate([self.token, *self.companion_tokens]) for i, p in enumerate(vectors)}
 
     def restore(self) -> None:
         """Put the model back exactly as it was before training."""
@@ -261,8 +270,11 @@ def trainable_kinds() -> tuple[str, ...]:
 
 
 def build_trainable(model: Model, kind: str, token_init: list[torch.Tensor], *, train_token: bool,
-                    train_text_encoder: bool, rank: int, alpha: float, seed: int) -> TrainableSet:
+                    train_text_encoder: bool, rank: int, alpha: float, seed: int,
+                    companion_inits: list[list[torch.Tensor]] = ()) -> TrainableSet:
     if kind not in TRAINABLES:
         raise InputError(f"trainable '{kind}' is not one of {', '.join(TRAINABLES)}.")
-    return TRAINABLES[kind](model, token_init, train_token=train_token, train_text_encoder=train_text_encoder,
-                            rank=rank, alpha=alpha, seed=seed)
+    trainable = TRAINABLES[kind](model, token_init, train_token=train_token, train_text_encoder=train_text_encoder,
+                                 rank=rank, alpha=alpha, seed=seed)
+    trainable.add_companions(list(companion_inits))
+    return trainable

@@ -53,17 +53,21 @@ def evaluation_scenes(index: int, token: str, count: int = 8) -> list[Scene]:
     return _scenes(index, count, 20_000, token)
 
 
-def pair_scenes(first: tuple[int, str], second: tuple[int, str], count: int = 8, seed: int = 30_000) -> list[Scene]:
-    """Scenes with two subjects ((index, token) each) at a pair of places, their captions naming both by token."""
+def pair_scenes(first: tuple[int, str], second: tuple[int, str], count: int = 8, seed: int = 30_000,
+                named: bool = False) -> list[Scene]:
+    """Scenes with two subjects ((index, token) each) at a pair of places, their captions naming both by token.
+    Either subject may take the left (or top) place; a caption names that place first ("a <s1> creature on the
+    left and a <s0> creature on the right"), as every two-object caption the world was trained on does: the
+    reversed order is one the world never saw, and it draws the first-named creature on the left.
+    `named`: tokens that stand for the creature as a name does ("<s0> on the left"), without "a"."""
     rng = np.random.default_rng([seed, first[0], second[0]])
     colours = [c for c in background_colours(subject_seed(first[0]))
                if c in background_colours(subject_seed(second[0]))]
     scenes = []
     for _ in range(count):
         places = PAIRED_POSITIONS[int(rng.integers(len(PAIRED_POSITIONS)))]
-        if rng.random() < 0.5:
-            places = places[::-1]
-        objects = tuple(WorldObject(place, instance=subject_seed(index), token=_personal(token))
-                        for place, (index, token) in zip(places, (first, second), strict=True))
+        subjects = (first, second) if rng.random() < 0.5 else (second, first)
+        objects = tuple(WorldObject(place, instance=subject_seed(index), token=token if named else _personal(token))
+                        for place, (index, token) in zip(places, subjects, strict=True))
         scenes.append(Scene(colours[int(rng.integers(len(colours)))], PATTERNS[int(rng.integers(2))], objects))
     return scenes
