@@ -111,10 +111,11 @@ def _check_config(model: Model, config: TrainConfig) -> None:
         raise InputError(f"augment_scale must be in (0, 1] (got {config.augment_scale}); 1 turns crops off.")
     if config.steps < 1 or config.batch_size < 1:
         raise InputError(f"steps and batch_size must be at least 1 (got {config.steps}, {config.batch_size}).")
-    triggers = [subject.trigger for subject in subject_configs(config)]
+    subjects = subject_configs(config)
+    triggers = [subject.trigger for subject in subjects]
     if len(set(triggers)) < len(triggers):
         raise InputError(f"the subjects of one run share a trigger ({', '.join(triggers)}); give each its own word.")
-    for subject in subject_configs(config):
+    for subject in subjects:
         check_trigger(model, subject.trigger)
         if not subject.class_word.strip():
             raise InputError(f"the class word of '{subject.trigger}' is empty; give the kind of thing the subject is "

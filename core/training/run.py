@@ -208,16 +208,15 @@ class TrainingRun:
         engine = TrainingEngine(self.settings, self.accelerator, progress=hooks.progress, cancel=hooks.cancel)
         unet_mode, checkpointing = unet.training, unet.is_gradient_checkpointing
         try:
-            base = self.model
-            words = [(self.token, self.trainable.token)] if self.token is not None else []
-            for word, vectors in words + list(zip(self.companions, self.trainable.companion_tokens, strict=True)):
-                base = add_patch(base, RunToken(word, tuple(vectors)))
-            own = len(base.patches) - len(self.model.patches)
+            base, carried = self.model, len(self.model.patches)
+            for word, vectors in zip((self.token, *self.companions), self.trainable.trigger_tokens(), strict=True):
+                if word is not None:  # a run without a word of its own (SGE) serves none
+                    base = add_patch(base, RunToken(word, tuple(vectors)))
             self.model = replace(base, patches=())  # the model as it trains: the patches below are in effect
             if self.per_step.gradient_checkpointing:
                 unet.enable_gradient_checkpointing()
             step_loss, optimizer = engine.prepare(StepLoss(self), self.optimizer(self.trainable))
-            with patches_in_effect(replace(base, patches=base.patches[len(base.patches) - own:])) as state:
+            with patches_in_effect(replace(base, patches=base.patches[carried:])) as state:
                 self._token_state = state
                 unet.train(self.train_unet_mode)
                 outcome = engine.run(step_loss, optimizer, {"trainable": _TensorState(self.trainable.state())},

@@ -108,7 +108,11 @@ class TrainableSet:
         return []
 
     def token_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in (*self.token, *(p for t in self.companion_tokens for p in t)) if p.requires_grad]
+        return [p for vectors in self.trigger_tokens() for p in vectors if p.requires_grad]
+
+    def trigger_tokens(self) -> list[list[torch.nn.Parameter]]:
+        """Every trigger's vectors, the run's own first, then its companions'."""
+        return [self.token, *self.companion_tokens]
 
     def offsets(self) -> dict[str, LowRankOffset | DenseOffset]:
         """name -> offset from the base weights, with gradients (token vectors excluded: they have no base)."""
@@ -116,12 +120,12 @@ class TrainableSet:
 
     def concept_tensors(self) -> dict[str, torch.Tensor]:
         return {f"embedding.{k}.te{i}": p.detach().clone()[None]
-                for k, vectors in enumerate([self.token, *self.companion_tokens]) for i, p in enumerate(vectors)}
+                for k, vectors in enumerate(self.trigger_tokens()) for i, p in enumerate(vectors)}
 
     def state(self) -> dict[str, torch.nn.Parameter]:
         """Everything a checkpoint must hold to resume (the same Parameter objects, restored in place)."""
         return {f"token{k or ''}.{i}": p
-                for k, vectors in enumerate([self.token, *self.companion_tokens]) for i, p in enumerate(vectors)}
+                for k, vectors in enumerate(self.trigger_tokens()) for i, p in enumerate(vectors)}
 
     def restore(self) -> None:
         """Put the model back exactly as it was before training."""
