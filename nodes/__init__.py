@@ -5,7 +5,7 @@ from .comfy_adapter import warn_missing_dependencies
 from .comfy_bridge_nodes import ConceptKitModelFromComfy
 from .concept_nodes import ConceptKitApplyConcept, ConceptKitExportConcept, ConceptKitLoadConcept, ConceptKitSaveConcept
 from .encoder_nodes import ConceptKitConceptEncoder, ConceptKitLoadConceptEncoder, ConceptKitPretrainConceptEncoder
-from .finetune_nodes import ConceptKitLipschitzFinetune
+from .finetune_nodes import ConceptKitLipschitzFinetune, ConceptKitSubject
 from .guidance_nodes import ConceptKitPersonalizationGuidanceSampler
 from .inputs import checked_inputs
 from .memory_nodes import ConceptKitApplyMemory, ConceptKitConceptMemory, ConceptKitExportMemory, ConceptKitMemoryLearn
@@ -24,6 +24,7 @@ NODE_CLASS_MAPPINGS = {
     "ConceptKitSample": ConceptKitSample,
     "ConceptKitModelFromComfy": ConceptKitModelFromComfy,
     "ConceptKitLipschitzFinetune": ConceptKitLipschitzFinetune,
+    "ConceptKitSubject": ConceptKitSubject,
     "ConceptKitPersonalizationGuidanceSampler": ConceptKitPersonalizationGuidanceSampler,
     "ConceptKitApplyConcept": ConceptKitApplyConcept,
     "ConceptKitSaveConcept": ConceptKitSaveConcept,
@@ -48,6 +49,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ConceptKitSample": "ConceptKit Sample",
     "ConceptKitModelFromComfy": "ConceptKit Model From Comfy",
     "ConceptKitLipschitzFinetune": "Lipschitz Finetune",
+    "ConceptKitSubject": "ConceptKit Subject",
     "ConceptKitPersonalizationGuidanceSampler": "Personalization Guidance Sampler",
     "ConceptKitApplyConcept": "ConceptKit Apply Concept",
     "ConceptKitSaveConcept": "ConceptKit Save Concept",

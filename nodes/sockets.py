@@ -10,6 +10,7 @@ CK_CONCEPT = "CK_CONCEPT"
 CK_ENCODER = "CK_ENCODER"  # a Concept Encoder (E4T), read for the model it is used with
 CK_MEMORY = "CK_MEMORY"  # a Concept Memory (its folder; every read sees its current version)
 CK_SGE = "CK_SGE"  # an SGE set (SGE Inverter): sample-wise guidance embeddings of a few images of a domain
+CK_SUBJECTS = "CK_SUBJECTS"  # more subjects for a training node to learn in the same run (ConceptKit Subject)
 
 # A seed that identifies a training run never changes by itself after a queue (the frontend's
 # "control after generate" would retrain from scratch instead of resuming).

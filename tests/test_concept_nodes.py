@@ -127,3 +127,51 @@ def test_finetune_node_trains_under_comfyuis_inference_mode(models):
         (tuned,) = N["ConceptKitApplyConcept"]().apply(model, concept, 1.0)
         images = N["ConceptKitSample"]().generate(tuned, "a <pet2> creature", "", 0, 2, 5.0, "ddim", 0, 0, 1)[0]
     assert concept.kind == "lora" and torch.isfinite(images).all()
+
+
+def test_subjects_trained_together_through_the_nodes_give_one_concept_with_both_triggers(world, models, monkeypatch):
+    from conceptkit.nodes import finetune_nodes
+
+    images, captions = N["ConceptKitWorldSubject"]().render(subject=0, count=3, seed=0)
+    other, other_captions = N["ConceptKitWorldSubject"]().render(subject=1, count=2, seed=0)
+    larger = torch.nn.functional.interpolate(other.permute(0, 3, 1, 2), size=(96, 96)).permute(0, 2, 3, 1)
+    (together,) = N["ConceptKitSubject"]().add(larger, "<pal>", "creature", other_captions)
+
+    def train(subjects):
+        return N["ConceptKitLipschitzFinetune"]().train(
+            world, images, "<pet>", "creature", captions, "lora", 2, 0.01, "frobenius", steps=3, learning_rate=5e-3,
+            batch_size=2, seed=0, together=subjects)[0]
+
+    concept = train(together)
+    assert [t.word for t in concept.triggers] == ["<pet>", "<pal>"] and concept.parameters["images"] == 5
+    (tuned,) = N["ConceptKitApplyConcept"]().apply(world, concept, 1.0)
+    pair = N["ConceptKitSample"]().generate(tuned, "a <pet> creature on the left and a <pal> creature on the right, "
+                                            "blue background", "", 0, 4, 5.0, "ddim", 0, 0, 1)[0]
+    assert pair.shape == (1, 64, 64, 3) and torch.isfinite(pair).all()
+    results = sorted((models / "conceptkit" / "checkpoints").glob("*/result.safetensors"))
+    assert len(results) == 1
+    real = finetune_nodes.finetune
+    monkeypatch.setattr(finetune_nodes, "finetune", lambda *a, **k: pytest.fail("trained again"))
+    assert all(torch.equal(train(together).tensors[k], t) for k, t in concept.tensors.items())  # queued again
+    monkeypatch.setattr(finetune_nodes, "finetune", real)
+    (fewer,) = N["ConceptKitSubject"]().add(larger[:1], "<pal>", "creature", other_captions.splitlines()[0])
+    train(fewer)  # another companion is another run, not the kept result
+    assert len(list((models / "conceptkit" / "checkpoints").glob("*/result.safetensors"))) == 2
+
+
+def test_a_subject_to_train_together_is_refused_with_what_to_fix(world, models):
+    images, captions = N["ConceptKitWorldSubject"]().render(subject=1, count=2, seed=0)
+    subject = N["ConceptKitSubject"]()
+    with pytest.raises(InputError, match="1 captions were given for 2 images"):
+        subject.add(images, "<pal>", "creature", "a {trigger} on the left")
+    with pytest.raises(InputError, match="class word is empty"):
+        subject.add(images, "<pal>", " ", "")
+    (first,) = subject.add(images, "<pal>", "creature", captions)
+    with pytest.raises(InputError, match="an earlier subject has this trigger"):
+        subject.add(images, "<pal>", "creature", "", subjects=first)
+    for trigger, (together,), problem in (("<pal>", (first,), "share a trigger"),
+                                          ("<pet>", subject.add(images, "<my pal>", "creature", ""), "contains ' '")):
+        with pytest.raises(InputError, match=problem):  # before any training
+            N["ConceptKitLipschitzFinetune"]().train(world, images, trigger, "creature", captions, "lora", 2, 0.0,
+                                                     "frobenius", steps=2, learning_rate=5e-3, batch_size=1, seed=0,
+                                                     together=together)

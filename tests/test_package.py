@@ -43,7 +43,8 @@ def test_node_contract_and_tooltips(name, node):
             if isinstance(kind, list):
                 assert kind, f"{name}.{input_name} offers no choices"
             if isinstance(kind, str) and kind.startswith("CK_"):
-                assert kind in {"CK_MODEL", "CK_CONCEPT", "CK_ENCODER", "CK_SGE", "CK_MEMORY"}  # nodes/sockets.py
+                assert kind in {"CK_MODEL", "CK_CONCEPT", "CK_ENCODER", "CK_SGE", "CK_MEMORY",
+                                "CK_SUBJECTS"}  # nodes/sockets.py
     for t in node.RETURN_TYPES:
         assert isinstance(t, str) and t.isupper()
     if hasattr(node, "OUTPUT_TOOLTIPS"):

@@ -66,8 +66,10 @@ class RunFolder:
     def named(cls, root: Path, images, settings: Signed, base: str = "") -> RunFolder:
         """`root/<identity>`: the same for the same images, settings (anything with a `signature()`) and base model
         (`base`: its fingerprint), so a crashed or cancelled run resumes when started again; different otherwise."""
-        pixels = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
-        digest = hashlib.sha256(pixels.detach().float().cpu().numpy().tobytes())
+        digest = hashlib.sha256()  # a list of images of different sizes hashes as its images one after another
+        for part in (images if isinstance(images, list) else [images]):
+            pixels = part if isinstance(part, torch.Tensor) else torch.as_tensor(np.asarray(part))
+            digest.update(pixels.detach().float().cpu().numpy().tobytes())
         digest.update(settings.signature().encode())
         digest.update(base.encode())
         return cls(Path(root) / digest.hexdigest()[:20])
