@@ -13,6 +13,7 @@ from ..core.methods.lipschitz_finetune import DEFAULT_LAMBDA, TRAINABLES, finetu
 from ..core.recipes import TrainingPreview
 from ..core.training import (
     DEFAULT_PREVIEW_SHARE,
+    DEFAULT_TEMPLATES,
     MIXED_PRECISION,
     OFFSET_NORMS,
     Companion,
@@ -42,7 +43,8 @@ class SubjectToLearn:
     captions: tuple[str, ...]
 
     def companion(self) -> Companion:
-        return Companion(self.trigger, self.class_word, self.captions or ("a {trigger}",) * len(self.images))
+        return Companion(self.trigger, self.class_word, self.captions or tuple(
+            DEFAULT_TEMPLATES[i % len(DEFAULT_TEMPLATES)] for i in range(len(self.images))))
 
 
 class ConceptKitSubject:
@@ -98,8 +100,9 @@ class ConceptKitLipschitzFinetune:
         "Lipschitz Finetune (Kim, Park, Kim, ICLR 2026): teaches the model a subject from a few images, "
         "DreamBooth-style (a new trigger word + its class word), with a penalty on how far the weights move "
         "from the base model (lambda * sum ||theta - theta0||^2) instead of prior preservation, so the model "
-        "keeps what it knew without generating class images. Checkpoints as it goes: queue the same inputs "
-        "again after a crash or Cancel and it resumes."
+        "keeps what it knew without generating class images. Connect ConceptKit Subject nodes to 'together' to "
+        "learn several subjects in one run. Checkpoints as it goes: queue the same inputs again after a crash or "
+        "Cancel and it resumes."
     )
     CATEGORY = f"{CATEGORY}/personalize"
     RETURN_TYPES = (CK_CONCEPT, "IMAGE")

@@ -3,6 +3,7 @@ accelerate, what trains, its data, objective and loss terms) and the recipe most
 personal concept (`train_concept`)."""
 
 from .concept import (
+    DEFAULT_TEMPLATES,
     Companion,
     TrainConfig,
     TrainResult,
@@ -29,10 +30,10 @@ from .objective import Batch, DenoisingObjective, Noised, Posterior, Rider, enco
 from .run import MIXED_PRECISION, RunFolder, RunHooks, StepSettings, TrainingRun, training_mode
 from .trainable import TrainableSet, trainable_kinds
 
-__all__ = ["Batch", "Companion", "DEFAULT_PREVIEW_SHARE", "DataSource", "DenoisingObjective", "FewShotImages",
-           "ImageReplay", "LossTerm", "MIXED_PRECISION", "Noised", "OFFSET_NORMS", "OffsetPenalty", "Posterior",
-           "PreviewBudget", "Rider", "RunFolder", "RunHooks", "RunOutcome", "RunSettings", "StepSettings", "Stream",
-           "TrainConfig", "TrainResult", "TrainableSet", "TrainingEngine", "TrainingRun", "caption_lines",
+__all__ = ["Batch", "Companion", "DEFAULT_PREVIEW_SHARE", "DEFAULT_TEMPLATES", "DataSource", "DenoisingObjective",
+           "FewShotImages", "ImageReplay", "LossTerm", "MIXED_PRECISION", "Noised", "OFFSET_NORMS", "OffsetPenalty",
+           "Posterior", "PreviewBudget", "Rider", "RunFolder", "RunHooks", "RunOutcome", "RunSettings", "StepSettings",
+           "Stream", "TrainConfig", "TrainResult", "TrainableSet", "TrainingEngine", "TrainingRun", "caption_lines",
            "check_trigger", "class_captions", "encode_posterior", "fill_template", "first_caption", "identifier",
            "instance_captions", "keep_result", "kept_result", "loss_curve", "prepare_images", "ride_alone",
            "settings_signature", "step_generator", "subject_configs", "token_and_weight_optimizer", "train_concept",
