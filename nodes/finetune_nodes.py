@@ -51,8 +51,8 @@ class ConceptKitSubject:
     DESCRIPTION = (
         "Another subject for Lipschitz Finetune to learn in the same run (connect to its 'together' input): its "
         "images, its own trigger and class word. One run then gives one concept with every subject's trigger, "
-        "whose weights had to tell the subjects apart, so prompting two of them in one picture blends them less "
-        "than two concepts trained apart and applied together. Chain Subject nodes for more subjects."
+        "trained so that each trigger draws its own subject (multi-concept DreamBooth, as kohya's concept "
+        "folders), for prompts that name several of them. Chain Subject nodes for more subjects."
     )
     CATEGORY = f"{CATEGORY}/personalize"
     RETURN_TYPES = (CK_SUBJECTS,)
@@ -156,8 +156,8 @@ class ConceptKitLipschitzFinetune:
                                      "run finishes."}),
                 "preview_share": PREVIEW_SHARE,
                 "together": (CK_SUBJECTS, {"tooltip": "More subjects to learn in the same run (ConceptKit Subject "
-                             "nodes), each with its own trigger: one concept with every trigger, whose subjects "
-                             "blend less when prompted together. Each subject's images count: give steps for all."}),
+                             "nodes), each with its own trigger: one concept with every trigger. Every subject's "
+                             "images are trained on: give the steps of all the separate runs together."}),
             },
         }
 
