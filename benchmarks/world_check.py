@@ -254,8 +254,9 @@ def _renders(seed: int, count: int = 8) -> np.ndarray:
 def _train_together(model, first: int, second: int, steps: int, seed: int, as_names: bool = False):
     """One DreamBooth-LoRA of two held-out subjects trained together (a joint run: the first's renders, then the
     second's, each captioned with its own trigger; `steps` per subject, as each has when trained apart) and the
-    words naming each. `as_names`: each trigger starts at an unused creature name's vector and takes the name's
-    place ("<s0> on the left"), as the world's named creatures are captioned."""
+    words naming each. `as_names`: each trigger starts at a creature name's vector (one of the list's last names,
+    a named creature the world was trained on) and takes the name's place ("<s0> on the left"), as the world's
+    named creatures are captioned."""
     from ..core.training import Companion, TrainConfig, subject_configs
     from ..core.world.subjects import training_renders
     from .common import TRAINING_IMAGES

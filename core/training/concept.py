@@ -271,12 +271,13 @@ def train_concept(
         pixels = prepare_images(images, model.default_size)
         data = FewShotImages(pixels, instance_captions(config, len(pixels)), config.augment_scale, config.flip)
         alpha = float(config.lora_alpha or config.rank)
-        token_init, *companion_inits = [_token_init(model, subject) for subject in subject_configs(config)]
+        subjects = subject_configs(config)
+        token_init, *companion_inits = [_token_init(model, subject) for subject in subjects]
         lora = config.trainable == "lora"
 
         def concept_of(trainable: TrainableSet, outcome: RunOutcome) -> TrainResult:
             concept = Concept(name=name, method=config.method, family=model.family, base_fingerprint=base_fingerprint,
-                              triggers=tuple(Trigger(s.trigger, s.class_word) for s in subject_configs(config)),
+                              triggers=tuple(Trigger(s.trigger, s.class_word) for s in subjects),
                               tensors=trainable.concept_tensors(), lora_rank=config.rank if lora else 0,
                               lora_alpha=alpha if lora else 0.0,
                               parameters={"steps": config.steps, "learning_rate": config.learning_rate,
