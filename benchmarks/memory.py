@@ -1,13 +1,13 @@
 """Bench suite `memory`: Concept Memory (L2DM, METHODS.md §5) against naive sequential fine-tuning and one LoRA per
 concept applied together, on 5 held-out creatures (20-24, no other suite's) learned in sequence, 4 images each.
 
-- concept_memory: `learn` with the defaults (replay, elastic distillation, the bank, the bound on each task's
-  weight offset), sampled with the artist.
+- concept_memory: `learn` with the defaults (each task fine-tunes the UNet; replay, elastic distillation, the bank,
+  the bound on each task's weight offset), sampled with the artist.
 - naive_sequential: the same sequence with nothing protecting earlier concepts (replay, distillation and the
-  offset bound off, no artist): each task's LoRA is trained on top of the previous ones (what one LoRA trained
-  on and on can change).
+  offset bound off, no artist): each task fine-tunes the UNet on top of the previous ones.
 - lora_per_concept: one LoRA per concept trained on the base model alone, all applied together.
-Every method trains with the same LoRA rank, learning rate, steps and batch. After each task: the subject
+Every method trains with the same steps and batch; the two memories with the memory's default learning rate, the
+LoRAs with TRAIN's. After each task: the subject
 fidelity of every concept so far (8 evaluation prompts each) and drift on prompts without triggers; at the end,
 prompts with two learned concepts (every pair of them, 8 prompts each): both present, pair
 fidelity, homogenization; for concept_memory also with the artist off (the ablation)."""
@@ -26,7 +26,8 @@ log = logging.getLogger("conceptkit.bench")
 
 SUBJECTS = {False: (20, 21, 22, 23, 24), True: (20, 21)}
 STEPS = {False: 200, True: 30}
-TRAIN = dict(rank=16, learning_rate=5e-3, batch_size=4)
+TRAIN = dict(rank=16, learning_rate=5e-3, batch_size=4)  # the merged LoRAs
+MEMORY = dict(batch_size=4)  # the memories: what they train and its learning rate as the memory's defaults
 PAIR_IMAGES = {False: 8, True: 2}
 METHODS = ("concept_memory", "naive_sequential", "lora_per_concept")
 CALIBRATION_SUBJECTS = {False: (30, 31, 32, 33, 34), True: (30, 31)}  # no bench suite's creatures
@@ -87,7 +88,7 @@ def run_method(method: str, model_source, quick: bool, seed: int) -> dict:
         else:
             protect = method == "concept_memory"
             protection = {} if protect else {"replay_weight": 0.0, "distill_weight": 0.0, "offset_penalty": 0.0}
-            settings = LearnSettings(steps=STEPS[quick], seed=seed, **protection, **TRAIN)
+            settings = LearnSettings(steps=STEPS[quick], seed=seed, **protection, **MEMORY)
             learn(store, model, pixels, token(subject), "creature", settings, captions=captions)
             learned_model = memory_model(model, store, artist=protect)
         seconds.append(time.perf_counter() - start)
@@ -149,7 +150,8 @@ def memory_suite(options):
         for name, images in result["shown"].items():
             grids[f"{method}_{name}"] = (images, [f"{method}, {name}, image {i}" for i in range(len(images))])
     notes = (f"Subjects {subjects} learned in this order, 4 training renders each, {STEPS[options.quick]} steps per "
-             f"concept, LoRA {TRAIN}; subject fidelity on {EVAL_IMAGES} evaluation prompts per concept after every "
+             f"concept, the memories trained with their defaults {MEMORY} (the UNet), the merged LoRAs {TRAIN}; "
+             f"subject fidelity on {EVAL_IMAGES} evaluation prompts per concept after every "
              f"task (DDIM {EVAL_STEPS}, CFG {EVAL_CFG}); forgetting = mean over concepts 1..4 of (fidelity just after "
              "learning it - fidelity after the last task); drift against the base model on prompts without triggers; "
              f"pairs: every pair of the concepts, {PAIR_IMAGES[options.quick]} prompts each. seconds: all "
@@ -203,7 +205,7 @@ def learned_in_sequence(penalty: float, model_source, quick: bool, seed: int) ->
     model = load_model(model_source)
     subjects = CALIBRATION_SUBJECTS[quick]
     store = MemoryStore.open_or_create(Path(tempfile.mkdtemp()), "calibration", model)
-    settings = LearnSettings(steps=STEPS[quick], seed=seed, offset_penalty=penalty, **TRAIN)
+    settings = LearnSettings(steps=STEPS[quick], seed=seed, offset_penalty=penalty, **MEMORY)
     fresh = []
     for subject in subjects:
         images, captions = training_renders(subject, 4)
@@ -231,7 +233,8 @@ def penalty_suite(options):
         log.info("memory_penalty: %s", rows[-1])
     chosen = max(rows, key=lambda r: r["likeness_final"])["offset_penalty"]
     notes = (f"Calibration creatures {CALIBRATION_SUBJECTS[options.quick]} (no bench suite's), learned in sequence, "
-             f"{STEPS[options.quick]} steps each, LoRA {TRAIN}; likeness on {EVAL_IMAGES} evaluation prompts just "
+             f"{STEPS[options.quick]} steps each, the memory's defaults {MEMORY}; likeness on {EVAL_IMAGES} "
+             "evaluation prompts just "
              "after each concept is learned (fresh) and after the last task (final); forgetting = mean over all "
              "but the last concept of fresh - final. Rule: the penalty with the best final likeness. Chosen: "
              f"{chosen} (the shipped default is LearnSettings.offset_penalty).")

@@ -6,7 +6,10 @@ from ..core.errors import InputError
 from ..core.methods.concept_memory import (
     DEFAULT_ACTIVE_SHARE,
     DEFAULT_STEP_SIZE,
+    DEFAULT_TRAINS,
     IF_LEARNED,
+    LEARNING_RATES,
+    TRAINS,
     LearnSettings,
     MemoryStore,
     export_memory,
@@ -40,6 +43,12 @@ class ConceptKitConceptMemory:
                                             "made on)."}),
             "name": ("STRING", {"default": "my_memory", "tooltip": "The memory's name (a folder in "
                                 "models/conceptkit/memories; letters, digits, - _ .)."}),
+        }, "optional": {
+            "trains": (list(TRAINS), {"default": DEFAULT_TRAINS, "tooltip": "What learning a concept fine-tunes, "
+                       "chosen when the memory is made: full (every UNet weight: keeps concepts apart in one "
+                       "picture best; each concept adds the UNet's size to the memory, 6 MB on the embedded model, "
+                       "3.4 GB on SD1.5), attention (the attention weights), or lora (small files, blends concepts "
+                       "more). An existing memory keeps what it was made with."}),
         }}
 
     @classmethod
@@ -55,8 +64,8 @@ class ConceptKitConceptMemory:
         except InputError:  # a bad name: VALIDATE_INPUTS says so on the node
             return name
 
-    def open(self, model, name):
-        return (MemoryStore.open_or_create(comfy.writable_folder(MEMORIES), name, model),)
+    def open(self, model, name, trains=DEFAULT_TRAINS):
+        return (MemoryStore.open_or_create(comfy.writable_folder(MEMORIES), name, model, trains),)
 
 
 class ConceptKitMemoryLearn:
@@ -91,11 +100,13 @@ class ConceptKitMemoryLearn:
                 "captions": ("STRING", {"multiline": True, "default": "", "tooltip": "Optional: one caption per "
                              "image, with {trigger} where the concept is named ('a {trigger} on the beach' is filled "
                              "as 'a <my-dog> dog on the beach')."}),
-                "learning_rate": ("FLOAT", {"default": defaults.learning_rate, "min": 1e-7, "max": 1.0,
+                "learning_rate": ("FLOAT", {"default": defaults.learning_rate, "min": 0.0, "max": 1.0,
                                             "step": 1e-5, "round": 1e-7, "tooltip": "AdamW learning rate of the "
-                                            "new LoRA (rank below) and the trigger's vector."}),
+                                            "weights the memory trains; 0: the default for them ("
+                                            + ", ".join(f"{k} {v:g}" for k, v in LEARNING_RATES.items()) + ")."}),
                 "rank": ("INT", {"default": defaults.rank, "min": 1, "max": 128, "tooltip": "Rank of each concept's "
-                                 "LoRA (the memory's consolidated LoRA grows by this per concept)."}),
+                                 "LoRA, for a memory that trains lora (its consolidated LoRA grows by this per "
+                                 "concept)."}),
                 "replay_weight": ("FLOAT", {"default": defaults.replay_weight, "min": 0.0, "max": 100.0, "step": 0.1,
                                             "tooltip": "mu: weight of replaying earlier concepts' generated samples "
                                                        "(0: off)."}),
@@ -107,7 +118,8 @@ class ConceptKitMemoryLearn:
                                              "how far this concept may move the model's weights (lambda x "
                                              "||delta W||^2, as Lipschitz Finetune): higher keeps earlier concepts "
                                              "and the base model's prompts, lower learns the new concept more freely "
-                                             "(0: off)."}),
+                                             "(0: off). The default is chosen for a memory that trains full; for "
+                                             "lora, 1e-4."}),
                 "checkpoint_every": ("INT", {"default": defaults.checkpoint_every, "min": 0, "max": 100000,
                                              "tooltip": "Write a resumable checkpoint every N steps (0: only on "
                                                         "Cancel). Removed when the concept is learned."}),
@@ -182,9 +194,11 @@ class ConceptKitApplyMemory:
 
 
 class ConceptKitExportMemory:
-    DESCRIPTION = ("Exports a memory for other tools: its consolidated weights as one kohya LoRA (models/loras: "
-                   "Load LoRA, A1111) and every trigger as a textual-inversion embedding (models/embeddings: "
-                   "'embedding:NAME_trigger' in a prompt).")
+    DESCRIPTION = ("Exports a memory for other tools: its consolidated weights — one kohya LoRA (models/loras: Load "
+                   "LoRA, A1111) for a memory that trains lora; the tuned UNet with the triggers' embeddings in "
+                   "diffusers format (a folder in models/diffusers) for one that trains full or attention — and "
+                   "every trigger as a textual-inversion embedding (models/embeddings: 'embedding:NAME_trigger' in a "
+                   "prompt).")
     CATEGORY = f"{CATEGORY}/memory"
     RETURN_TYPES = ()
     OUTPUT_NODE = True
@@ -195,8 +209,8 @@ class ConceptKitExportMemory:
         return {"required": {
             "model": (CK_MODEL, {"tooltip": "The model the memory was made on (it names the layers)."}),
             "memory": (CK_MEMORY, {"tooltip": "The memory to export."}),
-            "name": ("STRING", {"default": "my_memory", "tooltip": "File name of the LoRA; the embeddings get "
-                                "NAME_<trigger>."}),
+            "name": ("STRING", {"default": "my_memory", "tooltip": "File name of the LoRA (or folder name of the "
+                                "diffusers export); the embeddings get NAME_<trigger>."}),
             "if_exists": IF_EXISTS,
         }}
 
@@ -206,7 +220,8 @@ class ConceptKitExportMemory:
 
     def export(self, model, memory, name, if_exists):
         memory.check_fits(model)
-        paths = export_memory(memory.current(), model, comfy.writable_folder("loras"),
+        weights = "loras" if memory.trains() == "lora" else "diffusers"
+        paths = export_memory(memory.current(), model, comfy.writable_folder(weights),
                               comfy.writable_folder("embeddings"), name, if_exists)
         for path in paths:
             comfy.written_file_result(path, "memory export")

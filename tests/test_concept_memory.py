@@ -1,5 +1,6 @@
 """Concept Memory (L2DM): concepts learned one after another into a crash-safe, versioned memory; the consolidated
-weights are one exact LoRA; kill -9, a second writer and bad input never lose or change what the memory held."""
+weights are the exact sum of the concepts' offsets (one joined LoRA for a LoRA memory); kill -9, a second writer
+and bad input never lose or change what the memory held."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ import pytest
 import torch
 
 from conceptkit import NODE_CLASS_MAPPINGS
-from conceptkit.core.concepts import Concept, Trigger, apply_concept
+from conceptkit.core.concepts import Concept, Trigger, apply_concept, load_concept
 from conceptkit.core.errors import ConceptKitError, InputError
 from conceptkit.core.methods.concept_memory import (
+    LEARNING_RATES,
+    TRAINS,
     LearnSettings,
     MemoryBank,
     MemoryStore,
@@ -27,7 +30,7 @@ from conceptkit.core.methods.concept_memory import (
     learn,
     memory_model,
 )
-from conceptkit.core.methods.concept_memory.learning import bank_features, refresh_bank
+from conceptkit.core.methods.concept_memory.learning import bank_features, refresh_bank, without
 from conceptkit.core.model import EMBEDDED, load_model
 from conceptkit.core.model.image_features import backbone_for
 from conceptkit.core.model.patches import patches_in_effect
@@ -73,11 +76,17 @@ def test_each_learned_concept_is_a_new_version_holding_every_concept_so_far(two_
     assert set(state.bank.features) == {"<p0>", "<p1>"}
 
 
-def test_the_memory_applies_as_one_concept_with_both_triggers(world, two_concepts):
-    memory = apply_concept(world, two_concepts.current().concept)
-    with patches_in_effect(memory) as state:
+def test_the_memory_applies_as_one_concept_with_both_triggers_and_both_offsets(world, two_concepts):
+    concept = two_concepts.current().concept
+    first = load_concept(two_concepts.folder / "v0001" / "concept.safetensors")  # the memory of <p0> alone
+    name, offset = next((n, d) for n, d in concept.deltas().items() if n.endswith("attn2.to_k.weight"))
+    weight = world.unet.get_parameter(name.removeprefix("unet."))
+    base = weight.detach().clone()
+    assert not torch.allclose(offset, first.deltas()[name])  # learning <p1> moved the weights further
+    with patches_in_effect(apply_concept(world, concept)) as state:
         assert {row.trigger for row in state.tokens} >= {"<p0>", "<p1>"}
-        assert state.lora_hooks
+        assert torch.allclose(weight, base + offset)
+    assert torch.equal(weight, base)
 
 
 def test_two_concepts_of_one_class_are_told_apart_by_their_triggers(world, two_concepts):
@@ -151,7 +160,7 @@ def test_the_offset_bound_keeps_prompts_without_a_trigger_closer_to_the_base_mod
         store = MemoryStore.open_or_create(tmp_path / str(penalty), "bound", world)
         settings = replace(TINY, steps=10, offset_penalty=penalty)
         state = learn(store, world, images, "<b0>", "creature", settings, captions=captions)
-        offsets = [(up @ down).norm() ** 2 for down, up in state.concept.lora_modules().values()]
+        offsets = [offset.norm() ** 2 for offset in state.concept.deltas().values()]
         drawn = sample(memory_model(world, store, artist=False), prompts, seed=0, steps=8).images
         moved[penalty] = (float(sum(offsets)) ** 0.5, float((drawn - base).abs().mean()))
         assert store.learned_by("<b0>")["offset_penalty"] == penalty
@@ -175,6 +184,43 @@ def test_consolidation_joins_two_loras_exactly():
     assert torch.allclose(merged.lora_scale * up @ down, expected, atol=1e-5)
     assert [t.word for t in merged.triggers] == ["<a>", "<b>"]
     assert torch.equal(merged.embeddings(1)[0], new.embeddings(0)[0])
+
+
+def test_consolidation_sums_weight_offsets_and_takes_one_out_exactly():
+    g = torch.Generator().manual_seed(0)
+
+    def offset_concept(word):
+        tensors = {"delta.unet.a.weight": torch.randn(5, 6, generator=g),
+                   "embedding.0.te0": torch.randn(1, 8, generator=g)}
+        return Concept(word, "test", "world", "f", (Trigger(word, "creature"),), tensors)
+
+    concepts = [offset_concept(w) for w in ("<a>", "<b>", "<c>")]
+    merged = None
+    for concept in concepts:
+        merged = consolidate(merged, concept, "m")
+    assert torch.allclose(merged.deltas()["unet.a.weight"], sum(c.deltas()["unet.a.weight"] for c in concepts))
+    kept = without(merged, "<b>", [])
+    assert [t.word for t in kept.triggers] == ["<a>", "<c>"]
+    assert torch.equal(kept.embeddings(1)[0], concepts[2].embeddings(0)[0])
+    assert torch.equal(kept.deltas()["unet.a.weight"], consolidate(consolidate(None, concepts[0], "m"), concepts[2],
+                                                                   "m").deltas()["unet.a.weight"])
+    with pytest.raises(InputError, match="cannot join"):
+        lora = {"lora.unet.a.down": torch.ones(1, 6), "lora.unet.a.up": torch.ones(5, 1)}
+        consolidate(merged, Concept("<l>", "test", "world", "f", (Trigger("<l>", "creature"),), lora, 1, 1.0), "m")
+
+
+def test_a_memory_keeps_what_it_trains_and_one_made_before_trains_were_recorded_trains_lora(world, tmp_path):
+    MemoryStore.open_or_create(tmp_path, "small", world, "lora")
+    with pytest.raises(InputError, match="trains lora .*set trains to lora, or use a new memory name"):
+        MemoryStore.open_or_create(tmp_path, "small", world, "full")
+    with pytest.raises(InputError, match="trains 'everything' is not one of full, attention, lora"):
+        MemoryStore.open_or_create(tmp_path, "other", world, "everything")
+    manifest = tmp_path / "small" / "manifest.json"
+    info = json.loads(manifest.read_text())
+    del info["trains"]
+    manifest.write_text(json.dumps(info))
+    assert MemoryStore.open_or_create(tmp_path, "small", world, "lora").trains() == "lora"
+    assert set(LEARNING_RATES) == set(TRAINS)
 
 
 def test_kill_9_during_learning_leaves_the_previous_version_loadable_and_complete(world, tmp_path):
@@ -263,12 +309,13 @@ def test_the_artist_acts_only_on_prompts_that_name_the_memorys_concepts(world, t
     assert torch.isfinite(moved).all()
 
 
+@pytest.mark.parametrize("trains", ["full", "lora"])
 def test_the_memory_nodes_learn_in_sequence_apply_and_export_under_comfyuis_inference_mode(world, tmp_path,
-                                                                                           monkeypatch):
+                                                                                           monkeypatch, trains):
     monkeypatch.setenv("CONCEPTKIT_MODELS_DIR", str(tmp_path))
     nodes = {name: cls() for name, cls in NODE_CLASS_MAPPINGS.items()}
     with torch.inference_mode():
-        (memory,) = nodes["ConceptKitConceptMemory"].open(world, "pets")
+        (memory,) = nodes["ConceptKitConceptMemory"].open(world, "pets", trains)
         for k, index in enumerate((10, 11)):
             images, _ = subject(index)
             (memory,) = nodes["ConceptKitMemoryLearn"].learn(memory, world, images, f"<p{k}>", "creature", steps=3,
@@ -288,15 +335,30 @@ def test_the_memory_nodes_learn_in_sequence_apply_and_export_under_comfyuis_infe
     state = relearned.current()
     assert state.version == 3 and state.triggers == ["<p0>", "<p1>"] and (relearned.folder / "v0002").is_dir()
     assert [v["learned"] for v in relearned.manifest()["versions"]] == ["<p0>", "<p1>", "<p1>"]
-    assert state.concept.lora_rank == version_2.lora_rank and sorted(state.bank.features) == ["<p0>", "<p1>"]
-    rank = LearnSettings().rank  # <p0>'s slice of the joined LoRA and its vector are kept exactly; <p1>'s are new
-    for module, (down, _up) in version_2.lora_modules().items():
-        assert torch.equal(state.concept.lora_modules()[module][0][:rank], down[:rank])
-        assert not torch.equal(state.concept.lora_modules()[module][0][rank:], down[rank:])
+    assert sorted(state.bank.features) == ["<p0>", "<p1>"]
+    # <p0>'s offset and vector are kept exactly; <p1>'s are new
+    if trains == "lora":
+        assert state.concept.lora_rank == version_2.lora_rank
+        rank = LearnSettings().rank
+        for module, (down, _up) in version_2.lora_modules().items():
+            assert torch.equal(state.concept.lora_modules()[module][0][:rank], down[:rank])
+            assert not torch.equal(state.concept.lora_modules()[module][0][rank:], down[rank:])
+    else:
+        own = state.concept.group("memory")
+        for key, offset in version_2.group("memory").items():
+            assert torch.equal(own[key], offset) == key.startswith("0.")
     assert torch.equal(state.concept.embeddings(0)[0], version_2.embeddings(0)[0])
     assert images.shape == (1, 64, 64, 3) and torch.isfinite(images).all()
-    assert [Path(p).name for p in written] == ["pets.safetensors", "pets_p0.safetensors", "pets_p1.safetensors"]
-    assert Path(written[0]).parent.name == "loras" and Path(written[1]).parent.name == "embeddings"
+    assert [Path(p).name for p in written] == ["pets" + (".safetensors" if trains == "lora" else ""),
+                                               "pets_p0.safetensors", "pets_p1.safetensors"]
+    assert Path(written[0]).parent.name == ("loras" if trains == "lora" else "diffusers")
+    assert Path(written[1]).parent.name == "embeddings"
+    if trains == "full":  # the tuned UNet loads in diffusers and draws what the memory draws
+        from diffusers import UNet2DConditionModel
+        unet = UNet2DConditionModel.from_pretrained(Path(written[0]) / "unet")
+        name, offset = next(iter(state.concept.deltas().items()))
+        tuned = unet.get_parameter(name.removeprefix("unet."))
+        assert torch.allclose(tuned, world.unet.get_parameter(name.removeprefix("unet.")) + offset, atol=1e-6)
     assert not list((tmp_path / "conceptkit" / "checkpoints").glob("*/step_*"))
 
 

@@ -39,10 +39,11 @@ def memory_model(model: Model, memory: MemoryStore | MemoryState, *, strength: f
     return add_patch(applied, ArtistPatch(concepts, active_share, step_size))
 
 
-def export_memory(memory: MemoryState, model: Model, lora_folder, embedding_folder, name: str,
+def export_memory(memory: MemoryState, model: Model, weights_folder, embedding_folder, name: str,
                   if_exists: str = "counter") -> list:
-    """The consolidated weights as one kohya LoRA (NAME.safetensors) and every trigger as an embedding
-    (NAME_<trigger>.safetensors); returns the paths written."""
+    """The consolidated weights — one kohya LoRA (NAME.safetensors) for a LoRA memory, the tuned UNet in
+    diffusers format (folder NAME, with every trigger's embedding) for a memory of weight offsets — and every
+    trigger as an embedding (NAME_<trigger>.safetensors); returns the paths written."""
     import re
     from dataclasses import replace
 
@@ -52,7 +53,8 @@ def export_memory(memory: MemoryState, model: Model, lora_folder, embedding_fold
     if memory.concept is None:
         raise InputError("the memory holds no concept yet; learn one with Memory Learn first.")
     concept = memory.concept
-    written = [export_concept(concept, model, "kohya_lora", lora_folder, name, if_exists)]
+    weights = "kohya_lora" if concept.kind == "lora" else "diffusers"
+    written = [export_concept(concept, model, weights, weights_folder, name, if_exists)]
     for k, trigger in enumerate(concept.triggers):
         vectors = {f"embedding.0.te{i}": v for i, v in enumerate(concept.embeddings(k))}
         alone = replace(concept, triggers=(trigger,), tensors=vectors, lora_rank=0, lora_alpha=0.0)

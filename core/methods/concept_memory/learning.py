@@ -10,13 +10,19 @@ frozen), with two loss terms beside the denoising loss on the new images:
   (our reading: concepts that look like the new one are the ones it would overwrite, so they weigh more).
 Both terms are taken on the same noised bank samples, riding the new images' UNet pass (`Rehearsal`).
 A bound on each task's weight offset is added (ours, not the paper's): the parameter-offset penalty
-offset_penalty * ||delta W||^2 on the new LoRA, from the first concept on. Without it each task moved the whole
-model (drift grew task by task and every concept with it); with it the memory keeps its concepts and the base
-model's prompts (README: the memory bench with and without it). Its default, 1e-4, was chosen on five
-calibration creatures no bench uses (30-34): forgetting 0.041 against 0.164 at 3e-5, their likeness after all
-five tasks 0.55 against 0.42 (METHODS).
-The new LoRA is then consolidated into the memory's: LoRA deltas add, so the two are joined along the rank
-(down = [d_old; d_new], up = [u_old, u_new] with each one's scale folded into its up) — exact, one LoRA.
+offset_penalty * ||delta W||^2 on the new offset, from the first concept on. Without it each task moved the
+whole model (drift grew task by task and every concept with it); with it the memory keeps its concepts and the
+base model's prompts (README: the memory bench with and without it). Its default, 3e-4, was chosen for UNet
+tasks on five calibration creatures no bench uses (30-34; `conceptkit bench memory_penalty`, docs/methods.md).
+What a task fine-tunes is the memory's choice, made when it is created (`MemoryStore.trains`): every UNet weight
+(the default), the attention weights, or a LoRA. The new offset is then consolidated into the memory's: offsets
+add, so a memory of weight offsets holds their sum (what applying it changes) and each concept's own (to take one
+out again), and a LoRA memory joins the LoRAs along the rank (down = [d_old; d_new], up = [u_old, u_new] with
+each one's scale folded into its up) — exact, one LoRA. The full UNet is the default because it is what keeps two
+concepts apart in one picture: on the memory bench (docs/benchmarks.md) the share of pair halves drawn more like
+the other creature is 0.23 with UNet tasks, 0.36 with LoRA tasks, 0.46 for LoRAs trained apart and merged. Its
+cost is the size: each concept's offset is as large as the UNet (6 MB on the embedded model, 3.4 GB on SD1.5 in
+float32: choose 'lora' there).
 Old training images are not kept: at every task new samples are drawn for every concept's prompts and
 compete with the ones the bank holds (bank.py).
 """
@@ -57,18 +63,20 @@ BANK_TEMPLATES = ("a {trigger} {class}", "a {trigger} {class} on the left", "a {
                   "a {trigger} {class} at the top", "a {trigger} {class} at the bottom",
                   "a {trigger} {class}, red background", "a {trigger} {class}, blue striped background",
                   "a {trigger} {class}, yellow dotted background")
+LEARNING_RATES = {"full": 5e-5, "attention": 2e-4, "lora": 5e-3}  # the weights' AdamW rate, by what the memory trains
+TASK_OFFSETS = "memory"  # the concept group holding each concept's own offset in a memory of weight offsets
 
 
 @dataclass
 class LearnSettings:
     steps: int = 300
-    rank: int = 16
-    learning_rate: float = 5e-3
+    rank: int = 16  # a LoRA memory's rank per concept
+    learning_rate: float = 0.0  # 0: LEARNING_RATES for what the memory trains
     batch_size: int = 4
     rehearsal_batch: int = 2  # earlier concepts' bank samples per step, in the same pass as the new images
     replay_weight: float = 1.0  # mu
     distill_weight: float = 1.0
-    offset_penalty: float = 1e-4  # lambda of each task's ||delta W||^2 (0: off); chosen on calibration creatures
+    offset_penalty: float = 3e-4  # lambda of each task's ||delta W||^2 (0: off); chosen on calibration creatures
     beta: float = DEFAULT_BETA
     candidates: int = 8  # generated per concept at each task
     keep: int = 4  # kept per concept in the short-term memory
@@ -133,7 +141,10 @@ def bank_features(backbone: ImageBackbone, images: torch.Tensor) -> torch.Tensor
 
 
 def consolidate(old: Concept | None, new: Concept, name: str) -> Concept:
-    """The memory's concept with `new` added: its trigger vectors, and its LoRA joined to the old along the rank."""
+    """The memory's concept with `new` added: its trigger vectors, and its offset added to the memory's (a LoRA
+    joined to the old along the rank; weight offsets summed, each concept's own kept)."""
+    if old is not None and old.kind != new.kind:
+        raise InputError(f"a {new.kind} concept cannot join a memory of {old.kind} offsets.")
     tensors: dict[str, torch.Tensor] = {}
     old_triggers = old.triggers if old is not None else ()
     for k in range(len(old_triggers)):
@@ -141,6 +152,11 @@ def consolidate(old: Concept | None, new: Concept, name: str) -> Concept:
             tensors[f"embedding.{k}.te{i}"] = vector
     for i, vector in enumerate(new.embeddings(0)):
         tensors[f"embedding.{len(old_triggers)}.te{i}"] = vector
+    triggers = (*old_triggers, *new.triggers)
+    if new.kind == "delta":
+        own = [*_task_offsets(old), new.deltas()]
+        return Concept(name, METHOD, new.family, new.base_fingerprint, triggers, tensors | _offset_tensors(own),
+                       parameters={"concepts": len(triggers), "token_start": "rare"})
     parts = [c for c in (old, new) if c is not None and c.lora_modules()]
     modules = sorted({m for c in parts for m in c.lora_modules()})
     rank = 0
@@ -157,36 +173,68 @@ def consolidate(old: Concept | None, new: Concept, name: str) -> Concept:
         tensors[f"lora.{module}.up"] = torch.cat(ups, dim=1)
         rank = max(rank, sum(d.shape[0] for d in downs))
     ranks = [*(old.parameters.get("ranks", []) if old is not None else []), new.lora_rank]
-    return Concept(name, METHOD, new.family, new.base_fingerprint, (*old_triggers, *new.triggers), tensors,
-                   lora_rank=rank, lora_alpha=float(rank), parameters={"concepts": len(old_triggers) + 1,
+    return Concept(name, METHOD, new.family, new.base_fingerprint, triggers, tensors,
+                   lora_rank=rank, lora_alpha=float(rank), parameters={"concepts": len(triggers),
                                                                        "ranks": ranks, "token_start": "rare"})
 
 
+def _task_offsets(memory: Concept | None) -> list[dict[str, torch.Tensor]]:
+    """Each concept's own weight offset in a memory of offsets, in the memory's order."""
+    if memory is None:
+        return []
+    own: list[dict[str, torch.Tensor]] = [{} for _ in memory.triggers]
+    for key, offset in memory.group(TASK_OFFSETS).items():
+        index, _, parameter = key.partition(".")
+        own[int(index)][parameter] = offset
+    return own
+
+
+def _offset_tensors(own: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """A memory's offset tensors from each concept's own: their sum (summed in the memory's order, so the same
+    concepts always give the same weights) and each one under its index."""
+    total: dict[str, torch.Tensor] = {}
+    for offsets in own:
+        for parameter, offset in offsets.items():
+            total[parameter] = total[parameter] + offset.float() if parameter in total else offset.float().clone()
+    return {**{f"delta.{p}": t for p, t in total.items()},
+            **{f"group.{TASK_OFFSETS}.{k}.{p}": o for k, offsets in enumerate(own) for p, o in offsets.items()}}
+
+
 def without(memory: Concept, trigger: str, ranks: list[int]) -> Concept | None:
-    """The memory's concept without `trigger`: its vectors and its slice of the joined LoRA (`ranks`: each
-    trigger's rank, in the memory's order); None when it was the only one."""
+    """The memory's concept without `trigger`: its vectors and its offset (its slice of a joined LoRA: `ranks`,
+    each trigger's rank in the memory's order; its own offset in a memory of weight offsets); None when it was
+    the only one."""
     words = [t.word for t in memory.triggers]
     index = words.index(trigger)
     kept = [k for k in range(len(words)) if k != index]
     if not kept:
         return None
-    start, stop = sum(ranks[:index]), sum(ranks[:index + 1])
     tensors = {f"embedding.{new}.te{i}": vector for new, k in enumerate(kept)
                for i, vector in enumerate(memory.embeddings(k))}
+    triggers = tuple(memory.triggers[k] for k in kept)
+    if memory.kind == "delta":
+        own = _task_offsets(memory)
+        return Concept(memory.name, METHOD, memory.family, memory.base_fingerprint, triggers,
+                       tensors | _offset_tensors([own[k] for k in kept]),
+                       parameters={"concepts": len(kept), "token_start": "rare"})
+    start, stop = sum(ranks[:index]), sum(ranks[:index + 1])
     for module, (down, up) in memory.lora_modules().items():  # alpha = rank: the joined LoRA's scale is 1
         tensors[f"lora.{module}.down"] = torch.cat([down[:start], down[stop:]])
         tensors[f"lora.{module}.up"] = torch.cat([up[:, :start], up[:, stop:]], dim=1)
     rank = sum(ranks) - ranks[index]
-    return Concept(memory.name, METHOD, memory.family, memory.base_fingerprint,
-                   tuple(memory.triggers[k] for k in kept), tensors, lora_rank=rank, lora_alpha=float(rank),
-                   parameters={"concepts": len(kept), "ranks": [r for k, r in enumerate(ranks) if k != index]})
+    return Concept(memory.name, METHOD, memory.family, memory.base_fingerprint, triggers, tensors,
+                   lora_rank=rank, lora_alpha=float(rank),
+                   parameters={"concepts": len(kept), "ranks": [r for k, r in enumerate(ranks) if k != index],
+                               "token_start": "rare"})
 
 
 def _forgotten(store: MemoryStore, state: MemoryState, trigger: str) -> MemoryState:
     """The memory as if `trigger` had never been learned (to learn it again as a new version; the versions on
-    disk stay as they are). A memory made before concepts recorded their ranks reads them from its versions."""
-    ranks = state.concept.parameters.get("ranks") or [int(store.learned_by(t.word)["rank"])
-                                                      for t in state.concept.triggers]
+    disk stay as they are). A LoRA memory made before concepts recorded their ranks reads them from its versions."""
+    ranks = []
+    if state.concept.kind == "lora":
+        ranks = state.concept.parameters.get("ranks") or [int(store.learned_by(t.word)["rank"])
+                                                          for t in state.concept.triggers]
     return replace(state, concept=without(state.concept, trigger, ranks), bank=state.bank.without(trigger))
 
 
@@ -226,9 +274,10 @@ def learn(store: MemoryStore, model: Model, images, trigger: str, class_word: st
         terms = _loss_terms(bank, new_features, settings)
         # the trigger's own vector, distinct from the start and trained: two concepts of one class must not read
         # alike (with the class word's vector untrained, "a <a> dog" and "a <b> dog" encode the same)
-        config = TrainConfig(trigger=trigger, class_word=class_word, captions=captions, trainable="lora",
+        trains = store.trains()
+        config = TrainConfig(trigger=trigger, class_word=class_word, captions=captions, trainable=trains,
                              token_init="rare", train_token=True, rank=settings.rank, steps=settings.steps,
-                             learning_rate=settings.learning_rate,
+                             learning_rate=settings.learning_rate or LEARNING_RATES[trains],
                              batch_size=settings.batch_size, seed=settings.seed,
                              checkpoint_every=settings.checkpoint_every, method=METHOD,
                              parameters={**{k: v for k, v in asdict(settings).items()

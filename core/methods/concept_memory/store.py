@@ -1,7 +1,8 @@
 """A memory store: one folder per memory, written so that a crash never loses what it held (METHODS.md §5).
 
-    NAME/manifest.json      format version, the base model (family, fingerprint), the current version, and
-                            every version with the concepts it holds (a new version per learned concept)
+    NAME/manifest.json      format version, the base model (family, fingerprint), what each concept trains
+                            (`trains`, fixed when the memory is made), the current version, and every version
+                            with the concepts it holds (a new version per learned concept)
     NAME/v0003/concept.safetensors   the consolidated weights and every concept's trigger vectors (one concept
                             file with several triggers: Apply Concept, exports and the patch service read it)
     NAME/v0003/bank.safetensors      the memory bank (bank.py)
@@ -33,6 +34,9 @@ LOCK = "lock"
 CONCEPT_FILE = "concept.safetensors"
 BANK_FILE = "bank.safetensors"
 LOCK_WAIT_SECONDS = 10.0  # a second writer waits this long for the first, then fails with the fix
+TRAINS = ("full", "attention", "lora")  # what each concept's task fine-tunes (the training service's kinds)
+DEFAULT_TRAINS = "full"
+EARLIER_TRAINS = "lora"  # what a memory made before `trains` was recorded learned with
 
 
 @dataclass
@@ -86,6 +90,8 @@ class MemoryStore:
             numbers = [int(v["version"]) for v in info["versions"]]  # every entry read now, not at the commit
             if any(not isinstance(v.get("concepts", []), list) for v in info["versions"]):
                 raise ValueError("a version's concepts are not a list")
+            if info.get("trains", EARLIER_TRAINS) not in TRAINS:
+                raise ValueError(f"it trains {info['trains']!r}, not one of {', '.join(TRAINS)}")
             if int(info["current"]) not in [0, *numbers]:
                 raise ValueError(f"its current version {info['current']} is not one of its versions")
             return info
@@ -102,6 +108,10 @@ class MemoryStore:
             raise InputError(f"memory '{self.name}' was made on another model ({info['family']}, fingerprint "
                              f"{info['base_fingerprint']}; this one is {model.family}, {model.fingerprint()}): its "
                              "concepts only fit that model. Load that model, or use a new memory name for this one.")
+
+    def trains(self) -> str:
+        """What each of the memory's concepts fine-tunes: 'full' (every UNet weight), 'attention' or 'lora'."""
+        return self.manifest().get("trains", EARLIER_TRAINS)
 
     def current(self) -> MemoryState:
         info = self.manifest()
@@ -131,16 +141,24 @@ class MemoryStore:
         return cls(Path(root) / safe_file_name(name, "memory name"))
 
     @classmethod
-    def open_or_create(cls, root: Path, name: str, model: Model) -> MemoryStore:
-        """The memory `name` under `root`; a new, empty one (version 0, made for `model`) if there is none."""
+    def open_or_create(cls, root: Path, name: str, model: Model, trains: str = DEFAULT_TRAINS) -> MemoryStore:
+        """The memory `name` under `root`; a new, empty one (version 0, made for `model`, its concepts training
+        `trains`) if there is none. An existing memory keeps what it trains: asking for another is an error."""
+        if trains not in TRAINS:
+            raise InputError(f"trains '{trains}' is not one of {', '.join(TRAINS)}.")
         store = cls.named(root, name)
         if not (store.folder / MANIFEST).exists():
             make_folder(store.folder)
             with store.writer():
                 if not (store.folder / MANIFEST).exists():
                     store._write_manifest({"format_version": FORMAT_VERSION, "family": model.family,
-                                           "base_fingerprint": model.fingerprint(), "current": 0, "versions": []})
+                                           "base_fingerprint": model.fingerprint(), "trains": trains, "current": 0,
+                                           "versions": []})
         store.check_fits(model)
+        if store.trains() != trains:
+            raise InputError(f"memory '{store.name}' trains {store.trains()} (chosen when it was made; its concepts "
+                             f"are kept as {store.trains()} offsets); set trains to {store.trains()}, or use a new "
+                             "memory name.")
         return store
 
     @contextlib.contextmanager
