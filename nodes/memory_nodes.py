@@ -141,7 +141,7 @@ class ConceptKitMemoryLearn:
                                  distill_weight=distill_weight, offset_penalty=offset_penalty, seed=seed,
                                  checkpoint_every=checkpoint_every)
         lines = caption_lines(captions) or None
-        folder = comfy.run_folder(images, _Identity(memory.name, trigger.strip(), class_word.strip(), lines, settings),
+        folder = comfy.run_folder(images, _Identity(memory, trigger.strip(), class_word.strip(), lines, settings),
                                   model)
         backbone = None if clip_vision is None else comfy_backbone(clip_vision)
         learn(memory, model, images, trigger, class_word, settings, captions=lines, clip_vision=backbone,
@@ -155,8 +155,9 @@ class ConceptKitMemoryLearn:
 class _Identity:
     """What makes one learning the same as another (its checkpoint folder and its record in the memory)."""
 
-    def __init__(self, memory: str, trigger: str, class_word: str, captions, settings: LearnSettings):
-        self.values = (memory, trigger, class_word, captions, settings.signature())
+    def __init__(self, memory: MemoryStore, trigger: str, class_word: str, captions, settings: LearnSettings):
+        # what the memory trains too: a memory made again under its name with other weights is another learning
+        self.values = (memory.name, memory.trains(), trigger, class_word, captions, settings.signature())
 
     def signature(self) -> str:
         return repr(self.values)

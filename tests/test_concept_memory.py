@@ -362,6 +362,20 @@ def test_the_memory_nodes_learn_in_sequence_apply_and_export_under_comfyuis_infe
     assert not list((tmp_path / "conceptkit" / "checkpoints").glob("*/step_*"))
 
 
+def test_a_memory_made_again_under_its_name_with_other_weights_learns_its_concepts_again(world, tmp_path,
+                                                                                          monkeypatch):
+    monkeypatch.setenv("CONCEPTKIT_MODELS_DIR", str(tmp_path))
+    nodes = {name: cls() for name, cls in NODE_CLASS_MAPPINGS.items()}
+    images, _ = subject(10)
+    kinds = []
+    for trains in ("full", "lora"):
+        (memory,) = nodes["ConceptKitConceptMemory"].open(world, "pets", trains)
+        (memory,) = nodes["ConceptKitMemoryLearn"].learn(memory, world, images, "<p0>", "creature", steps=2, seed=0)
+        kinds.append(memory.current().concept.kind)
+        shutil.rmtree(memory.folder)  # the user deletes the memory and makes it again, queueing the same learning
+    assert kinds == ["delta", "lora"]
+
+
 def test_comfyui_opens_the_memory_again_when_it_changed_on_disk(world, tmp_path, monkeypatch):
     monkeypatch.setenv("CONCEPTKIT_MODELS_DIR", str(tmp_path))
     node = NODE_CLASS_MAPPINGS["ConceptKitConceptMemory"]

@@ -287,7 +287,8 @@ def learn(store: MemoryStore, model: Model, images, trigger: str, class_word: st
         # and the learning queued again commits without training again (if the memory is still as it was)
         folder = RunFolder(Path(checkpoint_dir)) if checkpoint_dir is not None else None
         learned = kept_result(folder, settings.steps) if folder is not None else None
-        if learned is None or learned.concept.parameters.get("memory_version") != state.version:
+        if (learned is None or learned.concept.parameters.get("memory_version") != state.version
+                or learned.concept.parameters.get("trainable") != trains):
             learned = train_concept(before, images, config, terms, name=trigger.strip("<>") or "concept",
                                     checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel, preview=preview,
                                     on_finished=None if folder is None else lambda result: keep_result(folder, result))
