@@ -221,9 +221,7 @@ class ConceptKitExportMemory:
 
     def export(self, model, memory, name, if_exists):
         memory.check_fits(model)
-        weights = "loras" if memory.trains() == "lora" else "diffusers"
-        paths = export_memory(memory.current(), model, comfy.writable_folder(weights),
-                              comfy.writable_folder("embeddings"), name, if_exists)
+        paths = export_memory(memory.current(), model, comfy.writable_folder, name, if_exists)
         for path in paths:
             comfy.written_file_result(path, "memory export")
         return {"ui": {"text": [str(p) for p in paths]}}

@@ -3,7 +3,9 @@ attention artist for prompts that name them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ...concepts import apply_concept
 from ...model import Model, add_patch
@@ -39,11 +41,12 @@ def memory_model(model: Model, memory: MemoryStore | MemoryState, *, strength: f
     return add_patch(applied, ArtistPatch(concepts, active_share, step_size))
 
 
-def export_memory(memory: MemoryState, model: Model, weights_folder, embedding_folder, name: str,
+def export_memory(memory: MemoryState, model: Model, folder: Callable[[str], Path], name: str,
                   if_exists: str = "counter") -> list:
-    """The consolidated weights — one kohya LoRA (NAME.safetensors) for a LoRA memory, the tuned UNet in
-    diffusers format (folder NAME, with every trigger's embedding) for a memory of weight offsets — and every
-    trigger as an embedding (NAME_<trigger>.safetensors); returns the paths written."""
+    """The consolidated weights — one kohya LoRA (NAME.safetensors in folder("loras")) for a LoRA memory, the tuned
+    UNet in diffusers format (NAME in folder("diffusers"), with every trigger's embedding) for a memory of weight
+    offsets — and every trigger as an embedding (NAME_<trigger>.safetensors in folder("embeddings")); `folder`
+    gives the folder of a kind of model file, as ComfyUI names them. Returns the paths written."""
     import re
     from dataclasses import replace
 
@@ -53,11 +56,11 @@ def export_memory(memory: MemoryState, model: Model, weights_folder, embedding_f
     if memory.concept is None:
         raise InputError("the memory holds no concept yet; learn one with Memory Learn first.")
     concept = memory.concept
-    weights = "kohya_lora" if concept.kind == "lora" else "diffusers"
-    written = [export_concept(concept, model, weights, weights_folder, name, if_exists)]
+    fmt, kind = ("kohya_lora", "loras") if concept.kind == "lora" else ("diffusers", "diffusers")
+    written = [export_concept(concept, model, fmt, folder(kind), name, if_exists)]
     for k, trigger in enumerate(concept.triggers):
         vectors = {f"embedding.0.te{i}": v for i, v in enumerate(concept.embeddings(k))}
         alone = replace(concept, triggers=(trigger,), tensors=vectors, lora_rank=0, lora_alpha=0.0)
         word = re.sub(r"[^A-Za-z0-9_-]", "", trigger.word) or f"concept{k}"
-        written.append(export_concept(alone, model, "embedding", embedding_folder, f"{name}_{word}", if_exists))
+        written.append(export_concept(alone, model, "embedding", folder("embeddings"), f"{name}_{word}", if_exists))
     return written

@@ -155,10 +155,9 @@ class MemoryStore:
                                            "base_fingerprint": model.fingerprint(), "trains": trains, "current": 0,
                                            "versions": []})
         store.check_fits(model)
-        if store.trains() != trains:
-            raise InputError(f"memory '{store.name}' trains {store.trains()} (chosen when it was made; its concepts "
-                             f"are kept as {store.trains()} offsets); set trains to {store.trains()}, or use a new "
-                             "memory name.")
+        if (made_with := store.trains()) != trains:
+            raise InputError(f"memory '{store.name}' trains {made_with} (chosen when it was made; its concepts are "
+                             f"kept as {made_with} offsets); set trains to {made_with}, or use a new memory name.")
         return store
 
     @contextlib.contextmanager
