@@ -163,6 +163,29 @@ def test_tuning_changes_the_encoder_and_zero_steps_keeps_it(world, encoder, subj
     assert concept.parameters["tuning_steps"] == 2 and untuned.parameters["tuning_steps"] == 0
 
 
+@pytest.mark.parametrize("weights", ["offsets", "attention", "full"])
+def test_tuning_with_the_unets_weights_keeps_what_it_changed_as_the_concepts_offsets(world, encoder, subject_image,
+                                                                                    weights):
+    """What tuning trains beside the encoder: the concept holds every weight it changed (the offsets' q/k/v,
+    the attention projections, or every UNet weight) as one offset from the base; the model stays as it was, and
+    the concept draws the tuned model's pictures."""
+    before = {k: v.clone() for k, v in world.unet.state_dict().items()}
+    pixels = one_rgb_image(subject_image, world.default_size)
+    concept = tune_concept(world, encoder, world_backbone(world), pixels, "<c0>",
+                           TuneSettings(steps=2, batch_size=2, weights=weights, learning_rate=1e-3))
+    changed = {name.removeprefix("unet.") for name, delta in concept.deltas().items() if delta.abs().max() > 0}
+    projections = {n for n in before if n.endswith(("to_q.weight", "to_k.weight", "to_v.weight"))}
+    expected = {"offsets": projections, "attention": projections | {n for n in before if n.endswith("to_out.0.weight")},
+                "full": {n for n, v in world.unet.named_parameters()}}[weights]
+    assert changed == expected and concept.parameters["weights"] == weights
+    assert all(torch.equal(v, world.unet.state_dict()[k]) for k, v in before.items())
+    assert not any(m._forward_hooks for m in world.unet.modules())
+    images = sample(apply_concept(world, concept), "a <c0> on the left, red background", steps=2, seed=0).images
+    assert torch.isfinite(images).all()
+    with pytest.raises(InputError, match="weights 'unet' is not one of offsets, attention, full"):
+        tune_concept(world, encoder, world_backbone(world), pixels, "<c0>", TuneSettings(steps=1, weights="unet"))
+
+
 def test_tuning_honours_cancel_and_leaves_the_model_as_it_was(world, encoder, subject_image):
     before = {k: v.clone() for k, v in world.unet.state_dict().items()}
     pixels = one_rgb_image(subject_image, world.default_size)

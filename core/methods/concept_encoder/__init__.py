@@ -11,6 +11,7 @@ from .sampling import enter_encoder_concept
 from .training import (
     DEFAULT_TUNING_STEPS,
     PRETRAIN_TRIGGER,
+    TUNED_WEIGHTS,
     PretrainSettings,
     TuneSettings,
     pretrain_encoder,
@@ -18,5 +19,5 @@ from .training import (
 )
 
 __all__ = ["DEFAULT_TUNING_STEPS", "EMBEDDED_ENCODER", "GROUP", "PRETRAIN_TRIGGER", "PretrainSettings", "Pretrained",
-           "TuneSettings", "backbone_for", "enter_encoder_concept", "image_domain", "load_encoder", "one_rgb_image",
-           "pretrain_encoder", "save_encoder", "tune_concept", "world_domain"]
+           "TUNED_WEIGHTS", "TuneSettings", "backbone_for", "enter_encoder_concept", "image_domain", "load_encoder",
+           "one_rgb_image", "pretrain_encoder", "save_encoder", "tune_concept", "world_domain"]

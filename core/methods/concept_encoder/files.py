@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from ...errors import InputError, ModelLoadError
 from ...files import write_safetensors
-from ...model import Model, encode_prompts
+from ...model import Model, encode_prompts, patches_in_effect
 from ...model.image_features import ImageBackbone
 from ...model.loading import EMBEDDED_DIR
 from ...safetensors_io import check_finite, load_safetensors, read_safetensors_metadata
@@ -159,20 +159,35 @@ def load_encoder(path: Path, model: Model) -> Pretrained:
 
 # --- what a concept holds -------------------------------------------------------------------------------------
 
-def concept_group_tensors(model: Model, encoder: ConceptEncoder, offsets: AttentionOffsets,
-                          image_features: torch.Tensor, class_vectors: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    tensors = {f"delta.{name}": delta for name, delta in offsets.dense(model).items()}
+def concept_group_tensors(encoder: ConceptEncoder, deltas: dict[str, torch.Tensor], image_features: torch.Tensor,
+                          class_vectors: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A concept's tensors but its trigger's vector: the weight deltas (`unet.<module>.weight` -> offset), the
+    encoder, the image's features and the class word's vectors."""
+    tensors = {f"delta.{name}": delta.detach().clone() for name, delta in deltas.items()}
     tensors |= {f"group.{GROUP}.encoder.{k}": v.detach().clone() for k, v in encoder.state_dict().items()}
     tensors[f"group.{GROUP}.image_features"] = image_features.detach().float().cpu().clone()
     tensors |= {f"group.{GROUP}.class.te{i}": v.detach().float().cpu().clone() for i, v in enumerate(class_vectors)}
     return tensors
 
 
-def step_averaged_vectors(model: Model, encoder: ConceptEncoder, offsets: AttentionOffsets,
+@dataclass(frozen=True)
+class _WeightDeltas:
+    """The concept's weight deltas as a patch (in place, restored exactly), for reading e* as sampling will."""
+
+    deltas: dict
+    triggers: tuple[str, ...] = ()
+
+    def enter(self, model: Model, state) -> None:
+        for name, delta in self.deltas.items():
+            state.add_offset(name, delta, 1.0)
+
+
+def step_averaged_vectors(model: Model, encoder: ConceptEncoder, deltas: dict[str, torch.Tensor],
                           image_features: torch.Tensor, class_vectors: list[torch.Tensor],
                           image: torch.Tensor, steps: int = AVERAGE_STEPS) -> list[torch.Tensor]:
     """e* averaged over a sampling schedule's timesteps, with x_t the image's own latent noised to each (a fixed
-    seed): one plain vector per text encoder, what a textual-inversion export of the concept holds."""
+    seed) and the concept's weight deltas in effect: one plain vector per text encoder, what a textual-inversion
+    export of the concept holds."""
     from diffusers import DDIMScheduler
 
     scheduler = DDIMScheduler.from_config(model.scheduler_config)
@@ -184,12 +199,8 @@ def step_averaged_vectors(model: Model, encoder: ConceptEncoder, offsets: Attent
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0)).to(latents)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         empty = encode_prompts(model, [""] * len(timesteps))
-        handles = offsets.attach(model)
-        try:
+        with patches_in_effect(replace(model, patches=(_WeightDeltas(deltas),))):
             unet_features = empty_prompt_features(model, noisy, timesteps, empty)
-        finally:
-            for handle in handles:
-                handle.remove()
         features = image_features.to(model.device).expand(len(timesteps), *image_features.shape[1:])
         vectors = placeholder_vectors(encoder(features, unet_features), class_vectors, encoder.spec.scale)
     return [v.mean(0).float().cpu() for v in vectors]

@@ -44,6 +44,7 @@ from ...training import (
     token_and_weight_optimizer,
     training_mode,
 )
+from ...training.trainable import DeltaSet
 from .domain import world_domain
 from .encoder import (
     DEFAULT_ENCODER_WEIGHT,
@@ -61,20 +62,25 @@ PRETRAIN_TRIGGER = "<e4t-domain>"  # S*, the placeholder word of the domain capt
 
 
 class EncoderSet(TrainableSet):
-    """What E4T trains: the encoder and the attention offsets (the trigger's vector is computed, not learned)."""
+    """What E4T trains: the encoder and the attention offsets (the trigger's vector is computed, not learned), and
+    in per-concept tuning, where asked, the UNet's attention weights or all its weights (`TUNED_WEIGHTS`)."""
 
     kind = "e4t"
 
     def __init__(self, model: Model, token_init: list[torch.Tensor], encoder: ConceptEncoder,
-                 offsets: AttentionOffsets):
+                 offsets: AttentionOffsets, weights: str = "offsets"):
         super().__init__(model, token_init, train_token=False, train_text_encoder=False)
+        if weights not in TUNED_WEIGHTS:
+            raise InputError(f"weights '{weights}' is not one of {', '.join(TUNED_WEIGHTS)}.")
         self.encoder, self.attention = encoder.train(), offsets
         for p in [*encoder.parameters(), *offsets.parameters()]:
             p.requires_grad_(True)
+        self.unet = DeltaSet(model, token_init, False, False, weights) if weights != "offsets" else None
         self._handles = offsets.attach(model)
 
     def weight_parameters(self):
-        return [*self.encoder.parameters(), *self.attention.parameters()]
+        return [*self.encoder.parameters(), *self.attention.parameters(),
+                *(self.unet.weight_parameters() if self.unet else [])]
 
     def modules(self):
         return [self.encoder, self.attention]
@@ -82,16 +88,30 @@ class EncoderSet(TrainableSet):
     def state(self):
         named = {f"encoder.{n}": p for n, p in self.encoder.named_parameters()}
         named |= {f"offsets.{n}": p for n, p in self.attention.named_parameters()}
+        named |= {f"delta.{n}": p for n, p in (self.unet.params.items() if self.unet else ())}
         return {**super().state(), **named}
 
     def concept_tensors(self):
         return {}  # the caller builds the concept (it needs the image's features), see tune_concept
 
+    def tuned_deltas(self) -> dict[str, torch.Tensor]:
+        """'unet.<module>.weight' -> what the run changed in that weight, as one offset from the base: the tuned
+        weight times (1 + the offsets), minus the base. Call it while the tuned weights are in place."""
+        deltas = self.attention.dense(self.model)
+        for name, p in (self.unet.params.items() if self.unet else ()):
+            changed = p.detach() - self.unet.base[name]
+            deltas[name] = deltas[name] + changed if name in deltas else changed.clone()
+        return deltas
+
     @contextmanager
     def disabled(self):
         self.attention.enabled = False
         try:
-            yield
+            if self.unet:
+                with self.unet.disabled():
+                    yield
+            else:
+                yield
         finally:
             self.attention.enabled = True
 
@@ -99,6 +119,8 @@ class EncoderSet(TrainableSet):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self.unet:
+            self.unet.restore()
 
 
 @dataclass
@@ -206,7 +228,10 @@ def pretrain_encoder(model: Model, backbone: ImageBackbone, pretrained: Pretrain
     return so_far(settings.steps), outcome
 
 
-DEFAULT_TUNING_STEPS = 5  # the paper's 5-15 steps at batch 16, its low end (the time a concept takes)
+DEFAULT_TUNING_STEPS = 15  # the paper's 5-15 steps at batch 16, its high end (encoder bench: likeness 0.54; 0.41 at 5)
+# what per-concept tuning trains beside the encoder: the attention offsets alone, or with the UNet's attention
+# weights, or with all its weights (METHODS.md: the UNet's attention weights optionally)
+TUNED_WEIGHTS = ("offsets", "attention", "full")
 
 
 @dataclass
@@ -216,13 +241,17 @@ class TuneSettings:
     learning_rate: float = 1e-4
     seed: int = 0
     encoder_weight: float = WORLD_ENCODER_WEIGHT
+    weights: str = "full"  # one of TUNED_WEIGHTS
 
 
 def tune_concept(model: Model, pretrained: Pretrained, backbone: ImageBackbone, image: torch.Tensor, trigger: str,
                  settings: TuneSettings, *, name: str = "concept", progress=None, cancel=None,
                  preview=None) -> Concept:
     """A concept from ONE image [1, 3, H, W] in -1..1 (the model's size): the pre-trained encoder and offsets
-    tuned for `settings.steps` steps on augmentations of it (0 steps: the encoder as pre-trained)."""
+    (and `settings.weights`) tuned for `settings.steps` steps on augmentations of it (0 steps: the encoder as
+    pre-trained)."""
+    if settings.weights not in TUNED_WEIGHTS:
+        raise InputError(f"weights '{settings.weights}' is not one of {', '.join(TUNED_WEIGHTS)}.")
     pretrained.check_fits(model, backbone)
     if problem := trigger_problem(trigger.strip()):  # a word it can be (a new one, when tuning: below)
         raise InputError(problem)
@@ -231,25 +260,28 @@ def tune_concept(model: Model, pretrained: Pretrained, backbone: ImageBackbone, 
         encoder, offsets = copy.deepcopy(pretrained.encoder), copy.deepcopy(pretrained.offsets)
     class_word = pretrained.class_word
     vectors = class_vectors(model, class_word)
+    deltas = {}
     if settings.steps > 0:
         check_trigger(model, trigger)
         with training_mode(model):
             pixels = prepare_images(image.permute(0, 2, 3, 1).add(1).div(2), model.default_size)
             run = TrainingRun(
-                model, lambda m: EncoderSet(m, vectors, encoder, offsets),
+                model, lambda m: EncoderSet(m, vectors, encoder, offsets, settings.weights),
                 FewShotImages(pixels, [f"a {trigger}"], augment_scale=0.9),
                 RunSettings(settings.steps, name=name), StepSettings(settings.batch_size, settings.seed),
                 optimizer=lambda t: token_and_weight_optimizer(t, settings.learning_rate, settings.learning_rate),
                 objective=EncoderObjective(encoder=encoder, backbone=backbone, class_vectors=vectors,
                                            image_features=features, weight=settings.encoder_weight),
                 token=trigger, hooks=RunHooks(progress=progress, cancel=cancel, preview=preview))
-            run.train(lambda trainable, outcome: outcome)
+            run.train(lambda trainable, outcome: deltas.update(trainable.tuned_deltas()))
     encoder.eval()
-    tensors = concept_group_tensors(model, encoder, offsets, features, vectors)
-    averaged = step_averaged_vectors(model, encoder, offsets, features, vectors, image)
+    deltas = deltas or offsets.dense(model)
+    tensors = concept_group_tensors(encoder, deltas, features, vectors)
+    averaged = step_averaged_vectors(model, encoder, deltas, features, vectors, image)
     tensors |= {f"embedding.0.te{i}": v[None].detach().clone() for i, v in enumerate(averaged)}
     return Concept(name=name, method="e4t", family=model.family, base_fingerprint=model.fingerprint(),
                    triggers=(Trigger(trigger, class_word),), tensors=tensors,
                    parameters={"tuning_steps": settings.steps, "batch_size": settings.batch_size,
                                "learning_rate": settings.learning_rate, "seed": settings.seed,
-                               "encoder_steps": pretrained.steps, GROUP: pretrained.description()})
+                               "weights": settings.weights, "encoder_steps": pretrained.steps,
+                               GROUP: pretrained.description()})
