@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,8 +70,6 @@ class EncoderSet(TrainableSet):
     def __init__(self, model: Model, token_init: list[torch.Tensor], encoder: ConceptEncoder,
                  offsets: AttentionOffsets, weights: str = "offsets"):
         super().__init__(model, token_init, train_token=False, train_text_encoder=False)
-        if weights not in TUNED_WEIGHTS:
-            raise InputError(f"weights '{weights}' is not one of {', '.join(TUNED_WEIGHTS)}.")
         self.encoder, self.attention = encoder.train(), offsets
         for p in [*encoder.parameters(), *offsets.parameters()]:
             p.requires_grad_(True)
@@ -107,10 +105,7 @@ class EncoderSet(TrainableSet):
     def disabled(self):
         self.attention.enabled = False
         try:
-            if self.unet:
-                with self.unet.disabled():
-                    yield
-            else:
+            with self.unet.disabled() if self.unet else nullcontext():
                 yield
         finally:
             self.attention.enabled = True
