@@ -34,9 +34,9 @@ DEPENDENCE_BATCHES, DEPENDENCE_BATCH = 8, 16
 DEPENDENCE_SEED = 7  # held-out batches of the encoder's domain: a seed its pre-training (seed 0) does not draw
 
 
-def encoder_concept(model, image, token: str, steps: int, seed: int, encoder_off: bool = False):
-    """An E4T concept of one render (uint8 [H, W, 3]) with the shipped creature encoder (`encoder_off`: its output
-    scaled by 0, so e* is the class word's vector and only the weight offsets learn)."""
+def encoder_concept(model, image, token: str, steps: int, seed: int, encoder_off: bool = False, caption: str = ""):
+    """An E4T concept of one render (uint8 [H, W, 3]) with the shipped creature encoder, tuned on the render's
+    caption (`encoder_off`: its output scaled by 0, so e* is the class word's vector and only the weights learn)."""
     import dataclasses
 
     from ..core.methods.concept_encoder import (
@@ -52,7 +52,7 @@ def encoder_concept(model, image, token: str, steps: int, seed: int, encoder_off
     if encoder_off:
         pretrained.encoder.spec = dataclasses.replace(pretrained.encoder.spec, scale=0.0)
     return tune_concept(model, pretrained, world_backbone(model), one_rgb_image(image, model.default_size), token,
-                        TuneSettings(steps=steps, seed=seed))
+                        TuneSettings(steps=steps, seed=seed, caption=caption))
 
 
 def run_one(method: str, images_count: int, steps: int | None, model_source, quick: bool, seed: int,
@@ -81,7 +81,8 @@ def run_one(method: str, images_count: int, steps: int | None, model_source, qui
         token = f"<s{subject}>"
         with measure_cost(model.device) as cost:
             if e4t:
-                concept = encoder_concept(model, renders[0], token, steps, seed, method == "e4t_encoder_off")
+                concept = encoder_concept(model, renders[0], token, steps, seed, method == "e4t_encoder_off",
+                                          captions[0])
             else:
                 if method in SETTINGS:
                     settings, batch = SETTINGS[method], BATCH

@@ -24,7 +24,7 @@ from ..core.methods.concept_encoder import (
 )
 from ..core.model import CLIP_BACKBONE, ImageBackbone
 from ..core.recipes import TrainingPreview
-from ..core.training import DEFAULT_PREVIEW_SHARE, Stream, settings_signature
+from ..core.training import DEFAULT_PREVIEW_SHARE, Stream, caption_lines, settings_signature
 from . import comfy_adapter as comfy
 from .sockets import CATEGORY, CK_CONCEPT, CK_ENCODER, CK_MODEL, IF_EXISTS, MAX_SEED, PREVIEW_SHARE, TRAINING_SEED
 
@@ -104,15 +104,21 @@ class ConceptKitConceptEncoder:
                                  "3.4 GB on SD1.5 in float32, so choose attention there); attention: the "
                                  "attention weights; offsets: only the encoder's attention offsets (the "
                                  "smallest concept)."}),
+                "caption": ("STRING", {"default": "", "multiline": True, "tooltip": "What the image shows, "
+                            "{trigger} where the subject is: 'a {trigger} on the left, blue background' (World "
+                            "Subject's captions fit). Tuning then learns the subject, not the scene around it "
+                            "(uncropped). Empty: 'a {trigger}' on random crops."}),
             },
         }
 
-    def encode(self, model, encoder, image, trigger, tuning_steps, seed, clip_vision=None, tune_weights="full"):
+    def encode(self, model, encoder, image, trigger, tuning_steps, seed, clip_vision=None, tune_weights="full",
+               caption=""):
         pretrained = encoder.for_model(model)
         backbone = backbone_for(model, None if clip_vision is None else comfy_backbone(clip_vision))
         pixels = one_rgb_image(image, model.default_size)
         trigger = trigger.strip()
-        settings = TuneSettings(steps=tuning_steps, seed=seed, weights=tune_weights)
+        settings = TuneSettings(steps=tuning_steps, seed=seed, weights=tune_weights,
+                                caption=caption_lines(caption)[0] if caption_lines(caption) else "")
         concept = tune_concept(model, pretrained, backbone, pixels, trigger, settings,
                                name=trigger.strip("<>") or "concept",
                                progress=comfy.Progress(max(tuning_steps, 1), "Concept Encoder"),

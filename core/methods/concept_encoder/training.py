@@ -239,6 +239,20 @@ class TuneSettings:
     seed: int = 0
     encoder_weight: float = WORLD_ENCODER_WEIGHT
     weights: str = "full"  # one of TUNED_WEIGHTS
+    # what the image shows, "{trigger}" where the subject is ("a {trigger} on the left, blue background"): the
+    # tuning caption, without crops (they would move what it says); empty: "a {trigger}" on random crops
+    caption: str = ""
+
+
+def tuning_images(pixels: torch.Tensor, trigger: str, caption: str) -> FewShotImages:
+    """The one image with its tuning caption: the given one (the trigger in the class word's place), uncropped, or
+    "a {trigger}" on random crops (it says no place for a crop to contradict)."""
+    if not caption.strip():
+        return FewShotImages(pixels, [f"a {trigger}"], augment_scale=0.9)
+    if "{trigger}" not in caption:
+        raise InputError(f"the caption '{caption}' does not say where the subject is; write {{trigger}} for it, e.g. "
+                         "'a {trigger} on the left, blue background'.")
+    return FewShotImages(pixels, [caption.strip().replace("{trigger}", trigger)])
 
 
 def tune_concept(model: Model, pretrained: Pretrained, backbone: ImageBackbone, image: torch.Tensor, trigger: str,
@@ -264,7 +278,7 @@ def tune_concept(model: Model, pretrained: Pretrained, backbone: ImageBackbone, 
             pixels = prepare_images(image.permute(0, 2, 3, 1).add(1).div(2), model.default_size)
             run = TrainingRun(
                 model, lambda m: EncoderSet(m, vectors, encoder, offsets, settings.weights),
-                FewShotImages(pixels, [f"a {trigger}"], augment_scale=0.9),
+                tuning_images(pixels, trigger, settings.caption),
                 RunSettings(settings.steps, name=name), StepSettings(settings.batch_size, settings.seed),
                 optimizer=lambda t: token_and_weight_optimizer(t, settings.learning_rate, settings.learning_rate),
                 objective=EncoderObjective(encoder=encoder, backbone=backbone, class_vectors=vectors,
@@ -280,5 +294,6 @@ def tune_concept(model: Model, pretrained: Pretrained, backbone: ImageBackbone, 
                    triggers=(Trigger(trigger, class_word),), tensors=tensors,
                    parameters={"tuning_steps": settings.steps, "batch_size": settings.batch_size,
                                "learning_rate": settings.learning_rate, "seed": settings.seed,
-                               "weights": settings.weights, "encoder_steps": pretrained.steps,
+                               "weights": settings.weights, "caption": settings.caption,
+                               "encoder_steps": pretrained.steps,
                                GROUP: pretrained.description()})
