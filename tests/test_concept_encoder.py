@@ -3,6 +3,7 @@ step, the concept file and its exports, and the bad inputs the issue names."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -184,6 +185,21 @@ def test_tuning_with_the_unets_weights_keeps_what_it_changed_as_the_concepts_off
     assert torch.isfinite(images).all()
     with pytest.raises(InputError, match="weights 'unet' is not one of offsets, attention, full"):
         tune_concept(world, encoder, world_backbone(world), pixels, "<c0>", TuneSettings(steps=1, weights="unet"))
+
+
+def test_tuning_on_the_images_own_caption_learns_another_concept_and_a_caption_without_the_subject_is_refused(
+        world, encoder, subject_image):
+    pixels = one_rgb_image(subject_image, world.default_size)
+    settings = TuneSettings(steps=1, batch_size=2, weights="offsets")
+    plain = tune_concept(world, encoder, world_backbone(world), pixels, "<c0>", settings)
+    caption = "a {trigger} on the left, red background"
+    captioned = tune_concept(world, encoder, world_backbone(world), pixels, "<c0>",
+                             dataclasses.replace(settings, caption=caption))
+    assert captioned.parameters["caption"] == caption and plain.parameters["caption"] == ""
+    assert not torch.equal(captioned.embeddings(0)[0], plain.embeddings(0)[0])
+    with pytest.raises(InputError, match="does not say where the subject is; write \\{trigger\\}"):
+        tune_concept(world, encoder, world_backbone(world), pixels, "<c0>",
+                     dataclasses.replace(settings, caption="a creature on the left"))
 
 
 def test_tuning_honours_cancel_and_leaves_the_model_as_it_was(world, encoder, subject_image):
