@@ -117,8 +117,8 @@ class ConceptKitConceptEncoder:
         backbone = backbone_for(model, None if clip_vision is None else comfy_backbone(clip_vision))
         pixels = one_rgb_image(image, model.default_size)
         trigger = trigger.strip()
-        settings = TuneSettings(steps=tuning_steps, seed=seed, weights=tune_weights,
-                                caption=caption_lines(caption)[0] if caption_lines(caption) else "")
+        lines = caption_lines(caption)
+        settings = TuneSettings(steps=tuning_steps, seed=seed, weights=tune_weights, caption=lines[0] if lines else "")
         concept = tune_concept(model, pretrained, backbone, pixels, trigger, settings,
                                name=trigger.strip("<>") or "concept",
                                progress=comfy.Progress(max(tuning_steps, 1), "Concept Encoder"),
