@@ -288,6 +288,29 @@ def test_prior_preservation_puts_class_images_in_the_instance_pass_and_minimizes
     assert without.losses[0] != pytest.approx(shared.losses[0], rel=1e-2)  # the class images' loss is in it
 
 
+def test_a_few_images_are_encoded_once_per_run_with_the_loss_encoding_every_batch_gave(world, subject_images,
+                                                                                      monkeypatch):
+    """Unaugmented, every batch draws from the same images: their latents are encoded once, not at every step (a
+    fifth of a step's time here), and the run learns what it did when each batch was encoded; crops change the
+    images at every step, so then each batch is encoded."""
+    from conceptkit.core.training import FewShotImages
+
+    encodes = []
+    encode = world.vae.encode
+    monkeypatch.setattr(world.vae, "encode", lambda x, *a, **k: encodes.append(len(x)) or encode(x, *a, **k))
+    once = train_concept(world, subject_images, config(steps=4))
+    assert encodes == [len(subject_images)]
+    encodes.clear()
+    train_concept(world, subject_images, config(steps=4, augment_scale=0.9, captions=["a {trigger} {class}"] * 3))
+    assert encodes == [2] * 4  # the batch size, at every step
+    drawn = FewShotImages.batch
+    monkeypatch.setattr(FewShotImages, "batch", lambda *a: dataclasses.replace(drawn(*a), posterior=None))
+    every_batch = train_concept(world, subject_images, config(steps=4))
+    assert once.losses == pytest.approx(every_batch.losses, rel=1e-5)
+    assert all(torch.allclose(once.concept.tensors[k], every_batch.concept.tensors[k], atol=1e-6)
+               for k in once.concept.tensors)
+
+
 def test_textual_inversion_changes_only_the_trigger_vector(world, subject_images):
     concept = train_recipe(world, subject_images, config(steps=2), "textual_inversion").concept
     assert concept.kind == "embedding" and set(concept.tensors) == {"embedding.0.te0"}

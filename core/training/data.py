@@ -6,13 +6,13 @@ A data source gives the batch of a step from that step's generator, so a resumed
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
 from .images import augment
-from .objective import Batch
+from .objective import Batch, Posterior, encode_posterior
 
 
 class DataSource(Protocol):
@@ -28,6 +28,7 @@ class FewShotImages:
     captions: list[str]
     augment_scale: float = 1.0
     flip: bool = False
+    _encoded: tuple[object, Posterior] | None = field(default=None, repr=False)  # (the VAE, the images' latents)
 
     def __len__(self) -> int:
         return len(self.pixels)
@@ -35,9 +36,17 @@ class FewShotImages:
     def batch(self, step: int, batch_size: int, generator: torch.Generator) -> Batch:
         pick = torch.randint(0, len(self.pixels), (batch_size,), generator=generator)
         images = self.pixels[pick]
+        captions = [self.captions[i] for i in pick]
         if self.augment_scale < 1 or self.flip:
-            images = augment(images, generator, self.augment_scale, self.flip)
-        return Batch(images, [self.captions[i] for i in pick])
+            return Batch(augment(images, generator, self.augment_scale, self.flip), captions)
+        return Batch(images, captions, posterior=lambda model: self.posterior(model).select(pick))
+
+    def posterior(self, model) -> Posterior:
+        """The images' latent distribution under the model's VAE, encoded once: unaugmented, every batch draws
+        from the same images."""
+        if self._encoded is None or self._encoded[0] is not model.vae:
+            self._encoded = (model.vae, encode_posterior(model, self.pixels))
+        return self._encoded[1]
 
 
 @dataclass

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .objective import DenoisingObjective, Noised, Posterior, Rider, Run, encode_posterior, ride_alone
+from .data import FewShotImages
+from .objective import DenoisingObjective, Noised, Rider, Run, ride_alone
 
 OFFSET_NORMS = ("frobenius", "spectral")
 
@@ -36,18 +37,18 @@ class ImageReplay:
     captions: list[str]
     weight: float = 1.0
     name: str = "prior_preservation"
-    _posterior: Posterior | None = field(default=None, repr=False)  # the images' latents, encoded once
+    _source: FewShotImages | None = field(default=None, repr=False)  # the images, their latents encoded once
 
     def __post_init__(self):
         if len(self.images) == 0 or len(self.images) != len(self.captions):
             raise InputError(f"{self.name.replace('_', ' ')} needs images, one caption each.")
+        self._source = FewShotImages(self.images, self.captions)
 
     def draw(self, run, count: int, generator) -> tuple[torch.Tensor, Noised]:
         """`count` of the images, drawn with replacement, and their noised latents (the latents encoded once)."""
-        if self._posterior is None:
-            self._posterior = encode_posterior(run.model, self.images)
         pick = torch.randint(0, len(self.images), (count,), generator=generator)
-        return pick, DenoisingObjective().noising_posterior(run, self._posterior.select(pick), generator)
+        posterior = self._source.posterior(run.model).select(pick)
+        return pick, DenoisingObjective().noising_posterior(run, posterior, generator)
 
     def ride(self, run, step, generator) -> Rider:
         pick, noised = self.draw(run, run.batch_size, generator)

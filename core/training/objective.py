@@ -1,7 +1,8 @@
 """What a training step minimizes, beside the loss terms: an Objective.
 
 The default is the denoising loss, split in two so that an objective can change either half:
-- `noising`: images -> VAE latents, noise, timesteps, the noisy latents x_t and the target;
+- `noising`: a batch -> VAE latents (encoded, or the source's own encoding of fixed images), noise, timesteps,
+  the noisy latents x_t and the target;
 - `prediction`: the UNet's prediction on x_t for the captions.
 An objective that conditions on x_t (E4T's encoder reads the noisy latent) overrides `prediction` (or
 `__call__`) and may add auxiliary losses to what `__call__` returns.
@@ -90,6 +91,9 @@ class Batch:
     images: torch.Tensor  # [B, 3, H, W] in -1..1
     captions: list[str]
     extra: dict | None = None  # what a data source gives beside (e.g. another view of the same subject)
+    # the images' latent distribution for a model's VAE, where the source holds it already (fixed images it draws
+    # from again and again); None: the objective encodes the images
+    posterior: Callable[[object], Posterior] | None = None
 
 
 class DenoisingObjective:
@@ -97,8 +101,9 @@ class DenoisingObjective:
 
     shares_pass = True  # riders' samples join its UNet call (an objective whose prediction reads its batch: False)
 
-    def noising(self, run: Run, images: torch.Tensor, generator: torch.Generator) -> Noised:
-        return self.noising_posterior(run, encode_posterior(run.model, images), generator)
+    def noising(self, run: Run, batch: Batch, generator: torch.Generator) -> Noised:
+        posterior = batch.posterior(run.model) if batch.posterior else encode_posterior(run.model, batch.images)
+        return self.noising_posterior(run, posterior, generator)
 
     def noising_posterior(self, run: Run, posterior: Posterior, generator: torch.Generator) -> Noised:
         model, scheduler = run.model, run.noise_scheduler
@@ -121,7 +126,7 @@ class DenoisingObjective:
         """The loss on the batch; with `riders` (called after the batch is noised, so that the step's random
         draws keep their order), theirs too, predicted in the same UNet call when their latents are the batch's
         size (else each in its own)."""
-        noised = self.noising(run, batch.images, generator)
+        noised = self.noising(run, batch, generator)
         together, apart = [], []
         for rider in riders() if riders is not None else []:
             (together if rider.noised.noisy.shape[1:] == noised.noisy.shape[1:] else apart).append(rider)

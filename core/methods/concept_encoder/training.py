@@ -134,7 +134,7 @@ class EncoderObjective(DenoisingObjective):
 
     def __call__(self, run, batch: Batch, generator: torch.Generator) -> torch.Tensor:
         model = run.model
-        noised = self.noising(run, batch.images, generator)
+        noised = self.noising(run, batch, generator)
         n = len(batch.captions)
         if self.image_features is not None:
             features = self.image_features.expand(n, *self.image_features.shape[1:])
