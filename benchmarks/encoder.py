@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -32,6 +33,24 @@ COST_ROUNDS = {False: 6, True: 1}
 COST_BATCH = 4
 DEPENDENCE_BATCHES, DEPENDENCE_BATCH = 8, 16
 DEPENDENCE_SEED = 7  # held-out batches of the encoder's domain: a seed its pre-training (seed 0) does not draw
+
+
+@contextmanager
+def unet_samples(model):
+    """Counts the samples the UNet's forward passes see in the block: `trained` (with autograd on: each also
+    costs a backward pass) and `other` (forward only, e.g. E4T's read of the noisy latent)."""
+    import torch
+
+    counts = {"trained": 0, "other": 0}
+
+    def count(module, args):
+        counts["trained" if torch.is_grad_enabled() else "other"] += len(args[0])
+
+    handle = model.unet.register_forward_pre_hook(count)
+    try:
+        yield counts
+    finally:
+        handle.remove()
 
 
 def encoder_concept(model, image, token: str, steps: int, seed: int, encoder_off: bool = False, caption: str = ""):
@@ -75,11 +94,11 @@ def run_one(method: str, images_count: int, steps: int | None, model_source, qui
         steps = tuning.steps
     elif not e4t and quick:
         steps = QUICK_STEPS[steps]
-    fidelity, text, seconds, peak, shown = [], [], 0.0, 0.0, []
+    fidelity, text, seconds, peak, shown, samples = [], [], 0.0, 0.0, [], {"trained": 0, "other": 0}
     for subject in subjects:
         renders, captions = training_renders(subject, images_count)
         token = f"<s{subject}>"
-        with measure_cost(model.device) as cost:
+        with measure_cost(model.device) as cost, unet_samples(model) as counted:
             if e4t:
                 concept = encoder_concept(model, renders[0], token, steps, seed, method == "e4t_encoder_off",
                                           captions[0])
@@ -92,6 +111,7 @@ def run_one(method: str, images_count: int, steps: int | None, model_source, qui
                                      batch_size=batch, seed=seed, **settings)
                 concept = train_method(model, torch.from_numpy(renders).float() / 255, config, method).concept
         seconds += cost.seconds
+        samples = {k: samples[k] + counted[k] for k in samples}
         peak = max(peak, cost.peak_mb)
         scenes = evaluation_scenes(subject, token if e4t else subject_words(method, config), EVAL_IMAGES)
         generated = generate(apply_concept(model, concept), scenes, seed)
@@ -102,7 +122,8 @@ def run_one(method: str, images_count: int, steps: int | None, model_source, qui
                  images_count, steps, subject, fidelity[-1], text[-1], cost.seconds)
     row = {"images": images_count, "tuning_steps": steps, "subject_fidelity": float(np.mean(fidelity)),
            "fidelity_min": float(np.min(fidelity)), "fidelity_max": float(np.max(fidelity)),
-           "text_fidelity": float(np.mean(text)), "seconds_per_concept": seconds / len(subjects), "peak_mb": peak}
+           "text_fidelity": float(np.mean(text)), "seconds_per_concept": seconds / len(subjects), "peak_mb": peak,
+           **{f"unet_samples_{k}": v / len(subjects) for k, v in samples.items()}}
     return row, np.concatenate(shown)
 
 
@@ -149,7 +170,10 @@ def encoder_suite(options):
              f"the first four), {EVAL_IMAGES} evaluation prompts per subject at {EVAL_STEPS} DDIM steps, CFG "
              f"{EVAL_CFG}. Baseline settings: {SETTINGS}, batch {BATCH}. seconds_per_concept and peak_mb: making the "
              "concept only, each method in a fresh process. fidelity_min/max: the spread over subjects. "
-             f"Speed: E4T / textual inversion = {e4t['seconds_per_concept'] / ti['seconds_per_concept']:.4f}. "
+             f"Speed: E4T / textual inversion = {e4t['seconds_per_concept'] / ti['seconds_per_concept']:.4f}; "
+             "unet_samples_trained/other: the samples the UNet's forward passes saw per concept, with autograd on "
+             "(each also a backward pass) and forward only; on a CPU the time follows them: E4T / textual inversion "
+             f"= {e4t['unet_samples_trained'] / ti['unet_samples_trained']:.4f} of the trained samples. "
              f"Sampling cost per image, E4T concept / CFG on the base (batch {COST_BATCH}, {cost['rounds']} "
              f"interleaved rounds): {cost['e4t_over_cfg']:.3f}x. Does the shipped encoder read its image "
              f"({reads['batches']} held-out batches of {DEPENDENCE_BATCH} of its domain): loss {reads['loss']:.4f}, "
