@@ -2,9 +2,9 @@
 concept applied together, on 5 held-out creatures (20-24, no other suite's) learned in sequence, 4 images each.
 
 - concept_memory: `learn` with the defaults (each task fine-tunes the UNet; replay, elastic distillation, the bank,
-  the bound on each task's weight offset), sampled with the artist.
-- naive_sequential: the same sequence with nothing protecting earlier concepts (replay, distillation and the
-  offset bound off, no artist): each task fine-tunes the UNet on top of the previous ones.
+  the bound on each task's weight offset, pair composites), sampled with the artist.
+- naive_sequential: the same sequence with nothing protecting earlier concepts (replay, distillation, the
+  offset bound and the pair composites off, no artist): each task fine-tunes the UNet on top of the previous ones.
 - lora_per_concept: one LoRA per concept trained on the base model alone, all applied together.
 Every method trains with the same steps and batch; the two memories with the memory's default learning rate, the
 LoRAs with TRAIN's. After each task: the subject
@@ -87,7 +87,8 @@ def run_method(method: str, model_source, quick: bool, seed: int) -> dict:
                 learned_model = apply_concept(learned_model, concept)
         else:
             protect = method == "concept_memory"
-            protection = {} if protect else {"replay_weight": 0.0, "distill_weight": 0.0, "offset_penalty": 0.0}
+            protection = {} if protect else {"replay_weight": 0.0, "distill_weight": 0.0, "offset_penalty": 0.0,
+                                             "pair_composites": False}
             settings = LearnSettings(steps=STEPS[quick], seed=seed, **protection, **MEMORY)
             learn(store, model, pixels, token(subject), "creature", settings, captions=captions)
             learned_model = memory_model(model, store, artist=protect)

@@ -129,6 +129,12 @@ class ConceptKitMemoryLearn:
                                "holds this trigger from another learning (other images or settings): new_version "
                                "learns it again as a new version of the memory (the earlier versions stay on "
                                "disk); error refuses. The same learning queued again returns the memory as is."}),
+                "pair_composites": ("BOOLEAN", {"default": defaults.pair_composites, "tooltip": "Learn this "
+                                    "concept beside the earlier ones, so that a prompt naming two of them draws "
+                                    "both: for each image whose caption says a side ('on the left', 'at the "
+                                    "top'), the memory draws an earlier concept on the other side and this "
+                                    "concept learns from its own half. Needs captions that say sides; off: learn "
+                                    "it alone."}),
             },
         }
 
@@ -136,10 +142,10 @@ class ConceptKitMemoryLearn:
               learning_rate=LearnSettings.learning_rate, rank=LearnSettings.rank,
               replay_weight=LearnSettings.replay_weight, distill_weight=LearnSettings.distill_weight,
               offset_penalty=LearnSettings.offset_penalty, checkpoint_every=LearnSettings.checkpoint_every,
-              clip_vision=None, if_learned=IF_LEARNED[0]):
+              clip_vision=None, if_learned=IF_LEARNED[0], pair_composites=LearnSettings.pair_composites):
         settings = LearnSettings(steps=steps, rank=rank, learning_rate=learning_rate, replay_weight=replay_weight,
                                  distill_weight=distill_weight, offset_penalty=offset_penalty, seed=seed,
-                                 checkpoint_every=checkpoint_every)
+                                 checkpoint_every=checkpoint_every, pair_composites=pair_composites)
         lines = caption_lines(captions) or None
         folder = comfy.run_folder(images, _Identity(memory, trigger.strip(), class_word.strip(), lines, settings),
                                   model)

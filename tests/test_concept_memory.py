@@ -30,6 +30,7 @@ from conceptkit.core.methods.concept_memory import (
     learn,
     memory_model,
 )
+from conceptkit.core.methods.concept_memory.composites import pair_composites
 from conceptkit.core.methods.concept_memory.learning import bank_features, refresh_bank, without
 from conceptkit.core.model import EMBEDDED, load_model
 from conceptkit.core.model.image_features import backbone_for
@@ -149,6 +150,31 @@ def test_a_later_concept_trains_in_one_pass_a_step_with_its_rehearsal_riding_alo
     assert store.current().triggers == ["<p0>", "<p1>"]
     # the memory's LoRA was folded into the weights while concept 2 trained, and taken out exactly
     assert all(torch.equal(v, before[k]) for k, v in world.unet.state_dict().items())
+
+
+def test_a_concept_whose_captions_say_a_side_is_learned_beside_the_earlier_ones(world, two_concepts):
+    """Pair composites: each new image whose caption says a side keeps its half, the memory draws an earlier
+    concept (in turn) on the other half, the pair caption names the left or upper one first, and the loss mask
+    covers the new concept's half only; captions without a side give none."""
+    state = two_concepts.current()
+    memory = apply_concept(world, state.concept)
+    images, _ = subject(12)
+    pixels = prepare_images(images, world.default_size)
+    captions = ["a {trigger} on the right, white background", "a {trigger} in the centre, red background",
+                "a {trigger} at the top, blue striped background"]
+    made = pair_composites(memory, pixels[:3], captions, [("<p0>", "creature"), ("<p1>", "creature")], seed=0)
+    assert made.captions == ["a <p0> creature on the left and a {trigger} on the right, white background",
+                             "a {trigger} at the top and a <p1> creature at the bottom, blue striped background"]
+    right, top = made.images
+    assert torch.equal(right[:, :, 32:], pixels[0][:, :, 32:]) and not torch.allclose(right[:, :, :32],
+                                                                                       pixels[0][:, :, :32])
+    assert torch.equal(top[:, :32], pixels[2][:, :32]) and not torch.allclose(top[:, 32:], pixels[2][:, 32:])
+    latent = world.default_size // world.vae_scale_factor
+    assert made.masks.shape == (2, 1, latent, latent)
+    assert made.masks[0, 0, :, latent // 2:].all() and not made.masks[0, 0, :, :latent // 2].any()
+    assert made.masks[1, 0, :latent // 2].all() and not made.masks[1, 0, latent // 2:].any()
+    assert pair_composites(memory, pixels[:1], captions[1:2], [("<p0>", "creature")], seed=0) is None
+    assert pair_composites(world, pixels[:1], captions[:1], [], seed=0) is None
 
 
 def test_the_offset_bound_keeps_prompts_without_a_trigger_closer_to_the_base_model(world, tmp_path):

@@ -47,6 +47,7 @@ from ...training import (
     Rider,
     RunFolder,
     TrainConfig,
+    fill_template,
     keep_result,
     kept_result,
     prepare_images,
@@ -55,6 +56,7 @@ from ...training import (
     train_concept,
 )
 from .bank import DEFAULT_BETA, MemoryBank
+from .composites import CompositeReplay, pair_composites
 from .store import MemoryState, MemoryStore
 
 METHOD = "concept_memory"
@@ -80,6 +82,7 @@ class LearnSettings:
     beta: float = DEFAULT_BETA
     candidates: int = 8  # generated per concept at each task
     keep: int = 4  # kept per concept in the short-term memory
+    pair_composites: bool = True  # learn a concept beside earlier ones where its captions say a side (composites.py)
     seed: int = 0
     checkpoint_every: int = 100
 
@@ -289,6 +292,11 @@ def learn(store: MemoryStore, model: Model, images, trigger: str, class_word: st
         learned = kept_result(folder, settings.steps) if folder is not None else None
         if (learned is None or learned.concept.parameters.get("memory_version") != state.version
                 or learned.concept.parameters.get("trainable") != trains):
+            composites = pair_composites(before, pixels, captions, _earlier(state), settings.seed) \
+                if settings.pair_composites else None
+            if composites is not None:  # one of each step's new samples is a composite: the batch costs the same
+                terms = [*terms, CompositeReplay(composites, [fill_template(c, config) for c in composites.captions])]
+                config = replace(config, batch_size=max(1, config.batch_size - 1))
             learned = train_concept(before, images, config, terms, name=trigger.strip("<>") or "concept",
                                     checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel, preview=preview,
                                     on_finished=None if folder is None else lambda result: keep_result(folder, result))
@@ -301,6 +309,11 @@ def learn(store: MemoryStore, model: Model, images, trigger: str, class_word: st
         bank = refresh_bank(apply_concept(model, merged), backbone, bank, settings)
         return store.commit(merged, bank, trigger, {**asdict(settings), "final_loss": learned.losses[-1],
                                                     "identity": identity})
+
+
+def _earlier(state: MemoryState) -> list[tuple[str, str]]:
+    """The memory's concepts as (trigger, class word), in the order they were learned."""
+    return [] if state.concept is None else [(t.word, t.class_word) for t in state.concept.triggers]
 
 
 def _loss_terms(bank: MemoryBank, new_features: torch.Tensor, settings: LearnSettings) -> list:
