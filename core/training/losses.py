@@ -31,17 +31,22 @@ class LossTerm(Protocol):
 class ImageReplay:
     """The denoising loss on fixed images with their captions, weighted: DreamBooth's prior preservation (class
     images the base model made for class prompts, generated once and cached by the caller) and a memory's replay
-    of earlier concepts' samples are this one loss under two names."""
+    of earlier concepts' samples are this one loss under two names. With `masks` the loss counts only where each
+    image's mask is set (a memory's pair composites: the new concept's half)."""
 
     images: torch.Tensor  # [M, 3, H, W] in -1..1
     captions: list[str]
     weight: float = 1.0
     name: str = "prior_preservation"
+    masks: torch.Tensor | None = None  # [M, 1, h, w] in latent pixels, 1 where the loss counts; None: everywhere
+    count: int = 0  # images drawn per step; 0: the run's batch size
     _source: FewShotImages | None = field(default=None, repr=False)  # the images, their latents encoded once
 
     def __post_init__(self):
         if len(self.images) == 0 or len(self.images) != len(self.captions):
             raise InputError(f"{self.name.replace('_', ' ')} needs images, one caption each.")
+        if self.masks is not None and len(self.masks) != len(self.images):
+            raise InputError(f"{self.name.replace('_', ' ')} needs one mask per image.")
         self._source = FewShotImages(self.images, self.captions)
 
     def draw(self, run, count: int, generator) -> tuple[torch.Tensor, Noised]:
@@ -51,9 +56,16 @@ class ImageReplay:
         return pick, DenoisingObjective().noising_posterior(run, posterior, generator)
 
     def ride(self, run, step, generator) -> Rider:
-        pick, noised = self.draw(run, run.batch_size, generator)
-        return Rider(noised, [self.captions[i] for i in pick],
-                     lambda prediction: self.weight * F.mse_loss(prediction, noised.target.float()))
+        pick, noised = self.draw(run, self.count or run.batch_size, generator)
+        mask = None if self.masks is None else self.masks[pick].to(run.model.device)
+
+        def loss(prediction: torch.Tensor) -> torch.Tensor:
+            if mask is None:
+                return self.weight * F.mse_loss(prediction, noised.target.float())
+            error = (prediction.float() - noised.target.float()).pow(2) * mask
+            return self.weight * error.sum() / (mask.sum() * prediction.shape[1])
+
+        return Rider(noised, [self.captions[i] for i in pick], loss)
 
     def __call__(self, run, step, generator):
         return ride_alone(run, self.ride(run, step, generator))

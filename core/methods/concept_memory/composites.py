@@ -7,19 +7,19 @@ was never learned in (benchmarks docs: the second-named creature kept 0.63x of i
 concept at the opposite side on the same backdrop (the rest of the caption), and the image's half that holds the
 new concept is joined to the drawing's other half, under the pair caption, the upper or left one named first
 ("a <b> dog on the left and a <a> cat on the right, ..."). The new concept learns from its own half only (the loss
-masked to it, in latent pixels): the earlier concept's half is context, so it does not learn from the memory's
-drawing of it. This is Cut-Mix (SVDiff's Cut-Mix-Unmix) built from what a memory holds, with a masked loss; L2DM
-does not say how its memory trains pairs (METHODS.md §5)."""
+masked to it in latent pixels: `PairComposites.masks`, replayed as an ImageReplay's `masks`): the earlier
+concept's half is context, so it does not learn from the memory's drawing of it. This is Cut-Mix (SVDiff's
+Cut-Mix-Unmix) built from what a memory holds, with a masked loss; L2DM does not say how its memory trains pairs
+(METHODS.md §5)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ...model import Model
 from ...sampling import CFG, sample
-from ...training import ImageReplay, Rider, ride_alone
 
 OPPOSITE_SIDES = {"on the left": "on the right", "on the right": "on the left", "at the top": "at the bottom",
                   "at the bottom": "at the top"}
@@ -90,31 +90,3 @@ def pair_composites(memory: Model, pixels: torch.Tensor, captions: list[str] | N
         masks.append(half_mask(side, height // scale, width // scale))
     return PairComposites(torch.stack(images), pair_captions, torch.stack(masks)[:, None])
 
-
-@dataclass
-class CompositeReplay:
-    """The denoising loss on pair composites, masked to the new concept's half: `batch` composites per step in
-    the new images' pass (a rider)."""
-
-    composites: PairComposites
-    prompts: list[str]  # the captions with the trigger filled in
-    weight: float = 1.0
-    batch: int = 1
-    name: str = "pair_composites"
-    _replay: ImageReplay | None = field(default=None, repr=False)
-
-    def __post_init__(self):
-        self._replay = ImageReplay(self.composites.images, self.prompts, self.weight, name=self.name)
-
-    def ride(self, run, step, generator) -> Rider:
-        pick, noised = self._replay.draw(run, self.batch, generator)
-        mask = self.composites.masks[pick].to(run.model.device)
-
-        def loss(prediction: torch.Tensor) -> torch.Tensor:
-            error = (prediction.float() - noised.target.float()).pow(2) * mask
-            return self.weight * error.sum() / (mask.sum() * prediction.shape[1])
-
-        return Rider(noised, [self.prompts[i] for i in pick], loss)
-
-    def __call__(self, run, step, generator):
-        return ride_alone(run, self.ride(run, step, generator))

@@ -56,7 +56,7 @@ from ...training import (
     train_concept,
 )
 from .bank import DEFAULT_BETA, MemoryBank
-from .composites import CompositeReplay, pair_composites
+from .composites import pair_composites
 from .store import MemoryState, MemoryStore
 
 METHOD = "concept_memory"
@@ -295,7 +295,8 @@ def learn(store: MemoryStore, model: Model, images, trigger: str, class_word: st
             composites = pair_composites(before, pixels, captions, _earlier(state), settings.seed) \
                 if settings.pair_composites else None
             if composites is not None:  # one of each step's new samples is a composite: the batch costs the same
-                terms = [*terms, CompositeReplay(composites, [fill_template(c, config) for c in composites.captions])]
+                terms = [*terms, ImageReplay(composites.images, [fill_template(c, config) for c in composites.captions],
+                                             name="pair_composites", masks=composites.masks, count=1)]
                 config = replace(config, batch_size=max(1, config.batch_size - 1))
             learned = train_concept(before, images, config, terms, name=trigger.strip("<>") or "concept",
                                     checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel, preview=preview,
