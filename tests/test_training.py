@@ -8,16 +8,19 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from diffusers import DDPMScheduler
 from safetensors.torch import load_file
 
 from conceptkit.core.concepts import apply_concept, save_concept
 from conceptkit.core.errors import Cancelled, InputError
 from conceptkit.core.methods.lipschitz_finetune import finetune
-from conceptkit.core.model import load_model
+from conceptkit.core.model import encode_text, load_model, unet_denoiser
+from conceptkit.core.model.patches import patches_in_effect
 from conceptkit.core.recipes import recipe_config, train_recipe
 from conceptkit.core.sampling import CFG, sample
 from conceptkit.core.training import (
     Companion,
+    ImageReplay,
     OffsetPenalty,
     TrainConfig,
     class_captions,
@@ -403,3 +406,36 @@ def test_stray_things_in_a_checkpoint_folder_are_neither_resumed_from_nor_remove
     assert resumed.resumed_from == 4 and same_tensors(resumed.concept.tensors, whole.tensors)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "step_6", "step_9", "step_x9"]  # its own went
     assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+
+
+def test_a_masked_replay_that_holds_the_teacher_keeps_the_rest_of_its_images_as_the_model_drew_them(
+        world, subject_images):
+    """A replay whose loss is masked to one half (a memory's pair composite: the new concept's half) trains only
+    there; with `teacher_weight` the other half is held to the model before the run, so what it shows (the earlier
+    concept) is predicted as the starting model predicted it, where without the hold it moves with the training."""
+    images = subject_images.permute(0, 3, 1, 2) * 2 - 1
+    latent = images.shape[-1] // world.vae_scale_factor
+    masks = torch.zeros(len(images), 1, latent, latent)
+    masks[..., latent // 2:] = 1  # the loss counts on the right half
+    captions = ["a creature on the left and a creature on the right, white background"] * len(images)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        clean = world.vae.encode(images).latent_dist.mean * world.vae.config.scaling_factor
+        t = torch.full((len(images),), 400)
+        scheduler = DDPMScheduler.from_config(world.scheduler_config)
+        noisy = scheduler.add_noise(clean, torch.randn(clean.shape, generator=g), t)
+
+    def left_half(model):
+        with torch.no_grad(), patches_in_effect(model):
+            size = images.shape[-1]
+            return unet_denoiser(model, size, size)(noisy, t, encode_text(model, captions))[..., : latent // 2]
+
+    before = left_half(world)
+    moved = {}
+    for weight in (0.0, 10.0):
+        replay = ImageReplay(images, captions, name="composites", masks=masks, count=1, teacher_weight=weight)
+        concept = train_concept(world, subject_images, config(steps=10, learning_rate=1e-2), [replay]).concept
+        moved[weight] = float((left_half(apply_concept(world, concept)) - before).pow(2).mean())
+    assert moved[10.0] < 0.5 * moved[0.0]
+    with pytest.raises(InputError, match="give masks"):
+        ImageReplay(images, captions, teacher_weight=1.0)

@@ -32,7 +32,9 @@ class ImageReplay:
     """The denoising loss on fixed images with their captions, weighted: DreamBooth's prior preservation (class
     images the base model made for class prompts, generated once and cached by the caller) and a memory's replay
     of earlier concepts' samples are this one loss under two names. With `masks` the loss counts only where each
-    image's mask is set (a memory's pair composites: the new concept's half)."""
+    image's mask is set (a memory's pair composites: the new concept's half); with `masks` and `teacher_weight`,
+    outside each mask the prediction is held to the model's before the run (the run's teacher, on the same noised
+    image and caption): what the rest of the image shows keeps being drawn as the run's starting model drew it."""
 
     images: torch.Tensor  # [M, 3, H, W] in -1..1
     captions: list[str]
@@ -40,6 +42,7 @@ class ImageReplay:
     name: str = "prior_preservation"
     masks: torch.Tensor | None = None  # [M, 1, h, w] in latent pixels, 1 where the loss counts; None: everywhere
     count: int = 0  # images drawn per step; 0: the run's batch size
+    teacher_weight: float = 0.0  # with masks: the weight of matching the teacher outside them (0: off)
     _source: FewShotImages | None = field(default=None, repr=False)  # the images, their latents encoded once
 
     def __post_init__(self):
@@ -47,6 +50,8 @@ class ImageReplay:
             raise InputError(f"{self.name.replace('_', ' ')} needs images, one caption each.")
         if self.masks is not None and len(self.masks) != len(self.images):
             raise InputError(f"{self.name.replace('_', ' ')} needs one mask per image.")
+        if self.teacher_weight and self.masks is None:
+            raise InputError(f"{self.name.replace('_', ' ')} holds the teacher outside its masks: give masks.")
         self._source = FewShotImages(self.images, self.captions)
 
     def draw(self, run, count: int, generator) -> tuple[torch.Tensor, Noised]:
@@ -59,16 +64,24 @@ class ImageReplay:
         pick, noised = self.draw(run, self.count or run.batch_size, generator)
         mask = None if self.masks is None else self.masks[pick].to(run.model.device)
 
-        def loss(prediction: torch.Tensor) -> torch.Tensor:
+        def loss(prediction: torch.Tensor, held: torch.Tensor | None = None) -> torch.Tensor:
             if mask is None:
                 return self.weight * F.mse_loss(prediction, noised.target.float())
-            error = (prediction.float() - noised.target.float()).pow(2) * mask
-            return self.weight * error.sum() / (mask.sum() * prediction.shape[1])
+            total = self.weight * _masked_mse(prediction, noised.target.float(), mask)
+            if held is not None:
+                total = total + self.teacher_weight * _masked_mse(prediction, held, 1 - mask)
+            return total
 
-        return Rider(noised, [self.captions[i] for i in pick], loss)
+        return Rider(noised, [self.captions[i] for i in pick], loss, taught=bool(self.teacher_weight))
 
     def __call__(self, run, step, generator):
         return ride_alone(run, self.ride(run, step, generator))
+
+
+def _masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean squared error where `mask` [B, 1, h, w] is set (0 where it is set nowhere)."""
+    error = (prediction.float() - target).pow(2) * mask
+    return error.sum() / (mask.sum().clamp(min=1) * prediction.shape[1])
 
 
 @dataclass

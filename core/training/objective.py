@@ -79,11 +79,15 @@ def encode_posterior(model, images: torch.Tensor) -> Posterior:
 
 @dataclass
 class Rider:
-    """Samples a loss term adds to the objective's own UNet pass, and its loss on their predictions."""
+    """Samples a loss term adds to the objective's own UNet pass, and its loss on their predictions. A rider that is
+    `taught` also gets the teacher's (the model before the run) predictions on the same samples; one teacher call
+    serves every taught rider of a step."""
 
     noised: Noised
     captions: list[str]
-    loss: Callable[[torch.Tensor], torch.Tensor]  # predictions [B, C, h, w] (float) -> the term's scalar
+    # predictions [B, C, h, w] (float) -> the term's scalar; a taught rider's: (predictions, the teacher's)
+    loss: Callable[..., torch.Tensor]
+    taught: bool = False
 
 
 @dataclass
@@ -130,14 +134,15 @@ class DenoisingObjective:
         together, apart = [], []
         for rider in riders() if riders is not None else []:
             (together if rider.noised.noisy.shape[1:] == noised.noisy.shape[1:] else apart).append(rider)
+        held = teacher_predictions(run, together + apart)
         prediction = self.prediction(run, Noised.cat([noised, *(r.noised for r in together)]),
                                      batch.captions + [c for r in together for c in r.captions], batch).float()
         parts = prediction.split([len(noised.noisy), *(len(r.noised.noisy) for r in together)])
         loss = F.mse_loss(parts[0], noised.target.float())
         for rider, part in zip(together, parts[1:], strict=True):
-            loss = loss + rider.loss(part)
+            loss = loss + _rider_loss(rider, part, held)
         for rider in apart:
-            loss = loss + ride_alone(run, rider)
+            loss = loss + _rider_loss(rider, plain_prediction(run, rider.noised, rider.captions).float(), held)
         return loss
 
 
@@ -151,4 +156,24 @@ def plain_prediction(run: Run, noised: Noised, captions: list[str]) -> torch.Ten
 
 def ride_alone(run: Run, rider: Rider) -> torch.Tensor:
     """A rider's loss with a UNet call of its own (beside an objective that does not share its pass)."""
-    return rider.loss(plain_prediction(run, rider.noised, rider.captions).float())
+    return _rider_loss(rider, plain_prediction(run, rider.noised, rider.captions).float(),
+                       teacher_predictions(run, [rider]))
+
+
+def teacher_predictions(run: Run, riders: list[Rider]) -> dict[int, torch.Tensor]:
+    """The teacher's predictions on the taught riders' samples (by the rider's id), in one UNet call."""
+    taught = [r for r in riders if r.taught]
+    if not taught:
+        return {}
+    noised = Noised.cat([r.noised for r in taught])
+    factor = run.model.vae_scale_factor
+    with run.teacher() as teacher:
+        denoise = unet_denoiser(teacher, noised.noisy.shape[-1] * factor, noised.noisy.shape[-2] * factor)
+        prediction = denoise(noised.noisy, noised.timesteps,
+                             encode_text(teacher, [c for r in taught for c in r.captions])).float()
+    return {id(r): part for r, part in zip(taught, prediction.split([len(r.noised.noisy) for r in taught]),
+                                           strict=True)}
+
+
+def _rider_loss(rider: Rider, prediction: torch.Tensor, held: dict[int, torch.Tensor]) -> torch.Tensor:
+    return rider.loss(prediction, held[id(rider)]) if rider.taught else rider.loss(prediction)

@@ -8,9 +8,12 @@ concept at the opposite side on the same backdrop (the rest of the caption), and
 new concept is joined to the drawing's other half, under the pair caption, the upper or left one named first
 ("a <b> dog on the left and a <a> cat on the right, ..."). The new concept learns from its own half only (the loss
 masked to it in latent pixels: `PairComposites.masks`, replayed as an ImageReplay's `masks`): the earlier
-concept's half is context, so it does not learn from the memory's drawing of it. This is Cut-Mix (SVDiff's
-Cut-Mix-Unmix) built from what a memory holds, with a masked loss; L2DM does not say how its memory trains pairs
-(METHODS.md §5)."""
+concept's half is not a target, so it does not learn from the memory's drawing of it. There the memory before the
+task is the teacher instead (the ImageReplay's `teacher_weight`: the distillation weight): the pair caption names
+the earlier concept, and without it the new concept's half taught the UNet to read the earlier concept's words as
+the new concept (the earlier concepts fell most in the tasks after, benchmarks docs). This is Cut-Mix (SVDiff's
+Cut-Mix-Unmix) built from what a memory holds, with a masked loss and a distilled rest; L2DM does not say how its
+memory trains pairs (METHODS.md §5)."""
 
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from ...concepts import Concept, apply_concept
 from ...errors import InputError
-from ...model import Conditioning, Model, encode_text, unet_denoiser
+from ...model import Model
 from ...model.image_features import ImageBackbone, backbone_for
 from ...sampling import CFG, sample
 from ...training import (
@@ -98,8 +98,8 @@ class Rehearsal:
     """Both terms on earlier concepts' bank samples, at one noised sample of each and no UNet call of their own:
     replay (`replay_weight` x the denoising loss: an ImageReplay of the bank, which draws the samples) and elastic
     distillation (each sample's elastic weight x the eps matching against the model before the task) ride the new
-    images' pass (objective.Rider). A task with earlier concepts costs a larger batch in the same pass and the
-    teacher's prediction on the bank samples, not a second pass."""
+    images' pass (objective.Rider, taught). A task with earlier concepts costs a larger batch in the same pass and
+    the teacher's prediction on the bank samples (with the pair composites', one teacher call), not a second pass."""
 
     images: torch.Tensor
     prompts: list[str]
@@ -108,31 +108,21 @@ class Rehearsal:
     batch: int = 2  # bank samples per step
     name: str = "rehearsal"
     _replay: ImageReplay | None = field(default=None, repr=False)
-    _teacher_text: Conditioning | None = field(default=None, repr=False)  # the prompts as the teacher reads them
 
     def __post_init__(self):
         self._replay = ImageReplay(self.images, self.prompts, self.replay_weight, name="replay")
 
     def ride(self, run, step, generator) -> Rider:
         pick, noised = self._replay.draw(run, self.batch, generator)
-        prompts = [self.prompts[i] for i in pick]
         weights = torch.tensor([self.weights[i] for i in pick], device=run.model.device)
-        target = None
-        if bool(weights.any()):
-            size = self.images.shape[-1]
-            with run.teacher() as teacher:
-                if self._teacher_text is None:
-                    self._teacher_text = encode_text(teacher, self.prompts)
-                target = unet_denoiser(teacher, size, size)(noised.noisy, noised.timesteps,
-                                                            self._teacher_text.select(pick)).float()
 
-        def loss(student: torch.Tensor) -> torch.Tensor:
+        def loss(student: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
             total = self.replay_weight * F.mse_loss(student, noised.target.float())
             if target is not None:
                 total = total + (weights * F.mse_loss(student, target, reduction="none").mean((1, 2, 3))).mean()
             return total
 
-        return Rider(noised, prompts, loss)
+        return Rider(noised, [self.prompts[i] for i in pick], loss, taught=bool(weights.any()))
 
     def __call__(self, run, step, generator):
         return ride_alone(run, self.ride(run, step, generator))
@@ -296,7 +286,8 @@ def learn(store: MemoryStore, model: Model, images, trigger: str, class_word: st
                 if settings.pair_composites else None
             if composites is not None:  # one of each step's new samples is a composite: the batch costs the same
                 terms = [*terms, ImageReplay(composites.images, [fill_template(c, config) for c in composites.captions],
-                                             name="pair_composites", masks=composites.masks, count=1)]
+                                             name="pair_composites", masks=composites.masks, count=1,
+                                             teacher_weight=settings.distill_weight)]
                 config = replace(config, batch_size=max(1, config.batch_size - 1))
             learned = train_concept(before, images, config, terms, name=trigger.strip("<>") or "concept",
                                     checkpoint_dir=checkpoint_dir, progress=progress, cancel=cancel, preview=preview,
