@@ -112,7 +112,8 @@ class ConceptKitMemoryLearn:
                                                        "(0: off)."}),
                 "distill_weight": ("FLOAT", {"default": defaults.distill_weight, "min": 0.0, "max": 100.0,
                                              "step": 0.1, "tooltip": "Weight of matching the memory before this "
-                                             "concept on earlier concepts' prompts (0: off)."}),
+                                             "concept on earlier concepts' prompts, and on the earlier concept's "
+                                             "half of each pair composite (0: off)."}),
                 "offset_penalty": ("FLOAT", {"default": defaults.offset_penalty, "min": 0.0, "max": 100.0,
                                              "step": 0.00001, "round": 1e-6, "tooltip": "lambda of the bound on "
                                              "how far this concept may move the model's weights (lambda x "
@@ -133,8 +134,8 @@ class ConceptKitMemoryLearn:
                                     "concept beside the earlier ones, so that a prompt naming two of them draws "
                                     "both: for each image whose caption says a side ('on the left', 'at the "
                                     "top'), the memory draws an earlier concept on the other side and this "
-                                    "concept learns from its own half. Needs captions that say sides; off: learn "
-                                    "it alone."}),
+                                    "concept learns from its own half (the other half held as the memory drew "
+                                    "it). Needs captions that say sides; off: learn it alone."}),
             },
         }
 
