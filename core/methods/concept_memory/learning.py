@@ -77,7 +77,7 @@ class LearnSettings:
     batch_size: int = 4
     rehearsal_batch: int = 2  # earlier concepts' bank samples per step, in the same pass as the new images
     replay_weight: float = 1.0  # mu
-    distill_weight: float = 1.0
+    distill_weight: float = 4.0  # chosen on calibration creatures (benchmarks docs: memory_penalty)
     offset_penalty: float = 3e-4  # lambda of each task's ||delta W||^2 (0: off); chosen on calibration creatures
     beta: float = DEFAULT_BETA
     candidates: int = 8  # generated per concept at each task
