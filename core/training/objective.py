@@ -134,7 +134,7 @@ class DenoisingObjective:
         together, apart = [], []
         for rider in riders() if riders is not None else []:
             (together if rider.noised.noisy.shape[1:] == noised.noisy.shape[1:] else apart).append(rider)
-        held = teacher_predictions(run, together + apart)
+        held = teacher_predictions(run, together)
         prediction = self.prediction(run, Noised.cat([noised, *(r.noised for r in together)]),
                                      batch.captions + [c for r in together for c in r.captions], batch).float()
         parts = prediction.split([len(noised.noisy), *(len(r.noised.noisy) for r in together)])
@@ -142,7 +142,7 @@ class DenoisingObjective:
         for rider, part in zip(together, parts[1:], strict=True):
             loss = loss + _rider_loss(rider, part, held)
         for rider in apart:
-            loss = loss + _rider_loss(rider, plain_prediction(run, rider.noised, rider.captions).float(), held)
+            loss = loss + ride_alone(run, rider)
         return loss
 
 
