@@ -27,6 +27,7 @@ from conceptkit.core.training import (
     instance_captions,
     train_concept,
 )
+from conceptkit.core.training.run import RIDERS_AHEAD
 from conceptkit.core.training.trainable import DenseOffset, LowRankOffset
 from conceptkit.core.world.scenes import Scene, WorldObject
 
@@ -439,3 +440,38 @@ def test_a_masked_replay_that_holds_the_teacher_keeps_the_rest_of_its_images_as_
     assert moved[10.0] < 0.5 * moved[0.0]
     with pytest.raises(InputError, match="give masks"):
         ImageReplay(images, captions, teacher_weight=1.0)
+
+
+def test_the_teacher_answers_a_block_of_steps_in_one_call_and_a_run_resumed_inside_a_block_ends_the_same(
+        world, subject_images, tmp_path):
+    """A taught rider's samples (a memory's rehearsal and hold) are drawn RIDERS_AHEAD steps at a time and the
+    teacher predicts them all in one call, as the model's weights are read once for the block: 20 steps cost two
+    teacher calls, not 20. A run cancelled inside a block and queued again ends with the weights of one that ran
+    through."""
+    images = subject_images.permute(0, 3, 1, 2) * 2 - 1
+    latent = images.shape[-1] // world.vae_scale_factor
+    masks = torch.zeros(len(images), 1, latent, latent)
+    masks[..., latent // 2:] = 1
+    captions = ["a creature on the left and a creature on the right, white background"] * len(images)
+
+    def replay():
+        return ImageReplay(images, captions, name="composites", masks=masks, count=1, teacher_weight=1.0)
+
+    calls = []
+    hook = world.unet.register_forward_pre_hook(lambda module, args: calls.append((len(args[0]),
+                                                                                    torch.is_grad_enabled())))
+    try:
+        whole = train_concept(world, subject_images, config(steps=20, trainable="full", learning_rate=1e-4),
+                              [replay()]).concept
+    finally:
+        hook.remove()
+    assert [size for size, trains in calls if not trains] == [RIDERS_AHEAD, 20 - RIDERS_AHEAD]
+    assert [size for size, trains in calls if trains] == [2 + 1] * 20  # the batch and its composite, one pass
+    stop_at = iter(range(100))
+    with pytest.raises(Cancelled):
+        train_concept(world, subject_images, config(steps=20, trainable="full", learning_rate=1e-4,
+                                                    checkpoint_every=6), [replay()], checkpoint_dir=tmp_path,
+                      cancel=lambda: next(stop_at) == 6)
+    resumed = train_concept(world, subject_images, config(steps=20, trainable="full", learning_rate=1e-4,
+                                                          checkpoint_every=6), [replay()], checkpoint_dir=tmp_path)
+    assert resumed.resumed_from == 6 and same_tensors(resumed.concept.tensors, whole.tensors)

@@ -123,24 +123,32 @@ def test_training_on_a_model_with_concepts_leaves_them_bitwise_as_they_were(worl
         name = "teacher_check"
         gaps: list = []
 
+        tokens: list = []
+
         def __call__(self, run, step, generator):
             with run.teacher() as teacher:
                 self.gaps.append(float((teacher.unet(x, 500, encoder_hidden_states=context).sample
                                         - before_run).abs().max()))
+                self.tokens.append(run.trainable.token[0].detach().clone())
             with torch.no_grad():
                 self.gaps.append(-float((run.model.unet(x, 500, encoder_hidden_states=context).sample
                                          - before_run).abs().max()))
+                self.tokens.append(run.trainable.token[0].detach().clone())
             return torch.zeros(())
 
     check = TeacherCheck()
     images = torch.rand(3, 64, 64, 3, generator=torch.Generator().manual_seed(0))
-    result = train_concept(carrying, images, config(trainable=trainable, steps=3, learning_rate=1e-3), [check])
+    result = train_concept(carrying, images, config(trainable=trainable, steps=3, learning_rate=1e-3,
+                                                    train_token=True), [check])
     for concept, tensors in zip(earlier, frozen, strict=True):
         assert all(torch.equal(concept.tensors[k], v) for k, v in tensors.items())
     assert all(torch.equal(v, world.unet.state_dict()[k]) for k, v in base.items())
     teacher_gaps, student_gaps = check.gaps[0::2], [-g for g in check.gaps[1::2]]
     assert max(teacher_gaps) <= 1e-5  # the teacher is the model as it was before the run, concepts included
     assert student_gaps[-1] > 1e-6  # while the student has moved
+    teacher_tokens, student_tokens = check.tokens[0::2], check.tokens[1::2]
+    assert all(torch.equal(v, student_tokens[0]) for v in teacher_tokens)  # the trigger's vector as it started
+    assert not torch.equal(student_tokens[-1], student_tokens[0])
     with torch.no_grad(), patches_in_effect(apply_concept(carrying, result.concept)) as effect:
         assert len(effect.tokens) == 2  # the earlier LoRA concept's trigger and the new one
 

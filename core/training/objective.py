@@ -10,7 +10,9 @@ An objective that conditions on x_t (E4T's encoder reads the noisy latent) overr
 A loss term that is itself a denoising loss on other images (prior preservation's class images, a memory's
 replay) can ride the objective's pass: it gives a `Rider` (its noised samples, their captions, its loss on the
 predictions) and the objective predicts its samples in the same UNet call as its own batch, as the diffusers
-DreamBooth script puts class images in the instance batch: one pass of a larger batch instead of two.
+DreamBooth script puts class images in the instance batch: one pass of a larger batch instead of two. A rider's
+samples depend on nothing that trains, so the run draws them some steps ahead, and a `taught` rider's teacher
+predictions (the model before the run, frozen) are made for all those steps in one call (`teach`).
 """
 
 from __future__ import annotations
@@ -80,14 +82,22 @@ def encode_posterior(model, images: torch.Tensor) -> Posterior:
 @dataclass
 class Rider:
     """Samples a loss term adds to the objective's own UNet pass, and its loss on their predictions. A rider that is
-    `taught` also gets the teacher's (the model before the run) predictions on the same samples; one teacher call
-    serves every taught rider of a step."""
+    `taught` also gets the teacher's (the model before the run) predictions on the same samples (`held`, made by
+    `teach`, for many riders in one call)."""
 
     noised: Noised
     captions: list[str]
     # predictions [B, C, h, w] (float) -> the term's scalar; a taught rider's: (predictions, the teacher's)
     loss: Callable[..., torch.Tensor]
     taught: bool = False
+    held: torch.Tensor | None = None  # a taught rider's teacher predictions, once made
+
+    def loss_on(self, prediction: torch.Tensor) -> torch.Tensor:
+        if not self.taught:
+            return self.loss(prediction)
+        if self.held is None:
+            raise RuntimeError("a taught rider's loss needs the teacher's predictions: call teach() first.")
+        return self.loss(prediction, self.held)
 
 
 @dataclass
@@ -125,24 +135,20 @@ class DenoisingObjective:
     def prediction(self, run: Run, noised: Noised, captions: list[str], batch: Batch) -> torch.Tensor:
         return plain_prediction(run, noised, captions)
 
-    def __call__(self, run: Run, batch: Batch, generator: torch.Generator,
-                 riders: Callable[[], list[Rider]] | None = None) -> torch.Tensor:
-        """The loss on the batch; with `riders` (called after the batch is noised, so that the step's random
-        draws keep their order), theirs too, predicted in the same UNet call when their latents are the batch's
-        size (else each in its own)."""
+    def __call__(self, run: Run, batch: Batch, generator: torch.Generator, riders: list[Rider] = ()) -> torch.Tensor:
+        """The loss on the batch and the riders' (taught ones taught already, see `teach`), the riders predicted in
+        the same UNet call when their latents are the batch's size (else each in its own)."""
         noised = self.noising(run, batch, generator)
-        together, apart = [], []
-        for rider in riders() if riders is not None else []:
-            (together if rider.noised.noisy.shape[1:] == noised.noisy.shape[1:] else apart).append(rider)
-        held = teacher_predictions(run, together)
+        together = [r for r in riders if r.noised.noisy.shape[1:] == noised.noisy.shape[1:]]
         prediction = self.prediction(run, Noised.cat([noised, *(r.noised for r in together)]),
                                      batch.captions + [c for r in together for c in r.captions], batch).float()
         parts = prediction.split([len(noised.noisy), *(len(r.noised.noisy) for r in together)])
         loss = F.mse_loss(parts[0], noised.target.float())
         for rider, part in zip(together, parts[1:], strict=True):
-            loss = loss + _rider_loss(rider, part, held)
-        for rider in apart:
-            loss = loss + ride_alone(run, rider)
+            loss = loss + rider.loss_on(part)
+        for rider in riders:
+            if not any(rider is r for r in together):
+                loss = loss + ride_alone(run, rider)
         return loss
 
 
@@ -156,24 +162,32 @@ def plain_prediction(run: Run, noised: Noised, captions: list[str]) -> torch.Ten
 
 def ride_alone(run: Run, rider: Rider) -> torch.Tensor:
     """A rider's loss with a UNet call of its own (beside an objective that does not share its pass)."""
-    return _rider_loss(rider, plain_prediction(run, rider.noised, rider.captions).float(),
-                       teacher_predictions(run, [rider]))
+    teach(run, [rider])
+    return rider.loss_on(plain_prediction(run, rider.noised, rider.captions).float())
 
 
-def teacher_predictions(run: Run, riders: list[Rider]) -> dict[int, torch.Tensor]:
-    """The teacher's predictions on the taught riders' samples (by the rider's id), in one UNet call."""
-    taught = [r for r in riders if r.taught]
-    if not taught:
-        return {}
-    noised = Noised.cat([r.noised for r in taught])
+TEACHER_PIXELS = 48 * 16 * 16  # latent pixels per teacher call: 48 samples of the embedded model, 3 of SD1.5's
+
+
+def teach(run: Run, riders: list[Rider]) -> None:
+    """Give the taught riders that lack them the teacher's predictions on their samples: riders of one latent size
+    together, up to `TEACHER_PIXELS` latent pixels a call (the teacher's weights are read once for all of them)."""
+    waiting = [r for r in riders if r.taught and r.held is None]
+    if not waiting:
+        return
+    by_size: dict[tuple, list[Rider]] = {}
+    for rider in waiting:
+        by_size.setdefault(tuple(rider.noised.noisy.shape[1:]), []).append(rider)
     factor = run.model.vae_scale_factor
     with run.teacher() as teacher:
-        denoise = unet_denoiser(teacher, noised.noisy.shape[-1] * factor, noised.noisy.shape[-2] * factor)
-        prediction = denoise(noised.noisy, noised.timesteps,
-                             encode_text(teacher, [c for r in taught for c in r.captions])).float()
-    return {id(r): part for r, part in zip(taught, prediction.split([len(r.noised.noisy) for r in taught]),
-                                           strict=True)}
-
-
-def _rider_loss(rider: Rider, prediction: torch.Tensor, held: dict[int, torch.Tensor]) -> torch.Tensor:
-    return rider.loss(prediction, held[id(rider)]) if rider.taught else rider.loss(prediction)
+        for group in by_size.values():
+            noised = Noised.cat([r.noised for r in group])
+            captions = [c for r in group for c in r.captions]
+            height, width = noised.noisy.shape[-2:]
+            denoise = unet_denoiser(teacher, width * factor, height * factor)
+            chunk = max(1, TEACHER_PIXELS // (height * width))
+            prediction = torch.cat([denoise(noised.noisy[i:i + chunk], noised.timesteps[i:i + chunk],
+                                            encode_text(teacher, captions[i:i + chunk])).float()
+                                    for i in range(0, len(captions), chunk)])
+            for rider, part in zip(group, prediction.split([len(r.noised.noisy) for r in group]), strict=True):
+                rider.held = part

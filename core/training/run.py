@@ -39,7 +39,7 @@ from .engine import (
     step_generator,
 )
 from .losses import LossTerm
-from .objective import DenoisingObjective
+from .objective import DenoisingObjective, Rider, ride_alone, teach
 from .trainable import TrainableSet
 
 if TYPE_CHECKING:
@@ -261,10 +261,16 @@ def training_mode(model: Model) -> Iterator[Model]:
         yield model
 
 
+RIDERS_AHEAD = 16  # steps whose riders are drawn, and taught, together (a block starts at a multiple of it)
+
+
 class StepLoss(torch.nn.Module):
-    """One step's loss: the objective on the data source's batch plus the loss terms, those that can ride
+    """One step's loss: the objective on the data source's batch plus the loss terms, those that ride (`ride`) in
     the objective's UNet pass when it shares it. A module, so that `accelerator.prepare` can wrap it (DDP averages the
-    trained parameters' gradients across processes)."""
+    trained parameters' gradients across processes).
+    Riders are drawn `RIDERS_AHEAD` steps at a time, each from its own stream of the step's seed, and the taught
+    ones taught together: the teacher's weights are read once for the block, not at every step. A block is the same
+    whatever step the run resumes at."""
 
     def __init__(self, run: TrainingRun):
         super().__init__()
@@ -273,21 +279,37 @@ class StepLoss(torch.nn.Module):
         self.text_encoders = torch.nn.ModuleList(run.model.text_encoders)
         self.token = torch.nn.ParameterList(run.trainable.token_parameters())
         self.trained = torch.nn.ModuleList(run.trainable.modules())
+        self.riding = [t for t in run.loss_terms if hasattr(t, "ride")]
+        self._ahead: dict[int, list[Rider]] = {}
 
     def forward(self, step: int) -> torch.Tensor:
         run = self.run
         gen = step_generator(run.per_step.seed, step, run.accelerator.process_index)
         batch = run.data.batch(step, run.per_step.batch_size, gen)
-        shares = getattr(run.objective, "shares_pass", False)
-        riding = [t for t in run.loss_terms if shares and hasattr(t, "ride")]
-        alone = [t for t in run.loss_terms if not (shares and hasattr(t, "ride"))]
-        if riding:
-            loss = run.objective(run, batch, gen, lambda: [term.ride(run, step, gen) for term in riding])
+        riders = self._riders(step)
+        if riders and getattr(run.objective, "shares_pass", False):
+            loss = run.objective(run, batch, gen, riders)
         else:
             loss = run.objective(run, batch, gen)
-        for term in alone:
-            loss = loss + term(run, step, gen)
+            for rider in riders:
+                loss = loss + ride_alone(run, rider)
+        for term in run.loss_terms:
+            if not hasattr(term, "ride"):
+                loss = loss + term(run, step, gen)
         return loss
+
+    def _riders(self, step: int) -> list[Rider]:
+        if not self.riding:
+            return []
+        if step not in self._ahead:
+            run = self.run
+            start = step - step % RIDERS_AHEAD
+            self._ahead = {s: [term.ride(run, s, step_generator(run.per_step.seed, s, run.accelerator.process_index,
+                                                                 stream))
+                               for stream, term in enumerate(self.riding, start=1)]
+                           for s in range(start, min(start + RIDERS_AHEAD, run.settings.steps))}
+            teach(run, [rider for riders in self._ahead.values() for rider in riders])
+        return self._ahead.pop(step)
 
 
 class _TensorState:

@@ -85,6 +85,7 @@ class TrainableSet:
         self.model = model
         self.token = [torch.nn.Parameter(v.detach().clone().float(), requires_grad=train_token) for v in token_init]
         self.companion_tokens: list[list[torch.nn.Parameter]] = []  # the run's other triggers (TrainConfig.companions)
+        self._token_starts: list[torch.Tensor] = [p.detach().clone() for p in self.token]
         self.train_text_encoder = train_text_encoder
 
     def add_companions(self, token_inits: list[list[torch.Tensor]]) -> None:
@@ -92,6 +93,7 @@ class TrainableSet:
         self.companion_tokens = [[torch.nn.Parameter(v.detach().clone().float(),
                                                      requires_grad=self.token[i].requires_grad)
                                   for i, v in enumerate(vectors)] for vectors in token_inits]
+        self._token_starts += [p.detach().clone() for vectors in self.companion_tokens for p in vectors]
 
     def parts(self) -> list[tuple[str, torch.nn.Module]]:
         """('unet' | 'te<i>', module) for each module whose weights this set may change."""
@@ -132,7 +134,21 @@ class TrainableSet:
 
     @contextmanager
     def disabled(self) -> Iterator[None]:
-        """The model as it was before the run, for the block (a teacher's passes; no gradients)."""
+        """The model as it was before the run, for the block (a teacher's passes; no gradients): the weights as
+        they were, and the trigger vectors at their starting values (a teacher does not follow the training)."""
+        tokens = [p for vectors in self.trigger_tokens() for p in vectors]
+        trained = [p.data for p in tokens]
+        try:
+            for p, start in zip(tokens, self._token_starts, strict=True):
+                p.data = start
+            with self._weights_disabled():
+                yield
+        finally:
+            for p, data in zip(tokens, trained, strict=True):
+                p.data = data
+
+    @contextmanager
+    def _weights_disabled(self) -> Iterator[None]:
         yield
 
 
@@ -184,7 +200,7 @@ class LoraSet(TrainableSet):
         return {**super().state(), **named}
 
     @contextmanager
-    def disabled(self):
+    def _weights_disabled(self):
         layers = [m for _, m in self._layers()]
         try:
             for m in layers:
@@ -240,7 +256,7 @@ class DeltaSet(TrainableSet):
         return {**super().state(), **{f"delta.{n}": p for n, p in self.params.items()}}
 
     @contextmanager
-    def disabled(self):
+    def _weights_disabled(self):
         trained = {name: p.data for name, p in self.params.items()}
         try:
             for name, p in self.params.items():

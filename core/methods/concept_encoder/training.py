@@ -102,7 +102,7 @@ class EncoderSet(TrainableSet):
         return deltas
 
     @contextmanager
-    def disabled(self):
+    def _weights_disabled(self):
         self.attention.enabled = False
         try:
             with self.unet.disabled() if self.unet else nullcontext():

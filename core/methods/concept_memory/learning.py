@@ -99,7 +99,8 @@ class Rehearsal:
     replay (`replay_weight` x the denoising loss: an ImageReplay of the bank, which draws the samples) and elastic
     distillation (each sample's elastic weight x the eps matching against the model before the task) ride the new
     images' pass (objective.Rider, taught). A task with earlier concepts costs a larger batch in the same pass and
-    the teacher's prediction on the bank samples (with the pair composites', one teacher call), not a second pass."""
+    the teacher's predictions on the bank samples (made with the pair composites', many steps' in one call), not a
+    second pass."""
 
     images: torch.Tensor
     prompts: list[str]
