@@ -130,7 +130,8 @@ def test_the_bank_grows_by_what_is_new_and_keeps_the_samples_an_earlier_concept_
 
 def test_a_later_concept_trains_in_one_pass_a_step_with_its_rehearsal_riding_along(world, tmp_path):
     """Learning concept k costs one UNet call per step on the new images and `rehearsal_batch` bank samples
-    together, plus the teacher's call on the bank samples: not a second pass (concept 5 costs about what 1 did)."""
+    together, plus the teacher's predictions of the bank samples (16 steps' in one call): not a second pass (concept 5
+    costs about what 1 did)."""
     store = MemoryStore.open_or_create(tmp_path, "costs", world)
     before = {k: v.clone() for k, v in world.unet.state_dict().items()}
     calls = []
