@@ -475,3 +475,36 @@ def test_the_teacher_answers_a_block_of_steps_in_one_call_and_a_run_resumed_insi
     resumed = train_concept(world, subject_images, config(steps=20, trainable="full", learning_rate=1e-4,
                                                           checkpoint_every=6), [replay()], checkpoint_dir=tmp_path)
     assert resumed.resumed_from == 6 and same_tensors(resumed.concept.tensors, whole.tensors)
+
+
+def test_cancel_is_asked_between_the_teachers_calls_of_a_block_and_the_run_resumes_as_it_would_have_run(
+        world, subject_images, tmp_path, monkeypatch):
+    """A block's teacher work is many calls on a large model (SD1.5's latents: 3 samples a call, 16 calls a block):
+    Cancel is asked between them, so it stops the run inside the block, and the run queued again ends with the
+    weights of one that ran through."""
+    from conceptkit.core.training import objective
+
+    monkeypatch.setattr(objective, "TEACHER_PIXELS", 16 * 16)  # one sample a call here: 16 calls a block
+    images = subject_images.permute(0, 3, 1, 2) * 2 - 1
+    latent = images.shape[-1] // world.vae_scale_factor
+    masks = torch.zeros(len(images), 1, latent, latent)
+    masks[..., latent // 2:] = 1
+    captions = ["a creature on the left and a creature on the right, white background"] * len(images)
+    settings = config(steps=20, trainable="full", learning_rate=1e-4, checkpoint_every=8)
+
+    def replay():
+        return ImageReplay(images, captions, name="composites", masks=masks, count=1, teacher_weight=1.0)
+
+    whole = train_concept(world, subject_images, settings, [replay()]).concept
+    taught = []
+    hook = world.unet.register_forward_pre_hook(lambda module, args: None if torch.is_grad_enabled()
+                                                else taught.append(len(args[0])))
+    try:
+        with pytest.raises(Cancelled, match=f"step {RIDERS_AHEAD} of 20"):
+            train_concept(world, subject_images, settings, [replay()], checkpoint_dir=tmp_path,
+                          cancel=lambda: len(taught) >= RIDERS_AHEAD + 3)
+    finally:
+        hook.remove()
+    assert len(taught) == RIDERS_AHEAD + 3  # the second block's fourth call never ran
+    resumed = train_concept(world, subject_images, settings, [replay()], checkpoint_dir=tmp_path)
+    assert resumed.resumed_from == RIDERS_AHEAD and same_tensors(resumed.concept.tensors, whole.tensors)

@@ -169,9 +169,10 @@ def ride_alone(run: Run, rider: Rider) -> torch.Tensor:
 TEACHER_PIXELS = 48 * 16 * 16  # latent pixels per teacher call: 48 samples of the embedded model, 3 of SD1.5's
 
 
-def teach(run: Run, riders: list[Rider]) -> None:
+def teach(run: Run, riders: list[Rider], between_calls: Callable[[], None] | None = None) -> None:
     """Give the taught riders that lack them the teacher's predictions on their samples: riders of one latent size
-    together, up to `TEACHER_PIXELS` latent pixels a call (the teacher's weights are read once for all of them)."""
+    together, up to `TEACHER_PIXELS` latent pixels a call (the teacher's weights are read once for all of them).
+    `between_calls()` runs before every call but the first (a Cancel check: it may raise)."""
     waiting = [r for r in riders if r.taught and r.held is None]
     if not waiting:
         return
@@ -179,6 +180,7 @@ def teach(run: Run, riders: list[Rider]) -> None:
     for rider in waiting:
         by_size.setdefault(tuple(rider.noised.noisy.shape[1:]), []).append(rider)
     factor = run.model.vae_scale_factor
+    first = True
     with run.teacher() as teacher:
         for group in by_size.values():
             noised = Noised.cat([r.noised for r in group])
@@ -186,8 +188,12 @@ def teach(run: Run, riders: list[Rider]) -> None:
             height, width = noised.noisy.shape[-2:]
             denoise = unet_denoiser(teacher, width * factor, height * factor)
             chunk = max(1, TEACHER_PIXELS // (height * width))
-            prediction = torch.cat([denoise(noised.noisy[i:i + chunk], noised.timesteps[i:i + chunk],
-                                            encode_text(teacher, captions[i:i + chunk])).float()
-                                    for i in range(0, len(captions), chunk)])
-            for rider, part in zip(group, prediction.split([len(r.noised.noisy) for r in group]), strict=True):
+            parts = []
+            for i in range(0, len(captions), chunk):
+                if not first and between_calls is not None:
+                    between_calls()
+                first = False
+                parts.append(denoise(noised.noisy[i:i + chunk], noised.timesteps[i:i + chunk],
+                                     encode_text(teacher, captions[i:i + chunk])).float())
+            for rider, part in zip(group, torch.cat(parts).split([len(r.noised.noisy) for r in group]), strict=True):
                 rider.held = part

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ConceptKitError
+from ..errors import Cancelled, ConceptKitError
 from ..files import guarded, make_folder
 from ..model import Model, PatchState, add_patch, patches_in_effect
 from ..model.inference_mode import leave_inference_mode
@@ -109,7 +109,8 @@ class RunHooks:
     """How a run talks to the one who started it: `progress(step, total, preview)` every step, where `preview()`
     renders `preview(model)` of the run so far when the PreviewBudget allows (previews cost at most
     `preview_share` of the training; `preview.passes` says what one costs) and gives None in between; `cancel()`
-    is asked before every step; `on_finished(result)` runs before a finished run removes its checkpoints (a
+    is asked before every step, and between the teacher's calls of a block (a step that teaches 16 steps' riders);
+    `on_finished(result)` runs before a finished run removes its checkpoints (a
     caller that keeps the result loses nothing if it then fails)."""
 
     progress: ProgressFn | None = None
@@ -308,8 +309,16 @@ class StepLoss(torch.nn.Module):
                                                                  stream))
                                for stream, term in enumerate(self.riding, start=1)]
                            for s in range(start, min(start + RIDERS_AHEAD, run.settings.steps))}
-            teach(run, [rider for riders in self._ahead.values() for rider in riders])
+            teach(run, [rider for riders in self._ahead.values() for rider in riders],
+                  between_calls=lambda: self._check_cancel(step))
         return self._ahead.pop(step)
+
+    def _check_cancel(self, step: int) -> None:
+        run = self.run
+        if run.hooks.cancel is not None and run.hooks.cancel():
+            folder = run.settings.checkpoint_dir
+            raise Cancelled(f"{run.settings.name} was cancelled at step {step} of {run.settings.steps}"
+                            + (f"; run it again to resume from {folder}." if folder else "."))
 
 
 class _TensorState:
