@@ -63,6 +63,17 @@ def same_tensors(a: dict, b: dict) -> bool:
     return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def right_half_replay(world, subject_images, teacher_weight: float) -> ImageReplay:
+    """The subject images as a memory's pair composites: one drawn a step, the loss counting on the right half, the
+    left half held to the teacher with `teacher_weight`."""
+    images = subject_images.permute(0, 3, 1, 2) * 2 - 1
+    latent = images.shape[-1] // world.vae_scale_factor
+    masks = torch.zeros(len(images), 1, latent, latent)
+    masks[..., latent // 2:] = 1
+    captions = ["a creature on the left and a creature on the right, white background"] * len(images)
+    return ImageReplay(images, captions, name="composites", masks=masks, count=1, teacher_weight=teacher_weight)
+
+
 @pytest.mark.parametrize("trainable", ["lora", "full"])
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(world, subject_images, tmp_path, trainable):
     whole = train_concept(world, subject_images, config(trainable=trainable), [OffsetPenalty(0.1)]).concept
@@ -414,11 +425,9 @@ def test_a_masked_replay_that_holds_the_teacher_keeps_the_rest_of_its_images_as_
     """A replay whose loss is masked to one half (a memory's pair composite: the new concept's half) trains only
     there; with `teacher_weight` the other half is held to the model before the run, so what it shows (the earlier
     concept) is predicted as the starting model predicted it, where without the hold it moves with the training."""
-    images = subject_images.permute(0, 3, 1, 2) * 2 - 1
+    composites = right_half_replay(world, subject_images, 0.0)
+    images, captions = composites.images, composites.captions
     latent = images.shape[-1] // world.vae_scale_factor
-    masks = torch.zeros(len(images), 1, latent, latent)
-    masks[..., latent // 2:] = 1  # the loss counts on the right half
-    captions = ["a creature on the left and a creature on the right, white background"] * len(images)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         clean = world.vae.encode(images).latent_dist.mean * world.vae.config.scaling_factor
@@ -434,7 +443,7 @@ def test_a_masked_replay_that_holds_the_teacher_keeps_the_rest_of_its_images_as_
     before = left_half(world)
     moved = {}
     for weight in (0.0, 10.0):
-        replay = ImageReplay(images, captions, name="composites", masks=masks, count=1, teacher_weight=weight)
+        replay = right_half_replay(world, subject_images, weight)
         concept = train_concept(world, subject_images, config(steps=10, learning_rate=1e-2), [replay]).concept
         moved[weight] = float((left_half(apply_concept(world, concept)) - before).pow(2).mean())
     assert moved[10.0] < 0.5 * moved[0.0]
@@ -448,32 +457,23 @@ def test_the_teacher_answers_a_block_of_steps_in_one_call_and_a_run_resumed_insi
     teacher predicts them all in one call, as the model's weights are read once for the block: 20 steps cost two
     teacher calls, not 20. A run cancelled inside a block and queued again ends with the weights of one that ran
     through."""
-    images = subject_images.permute(0, 3, 1, 2) * 2 - 1
-    latent = images.shape[-1] // world.vae_scale_factor
-    masks = torch.zeros(len(images), 1, latent, latent)
-    masks[..., latent // 2:] = 1
-    captions = ["a creature on the left and a creature on the right, white background"] * len(images)
-
-    def replay():
-        return ImageReplay(images, captions, name="composites", masks=masks, count=1, teacher_weight=1.0)
+    replay = right_half_replay(world, subject_images, 1.0)
 
     calls = []
     hook = world.unet.register_forward_pre_hook(lambda module, args: calls.append((len(args[0]),
                                                                                     torch.is_grad_enabled())))
     try:
-        whole = train_concept(world, subject_images, config(steps=20, trainable="full", learning_rate=1e-4),
-                              [replay()]).concept
+        whole = train_concept(world, subject_images, config(steps=20), [replay]).concept
     finally:
         hook.remove()
     assert [size for size, trains in calls if not trains] == [RIDERS_AHEAD, 20 - RIDERS_AHEAD]
     assert [size for size, trains in calls if trains] == [2 + 1] * 20  # the batch and its composite, one pass
     stop_at = iter(range(100))
     with pytest.raises(Cancelled):
-        train_concept(world, subject_images, config(steps=20, trainable="full", learning_rate=1e-4,
-                                                    checkpoint_every=6), [replay()], checkpoint_dir=tmp_path,
+        train_concept(world, subject_images, config(steps=20, checkpoint_every=6), [replay], checkpoint_dir=tmp_path,
                       cancel=lambda: next(stop_at) == 6)
-    resumed = train_concept(world, subject_images, config(steps=20, trainable="full", learning_rate=1e-4,
-                                                          checkpoint_every=6), [replay()], checkpoint_dir=tmp_path)
+    resumed = train_concept(world, subject_images, config(steps=20, checkpoint_every=6), [replay],
+                            checkpoint_dir=tmp_path)
     assert resumed.resumed_from == 6 and same_tensors(resumed.concept.tensors, whole.tensors)
 
 
@@ -482,29 +482,23 @@ def test_cancel_is_asked_between_the_teachers_calls_of_a_block_and_the_run_resum
     """A block's teacher work is many calls on a large model (SD1.5's latents: 3 samples a call, 16 calls a block):
     Cancel is asked between them, so it stops the run inside the block, and the run queued again ends with the
     weights of one that ran through."""
-    from conceptkit.core.training import objective
+    from conceptkit.core.training import objective, run
 
-    monkeypatch.setattr(objective, "TEACHER_PIXELS", 16 * 16)  # one sample a call here: 16 calls a block
-    images = subject_images.permute(0, 3, 1, 2) * 2 - 1
-    latent = images.shape[-1] // world.vae_scale_factor
-    masks = torch.zeros(len(images), 1, latent, latent)
-    masks[..., latent // 2:] = 1
-    captions = ["a creature on the left and a creature on the right, white background"] * len(images)
-    settings = config(steps=20, trainable="full", learning_rate=1e-4, checkpoint_every=8)
+    monkeypatch.setattr(objective, "TEACHER_PIXELS", 16 * 16)  # one sample a call here
+    monkeypatch.setattr(run, "RIDERS_AHEAD", 4)  # 4 calls a block
+    settings = config(steps=8, checkpoint_every=4)
+    replay = right_half_replay(world, subject_images, 1.0)
 
-    def replay():
-        return ImageReplay(images, captions, name="composites", masks=masks, count=1, teacher_weight=1.0)
-
-    whole = train_concept(world, subject_images, settings, [replay()]).concept
+    whole = train_concept(world, subject_images, settings, [replay]).concept
     taught = []
     hook = world.unet.register_forward_pre_hook(lambda module, args: None if torch.is_grad_enabled()
                                                 else taught.append(len(args[0])))
     try:
-        with pytest.raises(Cancelled, match=f"step {RIDERS_AHEAD} of 20"):
-            train_concept(world, subject_images, settings, [replay()], checkpoint_dir=tmp_path,
-                          cancel=lambda: len(taught) >= RIDERS_AHEAD + 3)
+        with pytest.raises(Cancelled, match="step 4 of 8"):
+            train_concept(world, subject_images, settings, [replay], checkpoint_dir=tmp_path,
+                          cancel=lambda: len(taught) >= 4 + 2)
     finally:
         hook.remove()
-    assert len(taught) == RIDERS_AHEAD + 3  # the second block's fourth call never ran
-    resumed = train_concept(world, subject_images, settings, [replay()], checkpoint_dir=tmp_path)
-    assert resumed.resumed_from == RIDERS_AHEAD and same_tensors(resumed.concept.tensors, whole.tensors)
+    assert len(taught) == 4 + 2  # the second block's last two calls never ran
+    resumed = train_concept(world, subject_images, settings, [replay], checkpoint_dir=tmp_path)
+    assert resumed.resumed_from == 4 and same_tensors(resumed.concept.tensors, whole.tensors)
