@@ -122,7 +122,6 @@ def test_training_on_a_model_with_concepts_leaves_them_bitwise_as_they_were(worl
     class TeacherCheck:
         name = "teacher_check"
         gaps: list = []
-
         tokens: list = []
 
         def __call__(self, run, step, generator):

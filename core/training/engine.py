@@ -67,6 +67,13 @@ class RunOutcome:
     finished: bool  # False when `stop` ended the run early (True when `done` ended it before its steps)
 
 
+def raise_if_cancelled(settings: RunSettings, cancel: Callable[[], bool] | None, step: int) -> None:
+    """Cancelled, naming the step and where the run resumes, when `cancel()` says so."""
+    if cancel is not None and cancel():
+        raise Cancelled(f"{settings.name} was cancelled at step {step} of {settings.steps}" + (
+            f"; run it again to resume from {settings.checkpoint_dir}." if settings.checkpoint_dir else "."))
+
+
 class TrainingEngine:
     def __init__(self, settings: RunSettings, accelerator: Accelerator, *, progress: ProgressFn | None = None,
                  cancel: Callable[[], bool] | None = None, stop: Callable[[], bool] | None = None):
@@ -140,9 +147,7 @@ class TrainingEngine:
         try:  # on Cancel (ours, or ComfyUI's interrupt from cancel() or its progress bar) and on errors,
             # checkpoint the last finished step so that the run resumes there
             while step < s.steps and not done:
-                if self.cancel is not None and self.cancel():
-                    raise Cancelled(f"{s.name} was cancelled at step {step} of {s.steps}" + (
-                        f"; run it again to resume from {s.checkpoint_dir}." if s.checkpoint_dir else "."))
+                raise_if_cancelled(s, self.cancel, step)
                 if before_step is not None:
                     before_step(step)
                 loss = loss_at(step)

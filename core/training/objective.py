@@ -139,16 +139,17 @@ class DenoisingObjective:
         """The loss on the batch and the riders' (taught ones taught already, see `teach`), the riders predicted in
         the same UNet call when their latents are the batch's size (else each in its own)."""
         noised = self.noising(run, batch, generator)
-        together = [r for r in riders if r.noised.noisy.shape[1:] == noised.noisy.shape[1:]]
+        together, apart = [], []
+        for rider in riders:
+            (together if rider.noised.noisy.shape[1:] == noised.noisy.shape[1:] else apart).append(rider)
         prediction = self.prediction(run, Noised.cat([noised, *(r.noised for r in together)]),
                                      batch.captions + [c for r in together for c in r.captions], batch).float()
         parts = prediction.split([len(noised.noisy), *(len(r.noised.noisy) for r in together)])
         loss = F.mse_loss(parts[0], noised.target.float())
         for rider, part in zip(together, parts[1:], strict=True):
             loss = loss + rider.loss_on(part)
-        for rider in riders:
-            if not any(rider is r for r in together):
-                loss = loss + ride_alone(run, rider)
+        for rider in apart:
+            loss = loss + ride_alone(run, rider)
         return loss
 
 

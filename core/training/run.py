@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import Cancelled, ConceptKitError
+from ..errors import ConceptKitError
 from ..files import guarded, make_folder
 from ..model import Model, PatchState, add_patch, patches_in_effect
 from ..model.inference_mode import leave_inference_mode
@@ -36,6 +36,7 @@ from .engine import (
     RunOutcome,
     RunSettings,
     TrainingEngine,
+    raise_if_cancelled,
     step_generator,
 )
 from .losses import LossTerm
@@ -281,6 +282,7 @@ class StepLoss(torch.nn.Module):
         self.token = torch.nn.ParameterList(run.trainable.token_parameters())
         self.trained = torch.nn.ModuleList(run.trainable.modules())
         self.riding = [t for t in run.loss_terms if hasattr(t, "ride")]
+        self.alone = [t for t in run.loss_terms if not hasattr(t, "ride")]
         self._ahead: dict[int, list[Rider]] = {}
 
     def forward(self, step: int) -> torch.Tensor:
@@ -294,9 +296,8 @@ class StepLoss(torch.nn.Module):
             loss = run.objective(run, batch, gen)
             for rider in riders:
                 loss = loss + ride_alone(run, rider)
-        for term in run.loss_terms:
-            if not hasattr(term, "ride"):
-                loss = loss + term(run, step, gen)
+        for term in self.alone:
+            loss = loss + term(run, step, gen)
         return loss
 
     def _riders(self, step: int) -> list[Rider]:
@@ -310,15 +311,8 @@ class StepLoss(torch.nn.Module):
                                for stream, term in enumerate(self.riding, start=1)]
                            for s in range(start, min(start + RIDERS_AHEAD, run.settings.steps))}
             teach(run, [rider for riders in self._ahead.values() for rider in riders],
-                  between_calls=lambda: self._check_cancel(step))
+                  between_calls=lambda: raise_if_cancelled(run.settings, run.hooks.cancel, step))
         return self._ahead.pop(step)
-
-    def _check_cancel(self, step: int) -> None:
-        run = self.run
-        if run.hooks.cancel is not None and run.hooks.cancel():
-            folder = run.settings.checkpoint_dir
-            raise Cancelled(f"{run.settings.name} was cancelled at step {step} of {run.settings.steps}"
-                            + (f"; run it again to resume from {folder}." if folder else "."))
 
 
 class _TensorState:
