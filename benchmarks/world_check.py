@@ -13,8 +13,10 @@
   fidelity and >= 4x the class word's alone; the base model prompted with a subject's sayable traits lands
   between the class word and DreamBooth-LoRA (words reach part of an identity, detail needs learning);
 - pairs: the base model draws two named creatures with both present at their places (>= 0.80); one
-  DreamBooth-LoRA of two held-out subjects trained together keeps homogenization <= 0.25 (printed beside it: the
-  same with triggers starting at creature names, and concepts trained apart and applied together);
+  DreamBooth-LoRA of two held-out subjects trained together, with Cut-Mix composites of the two (SVDiff: each
+  cut from its own renders, pasted side by side, the caption naming both), keeps homogenization <= 0.25 (printed
+  beside it: the same without composites, with triggers starting at creature names, and concepts trained apart
+  and applied together);
 - each unseen domain is learnable: a 10-shot LoRA draws it in >= 0.80 of its images.
 
 The domain gates are required of the fair domains (FAIR_DOMAINS, at least two, those the SGE bench uses); the
@@ -25,7 +27,7 @@ the candidate.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -50,6 +52,7 @@ log = logging.getLogger("conceptkit.world_check")
 DOMAIN_CANDIDATES = ("big_checks", "snowline", "top_left", "bottom_right")  # checked; zigzag is known unfair
 STEPS, GUIDANCE = 25, 5.0
 TI_STEPS, LORA_STEPS = 1000, 300
+CUT_MIX_COMPOSITES = 32  # beside the two subjects' 4 renders each (16 left one pair of four blended: 0.458)
 
 
 @dataclass
@@ -251,37 +254,44 @@ def _renders(seed: int, count: int = 8) -> np.ndarray:
                            (WorldObject("centre", instance=seed),)).render(rng) for _ in range(count)])
 
 
-def _train_together(model, first: int, second: int, steps: int, seed: int, as_names: bool = False):
+def _train_together(model, first: int, second: int, steps: int, seed: int, as_names: bool = False,
+                    composites: int = 0):
     """One DreamBooth-LoRA of two held-out subjects trained together (a joint run: the first's renders, then the
     second's, each captioned with its own trigger; `steps` per subject, as each has when trained apart) and the
     words naming each. `as_names`: each trigger starts at a creature name's vector (one of the list's last names,
     a named creature the world was trained on) and takes the name's place ("<s0> on the left"), as the world's
-    named creatures are captioned."""
+    named creatures are captioned. `composites`: that many Cut-Mix composites of the two (`cut_mix_renders`, cut
+    from the same renders) join the first's images, their captions naming both by their triggers."""
     from ..core.training import Companion, TrainConfig, subject_configs
-    from ..core.world.subjects import training_renders
+    from ..core.world.subjects import cut_mix_renders, training_renders
     from .common import TRAINING_IMAGES
 
-    def renders(subject):
-        images, captions = training_renders(subject, TRAINING_IMAGES)
-        return images, [c.replace("a {trigger}", "{trigger}") for c in captions] if as_names else captions
+    def named(captions):
+        return [c.replace("a {", "{") for c in captions] if as_names else captions
 
-    (first_images, first_captions), (second_images, second_captions) = renders(first), renders(second)
+    (first_images, first_captions), (second_images, second_captions) = (training_renders(s, TRAINING_IMAGES)
+                                                                        for s in (first, second))
     class_word = {s: CREATURE_NAMES[-1 - s] if as_names else "creature" for s in (first, second)}
-    config = TrainConfig(trigger=f"<s{first}>", class_word=class_word[first], captions=first_captions,
+    config = TrainConfig(trigger=f"<s{first}>", class_word=class_word[first], captions=named(first_captions),
                          steps=2 * steps, batch_size=4, seed=seed, token_init="class" if as_names else "auto",
-                         companions=(Companion(f"<s{second}>", class_word[second], tuple(second_captions)),),
+                         companions=(Companion(f"<s{second}>", class_word[second], tuple(named(second_captions))),),
                          **SETTINGS["dreambooth_lora"])
+    words = [subject_words("dreambooth_lora", c) for c in subject_configs(config)]
+    if composites:
+        mixed, scenes = cut_mix_renders(first, second, composites)
+        first_images = np.concatenate([first_images, mixed])
+        config = replace(config, captions=config.captions + [c.replace("{first}", "{trigger}").replace(
+            "{second}", words[1]) for c in named([s.caption() for s in scenes])])
     pixels = torch.from_numpy(np.concatenate([first_images, second_images])).float() / 255
     concept = train_method(model, pixels, config, "dreambooth_lora").concept
-    words = [subject_words("dreambooth_lora", c) for c in subject_configs(config)]
     return concept, dict(zip((first, second), words, strict=True))
 
 
 def pair_gates(model, concepts: dict, count: int, seed: int, lora_steps: int) -> list[Gate]:
     """Named pairs drawn by the base model; two held-out subjects in one scene: one DreamBooth-LoRA of both
-    trained together (the gate; with the recipes' identifier, and for comparison with each trigger starting at a
-    creature name), and for comparison two concepts trained apart and applied together (DreamBooth-LoRAs, textual
-    inversions)."""
+    trained together with Cut-Mix composites (the gate; the recipes' identifier), and for comparison the same
+    without composites, with each trigger starting at a creature name, and two concepts trained apart and applied
+    together (DreamBooth-LoRAs, textual inversions)."""
     from ..core.concepts import apply_concept
     from ..core.world.metrics import pair_fidelity
     from ..core.world.subjects import pair_scenes, subject_seed
@@ -305,13 +315,14 @@ def pair_gates(model, concepts: dict, count: int, seed: int, lora_steps: int) ->
                              {subject_seed(s): _renders(subject_seed(s)) for s in (a, b)})["homogenization"]
 
     rows = {}
-    for as_names, label in ((False, "trained together"),
-                            (True, "trained together, triggers starting at creature names")):
+    for as_names, composites, label in ((False, CUT_MIX_COMPOSITES, "trained together with cut-mix composites"),
+                                        (False, 0, "trained together"),
+                                        (True, 0, "trained together, triggers starting at creature names")):
         values = []
         for a, b in pairs:
-            concept, words = _train_together(model, a, b, lora_steps, seed, as_names)
+            concept, words = _train_together(model, a, b, lora_steps, seed, as_names, composites)
             values.append(homogenization(apply_concept(model, concept), words, a, b, as_names))
-        rows[f"a dreambooth-lora of two held-out subjects {label}"] = (values, not as_names)
+        rows[f"a dreambooth-lora of two held-out subjects {label}"] = (values, composites > 0)
     for kind, learned in concepts.items():
         rows[f"two held-out subjects' {kind} concepts trained apart, applied together"] = ([homogenization(
             apply_concept(apply_concept(model, learned[a][0]), learned[b][0]), {a: learned[a][1], b: learned[b][1]},

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checkers import foreground
+from .render import background, paste
 from .scenes import Scene, WorldObject, background_colours
 from .vocabulary import HELDOUT_INSTANCE_SEEDS, PAIRED_POSITIONS, PATTERNS, POSITIONS
 
@@ -71,3 +73,37 @@ def pair_scenes(first: tuple[int, str], second: tuple[int, str], count: int = 8,
                         for place, (index, token) in zip(places, subjects, strict=True))
         scenes.append(Scene(colours[int(rng.integers(len(colours)))], PATTERNS[int(rng.integers(2))], objects))
     return scenes
+
+
+def cut_mix_renders(first: int, second: int, count: int, seed: int = 0) -> tuple[np.ndarray, list[Scene]]:
+    """Cut-Mix composites (SVDiff) of two subjects from their own `training_renders` only: each subject cut out
+    of one of its renders (the foreground reader's mask, as a user cuts a subject out of a photo) and pasted at
+    one of a pair of places on a plain background both subjects' renders allow, either subject taking the left
+    (or top) place, the places alternating. uint8 [count, 64, 64, 3] and the scenes they show, whose captions
+    name the left or top subject first, as the world's pair captions do, with a slot for each subject's
+    identifier ("a {first} on the left and a {second} on the right, green background")."""
+    renders = {index: training_renders(index, seed=seed)[0] for index in (first, second)}
+    colours = [c for c in background_colours(subject_seed(first)) if c in background_colours(subject_seed(second))]
+    rng = np.random.default_rng([seed, first, second, 44])
+    images, scenes = [], []
+    for k in range(count):
+        places = PAIRED_POSITIONS[k % len(PAIRED_POSITIONS)]
+        subjects = ((first, "first"), (second, "second")) if k // len(PAIRED_POSITIONS) % 2 == 0 else (
+            (second, "second"), (first, "first"))
+        colour = colours[int(rng.integers(len(colours)))]
+        canvas = background(colour, "plain")
+        for place, (index, _) in zip(places, subjects, strict=True):
+            _paste(canvas, renders[index][int(rng.integers(len(renders[index])))], POSITIONS[place])
+        objects = tuple(WorldObject(place, instance=subject_seed(index), token=_personal(f"{{{slot}}}"))
+                        for place, (index, slot) in zip(places, subjects, strict=True))
+        images.append(canvas.round().astype(np.uint8))
+        scenes.append(Scene(colour, "plain", objects))
+    return np.stack(images), scenes
+
+
+def _paste(canvas: np.ndarray, render: np.ndarray, centre: tuple[int, int]) -> None:
+    """The render's foreground painted onto `canvas` with its bounding box centred at `centre` (x, y)."""
+    mask = foreground(render)
+    ys, xs = np.nonzero(mask)
+    box = slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)
+    paste(canvas, mask[box], render[box].astype(np.float32), centre)
