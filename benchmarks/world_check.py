@@ -261,7 +261,7 @@ def _train_together(model, first: int, second: int, steps: int, seed: int, as_na
     words naming each. `as_names`: each trigger starts at a creature name's vector (one of the list's last names,
     a named creature the world was trained on) and takes the name's place ("<s0> on the left"), as the world's
     named creatures are captioned. `composites`: that many Cut-Mix composites of the two (`cut_mix_renders`, cut
-    from the same renders) join the first's images, their captions naming both by their triggers."""
+    from those renders) join the first's images, their captions naming both by their triggers."""
     from ..core.training import Companion, TrainConfig, subject_configs
     from ..core.world.subjects import cut_mix_renders, training_renders
     from .common import TRAINING_IMAGES
@@ -278,7 +278,7 @@ def _train_together(model, first: int, second: int, steps: int, seed: int, as_na
                          **SETTINGS["dreambooth_lora"])
     words = [subject_words("dreambooth_lora", c) for c in subject_configs(config)]
     if composites:
-        mixed, scenes = cut_mix_renders(first, second, composites)
+        mixed, scenes = cut_mix_renders({first: first_images, second: second_images}, composites)
         first_images = np.concatenate([first_images, mixed])
         config = replace(config, captions=config.captions + [c.replace("{first}", "{trigger}").replace(
             "{second}", words[1]) for c in named([s.caption() for s in scenes])])

@@ -396,19 +396,19 @@ def test_cut_mix_composites_show_both_subjects_at_their_captioned_places_cut_fro
     """The learned-pair gate's composites: each subject cut from one of its 4 training renders (its pixels, not a
     fresh drawing) and put where the caption says, the left or top one named first; the world's pair reader sees
     both present, each half its own subject, none blended."""
-    from conceptkit.benchmarks.world_check import _renders
     from conceptkit.core.world.metrics import pair_fidelity
-    from conceptkit.core.world.subjects import cut_mix_renders, subject_seed, training_renders
+    from conceptkit.core.world.subjects import cut_mix_renders, reference_renders, subject_seed, training_renders
 
-    images, scenes = cut_mix_renders(2, 3, 8)
+    given = {s: training_renders(s)[0] for s in (2, 3)}
+    images, scenes = cut_mix_renders(given, 8)
     assert images.shape == (8, 64, 64, 3) and images.dtype == np.uint8
     captions = [s.caption() for s in scenes]
     assert captions[0].startswith("a {first} on the left and a {second} on the right, ")
     assert captions[1].startswith("a {first} at the top and a {second} at the bottom, ")
     assert captions[2].startswith("a {second} on the left and a {first} on the right, ")
-    scored = pair_fidelity(images, scenes, {subject_seed(s): _renders(subject_seed(s)) for s in (2, 3)})
+    scored = pair_fidelity(images, scenes, {subject_seed(s): reference_renders(s) for s in (2, 3)})
     assert scored["both_present"] == 1.0 and scored["homogenization"] == 0.0 and scored["pair_fidelity"] > 0.8
-    own_colours = {tuple(p) for s in (2, 3) for p in training_renders(s)[0].reshape(-1, 3)}
+    own_colours = {tuple(p) for renders in given.values() for p in renders.reshape(-1, 3)}
     for image, scene in zip(images, scenes, strict=True):
         backdrop = np.array(scene.render()[0, 0])  # the plain background's colour
         painted = {tuple(p) for p in image.reshape(-1, 3) if (p != backdrop).any()}

@@ -75,14 +75,15 @@ def pair_scenes(first: tuple[int, str], second: tuple[int, str], count: int = 8,
     return scenes
 
 
-def cut_mix_renders(first: int, second: int, count: int, seed: int = 0) -> tuple[np.ndarray, list[Scene]]:
-    """Cut-Mix composites (SVDiff) of two subjects from their own `training_renders` only: each subject cut out
-    of one of its renders (the foreground reader's mask, as a user cuts a subject out of a photo) and pasted at
-    one of a pair of places on a plain background both subjects' renders allow, either subject taking the left
-    (or top) place, the places alternating. uint8 [count, 64, 64, 3] and the scenes they show, whose captions
+def cut_mix_renders(renders: dict[int, np.ndarray], count: int, seed: int = 0) -> tuple[np.ndarray, list[Scene]]:
+    """Cut-Mix composites (SVDiff) of two subjects from the images given of them only (`renders`: subject index ->
+    uint8 [N, 64, 64, 3], the first subject first): each subject cut out of one of its images (the foreground
+    reader's mask, as a user cuts a subject out of a photo) and pasted at one of a pair of places on a plain
+    background both subjects' renders allow, either subject taking the left (or top) place, the places
+    alternating. uint8 [count, 64, 64, 3] and the scenes they show, whose captions
     name the left or top subject first, as the world's pair captions do, with a slot for each subject's
     identifier ("a {first} on the left and a {second} on the right, green background")."""
-    renders = {index: training_renders(index, seed=seed)[0] for index in (first, second)}
+    first, second = renders
     colours = [c for c in background_colours(subject_seed(first)) if c in background_colours(subject_seed(second))]
     rng = np.random.default_rng([seed, first, second, 44])
     images, scenes = [], []
